@@ -1,0 +1,183 @@
+"""``logo-train``: the command line.
+
+logo-train run [--config F] [--set KEY=VALUE ...]
+logo-train data synth [--out URI] [--noise-rate R ...]
+logo-train data ingest SRC OUT [--layout splits|single ...]
+logo-train data show URI
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from logo_train.config import Config, load_config
+
+# CLI flag -> config key; the flags are shorthands for --set, so validation is the config's.
+SYNTH_FLAGS = {
+    "image_size": int,
+    "images_per_class": int,
+    "imbalance_ratio": float,
+    "val_per_class": int,
+    "test_per_class": int,
+    "noise_rate": float,
+    "noise_kind": str,
+    "difficulty": float,
+    "seed": int,
+}
+INGEST_FLAGS = {
+    "layout": str,
+    "val_fraction": float,
+    "test_fraction": float,
+    "max_pixels": int,
+    "seed": int,
+}
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and ``--set``: shared by the CLI and the ``ray_jobs`` entrypoints."""
+    parser.add_argument("--config", help="YAML profile, e.g. configs/quick.yaml")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field, e.g. --set data.synth.noise_rate=0.4 (repeatable)",
+    )
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
+    return load_config(args.config, [*(extra or []), *args.overrides])
+
+
+def _flag_overrides(args: argparse.Namespace, flags: dict, prefix: str) -> list[str]:
+    out = []
+    for name in flags:
+        value = getattr(args, name, None)
+        if value is not None:
+            out.append(f"{prefix}.{name}={value}")
+    return out
+
+
+def _common_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows-per-shard", type=int, help="rows per Parquet file")
+    p.add_argument("--workers", type=int, help="processes (0: one per core)")
+    p.add_argument("--overwrite", action="store_true", help="replace shards already there")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="logo-train", description="Vehicle-logo classifiers on noisy, imbalanced data, on Ray."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="the whole pipeline for a config (see README)")
+    add_config_args(run)
+    run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    data = sub.add_parser("data", help="make or inspect Parquet shards")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+
+    synth = dsub.add_parser("synth", help="render the embedded vehicle-logo dataset to shards")
+    add_config_args(synth)
+    synth.add_argument("--out", help="shards folder or URI (default: <run dir>/data)")
+    for name, tp in SYNTH_FLAGS.items():
+        synth.add_argument("--" + name.replace("_", "-"), type=tp, dest=name)
+    synth.add_argument("--noisy-val", action="store_const", const=True, dest="noisy_val")
+    _common_data_args(synth)
+
+    ingest = dsub.add_parser("ingest", help="check an ImageFolder tree and write it to shards")
+    ingest.add_argument("src", help="ImageFolder root: <class>/*.jpg or train|val|test/<class>/*")
+    ingest.add_argument("out", help="shards folder or URI (local, s3://, gs://)")
+    add_config_args(ingest)
+    for name, tp in INGEST_FLAGS.items():
+        ingest.add_argument("--" + name.replace("_", "-"), type=tp, dest=name)
+    _common_data_args(ingest)
+
+    show = dsub.add_parser("show", help="print the summary of a shards folder")
+    show.add_argument("uri")
+    return parser
+
+
+def _data_overrides(args: argparse.Namespace, flags: dict, prefix: str) -> list[str]:
+    extra = _flag_overrides(args, flags, prefix)
+    if getattr(args, "noisy_val", None):
+        extra.append("data.synth.noisy_val=true")
+    if args.rows_per_shard is not None:
+        extra.append(f"data.rows_per_shard={args.rows_per_shard}")
+    if args.workers is not None:
+        extra.append(f"data.workers={args.workers}")
+    return extra
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from logo_train.data import ingest, synth
+    from logo_train.data.preview import CONTACT_SHEET, contact_sheet, summary_table
+    from logo_train.data.shards import join, read_manifest
+
+    if args.data_command == "show":
+        print(summary_table(read_manifest(args.uri), max_rejected=10**9))
+        return 0
+    progress = not args.no_progress
+    if args.data_command == "synth":
+        cfg = config_from_args(args, _data_overrides(args, SYNTH_FLAGS, "data.synth"))
+        uri = args.out or cfg.shards_uri
+        manifest = synth.generate(
+            cfg.data.synth,
+            uri,
+            rows_per_shard=cfg.data.rows_per_shard,
+            workers=cfg.data.workers,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    else:
+        cfg = config_from_args(args, _data_overrides(args, INGEST_FLAGS, "data.ingest"))
+        uri = args.out
+        manifest = ingest.ingest(
+            args.src,
+            uri,
+            cfg.data.ingest,
+            rows_per_shard=cfg.data.rows_per_shard,
+            workers=cfg.data.workers,
+            overwrite=args.overwrite,
+            progress=progress,
+        )
+    contact_sheet(uri, manifest)
+    print(summary_table(manifest))
+    print(f"shards: {uri}\ncontact sheet: {join(uri, CONTACT_SHEET)}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from logo_train.pipeline import run
+
+    cfg = config_from_args(args)
+    result = run(cfg, overwrite_data=args.overwrite_data, progress=not args.no_progress)
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from logo_train.data.ingest import IngestError
+
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        return _cmd_data(args)
+    except (ValueError, FileNotFoundError, FileExistsError, IngestError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,266 @@
+"""Typed configuration: nested dataclasses, loaded from YAML plus dotted CLI overrides.
+
+Every field is validated in ``__post_init__``; errors name the dotted field and the bad value,
+so a typo in a profile fails before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+NoiseKind = Literal["symmetric", "pairs"]
+ImageFormat = Literal["png", "jpeg"]
+Layout = Literal["auto", "splits", "single"]
+
+
+def _check(cond: bool, name: str, value: Any, expected: str) -> None:
+    if not cond:
+        raise ValueError(f"config field '{name}' = {value!r}: expected {expected}")
+
+
+@dataclass(kw_only=True)
+class SynthConfig:
+    """The embedded dataset: real brand SVGs composited as badge photos."""
+
+    image_size: int = 64
+    """Side of the square images written to the shards, in pixels."""
+    images_per_class: int = 200
+    """Training images of the most frequent (head) class."""
+    imbalance_ratio: float = 10.0
+    """Head count / tail count of the training split (1 = balanced); counts decay exponentially."""
+    val_per_class: int = 30
+    """Validation images per class (balanced)."""
+    test_per_class: int = 50
+    """Test images per class (balanced, always clean)."""
+    noise_rate: float = 0.2
+    """Fraction of training labels replaced by a wrong one (exact count, seeded)."""
+    noise_kind: NoiseKind = "symmetric"
+    """'symmetric': any other class; 'pairs': the look-alike partner brand."""
+    noisy_val: bool = False
+    """Apply the same label noise to the validation split (as in real life)."""
+    difficulty: float = 0.5
+    """Strength of geometric and photometric variation, 0 (clean renders) to 1 (hard)."""
+    min_crop_px: int = 30
+    """Smallest native crop width before resizing to ``image_size`` (badge crops are small)."""
+    max_crop_px: int = 90
+    """Largest native crop width before resizing to ``image_size``."""
+    image_format: ImageFormat = "png"
+    """Encoding of the stored images."""
+    seed: int = 0
+    """Seed of everything random in the generator: same seed, same bytes."""
+
+    def __post_init__(self) -> None:
+        p = "data.synth."
+        _check(8 <= self.image_size <= 1024, p + "image_size", self.image_size, "8..1024")
+        _check(self.images_per_class >= 1, p + "images_per_class", self.images_per_class, ">= 1")
+        _check(
+            1.0 <= self.imbalance_ratio <= self.images_per_class,
+            p + "imbalance_ratio",
+            self.imbalance_ratio,
+            f"1..images_per_class ({self.images_per_class}) so every class keeps >= 1 image",
+        )
+        _check(self.val_per_class >= 0, p + "val_per_class", self.val_per_class, ">= 0")
+        _check(self.test_per_class >= 0, p + "test_per_class", self.test_per_class, ">= 0")
+        _check(0.0 <= self.noise_rate < 1.0, p + "noise_rate", self.noise_rate, "0 <= rate < 1")
+        _check(0.0 <= self.difficulty <= 1.0, p + "difficulty", self.difficulty, "0..1")
+        _check(self.min_crop_px >= 8, p + "min_crop_px", self.min_crop_px, ">= 8")
+        _check(
+            self.max_crop_px >= self.min_crop_px,
+            p + "max_crop_px",
+            self.max_crop_px,
+            f">= min_crop_px ({self.min_crop_px})",
+        )
+
+
+@dataclass(kw_only=True)
+class IngestConfig:
+    """How a user's ImageFolder tree becomes shards."""
+
+    layout: Layout = "auto"
+    """'splits': root/{train,val,test}/<class>/*; 'single': root/<class>/*, split by ratio;
+    'auto': 'splits' when root/train exists."""
+    val_fraction: float = 0.1
+    """Share of each class sent to validation when a split is carved out of a tree."""
+    test_fraction: float = 0.1
+    """Share of each class sent to test when a split is carved out of a tree."""
+    max_pixels: int = 40_000_000
+    """Images with more pixels are rejected (decompression bombs)."""
+    seed: int = 0
+    """Seed of the stratified split and of the row order in the shards."""
+
+    def __post_init__(self) -> None:
+        p = "data.ingest."
+        _check(0 <= self.val_fraction < 1, p + "val_fraction", self.val_fraction, "0..1")
+        _check(0 <= self.test_fraction < 1, p + "test_fraction", self.test_fraction, "0..1")
+        _check(
+            self.val_fraction + self.test_fraction < 1,
+            p + "test_fraction",
+            self.test_fraction,
+            "val_fraction + test_fraction < 1",
+        )
+        _check(self.max_pixels >= 1, p + "max_pixels", self.max_pixels, ">= 1")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where images come from and where the Parquet shards go."""
+
+    source: str = "synth"
+    """'synth' (the embedded dataset), an ImageFolder directory, or a shards URI."""
+    shards_uri: str = ""
+    """Where shards are written; empty means ``<output_dir>/<name>/data``. Local or s3://, gs://."""
+    rows_per_shard: int = 1000
+    """Rows per Parquet file."""
+    workers: int = 0
+    """Processes used to render / decode; 0 means one per CPU core."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source), "data.source", self.source, "'synth' or a path/URI")
+        _check(self.rows_per_shard >= 1, "data.rows_per_shard", self.rows_per_shard, ">= 1")
+        _check(self.workers >= 0, "data.workers", self.workers, ">= 0")
+
+
+@dataclass(kw_only=True)
+class Config:
+    """A whole logo-train run."""
+
+    name: str = "quick"
+    """Run name; results go to ``<output_dir>/<name>``."""
+    output_dir: str = "runs"
+    """Root of all run folders (local path or s3://, gs:// URI)."""
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.output_dir.rstrip('/')}/{self.name}"
+
+    @property
+    def shards_uri(self) -> str:
+        return self.data.shards_uri or f"{self.run_dir}/data"
+
+
+# ---------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; int is accepted where float is expected."""
+    origin = typing.get_origin(tp)
+    if _is_dataclass_type(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config field '{name}' = {value!r}: expected a mapping")
+        return _from_dict(tp, value, name + ".")
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ValueError(f"config field '{name}' = {value!r}: expected one of {list(choices)}")
+        return value
+    if origin in (Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, name)
+            except ValueError:
+                continue
+        raise ValueError(f"config field '{name}' = {value!r}: expected {tp}")
+    if tp is type(None):
+        if value is not None:
+            raise ValueError(f"config field '{name}' = {value!r}: expected null")
+        return None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config field '{name}' = {value!r}: expected a number")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"config field '{name}' = {value!r}: expected an integer")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config field '{name}' = {value!r}: expected true or false")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config field '{name}' = {value!r}: expected a string")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config field '{name}' = {value!r}: expected a list")
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_tp, f"{name}[{i}]") for i, v in enumerate(value)]
+        return origin(items)
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown config key '{prefix}{unknown[0]}' (known keys here: {sorted(known)})"
+        )
+    kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _from_dict(Config, data)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override '{key}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"data.synth.noise_rate=0.4"`` -> ``("data.synth.noise_rate", 0.4)`` (YAML-typed value)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r}: expected KEY=VALUE, e.g. data.synth.seed=1")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML profile (or the defaults), apply ``KEY=VALUE`` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text())
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"config file {path}: top level must be a mapping")
+        data = loaded or {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    return config_from_dict(data)
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

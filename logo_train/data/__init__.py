@@ -1,0 +1,1 @@
+"""Data sources (embedded dataset, ImageFolder ingest), Parquet shards and their preview."""

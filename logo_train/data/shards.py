@@ -1,0 +1,234 @@
+"""Parquet shards: one row per image, written to a local path or any pyarrow filesystem URI.
+
+Layout of a shards folder::
+
+    manifest.json            classes, counts per class and split, parameters, rejected inputs
+    train-00000.parquet ...  rows of the train split, in shuffled order
+    val-00000.parquet ...
+    test-00000.parquet ...
+    contact_sheet.png        a few samples per class (written by ``preview``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+BASE_FIELDS = [
+    pa.field("image", pa.binary(), nullable=False),
+    pa.field("label", pa.int32(), nullable=False),
+    pa.field("label_name", pa.string(), nullable=False),
+    pa.field("id", pa.string(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("source_path", pa.string(), nullable=False),
+]
+TRUTH_FIELDS = [
+    pa.field("clean_label", pa.int32(), nullable=False),
+    pa.field("is_noisy", pa.bool_(), nullable=False),
+]
+
+
+def shard_schema(with_truth: bool) -> pa.Schema:
+    """Schema of the rows; ``with_truth`` adds ``clean_label``/``is_noisy`` (embedded data only)."""
+    return pa.schema(BASE_FIELDS + (TRUTH_FIELDS if with_truth else []))
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A filesystem and a path inside it, for a local path or an s3://, gs://, file:// URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(uri: str, name: str) -> str:
+    return f"{uri.rstrip('/')}/{name}"
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    fs, path = resolve(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def prepare_output(uri: str, overwrite: bool) -> None:
+    """Create the folder; refuse to mix with an earlier dataset unless ``overwrite``."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise FileExistsError(f"shards output {uri} is a file, expected a folder")
+    if info.type == pafs.FileType.Directory:
+        old = [
+            f
+            for f in fs.get_file_info(pafs.FileSelector(path))
+            if f.base_name == MANIFEST or f.base_name.endswith(".parquet")
+        ]
+        if old and not overwrite:
+            raise FileExistsError(
+                f"{uri} already holds a dataset ({len(old)} shard/manifest files); "
+                "pass --overwrite to replace it or choose another folder"
+            )
+        for f in old:
+            fs.delete_file(f.path)
+    fs.create_dir(path, recursive=True)
+
+
+class ShardWriter:
+    """Buffers rows of one split and writes ``<split>-NNNNN.parquet`` every ``rows_per_shard``."""
+
+    def __init__(self, uri: str, split: str, schema: pa.Schema, rows_per_shard: int):
+        self.uri, self.split, self.schema = uri, split, schema
+        self.rows_per_shard = rows_per_shard
+        self._rows: list[dict[str, Any]] = []
+        self.files: list[str] = []
+        self.rows_written = 0
+
+    def add(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self.rows_per_shard:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        name = f"{self.split}-{len(self.files):05d}.parquet"
+        table = pa.Table.from_pylist(self._rows, schema=self.schema)
+        fs, path = resolve(join(self.uri, name))
+        # images are already compressed: store them as they are, compress only the metadata
+        pq.write_table(
+            table,
+            path,
+            filesystem=fs,
+            compression={f.name: ("none" if f.name == "image" else "zstd") for f in self.schema},
+        )
+        self.files.append(name)
+        self.rows_written += len(self._rows)
+        self._rows = []
+
+
+@dataclass
+class Manifest:
+    """What a shards folder holds and how it was made. Written as ``manifest.json``."""
+
+    source: str
+    classes: list[str]
+    counts: dict[str, dict[str, int]]
+    """split -> class name -> rows."""
+    files: dict[str, list[str]]
+    """split -> shard file names."""
+    params: dict[str, Any]
+    has_truth: bool
+    noisy_counts: dict[str, int] = field(default_factory=dict)
+    """split -> rows whose given label differs from the true one (embedded data only)."""
+    clean_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """split -> class name -> rows by true label (embedded data only)."""
+    files_seen: int = 0
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    """Every input that did not become a row: path, split, class, reason code, detail."""
+    skipped_classes: list[dict[str, str]] = field(default_factory=list)
+    converted: dict[str, int] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def rows(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    def split_rows(self, split: str) -> int:
+        return sum(self.counts.get(split, {}).values())
+
+    def imbalance_ratio(self, split: str = "train", truth: bool = False) -> float:
+        """Largest / smallest class count (by given labels, or by true ones with ``truth``)."""
+        table = self.clean_counts if truth else self.counts
+        counts = [c for c in table.get(split, {}).values() if c > 0]
+        return max(counts) / min(counts) if counts else float("nan")
+
+    def noise_rate(self, split: str = "train") -> float | None:
+        if not self.has_truth or not self.split_rows(split):
+            return None
+        return self.noisy_counts.get(split, 0) / self.split_rows(split)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2, ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        return cls(**data)
+
+
+def write_manifest(uri: str, manifest: Manifest) -> None:
+    write_bytes(join(uri, MANIFEST), manifest.to_json().encode())
+
+
+def read_manifest(uri: str) -> Manifest:
+    path = join(uri, MANIFEST)
+    if not exists(path):
+        raise FileNotFoundError(f"no {MANIFEST} in {uri}: not a logo-train shards folder")
+    try:
+        return Manifest.from_json(read_bytes(path).decode())
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path} is not a valid manifest: {e}") from e
+
+
+def shard_uris(uri: str, split: str, manifest: Manifest | None = None) -> list[str]:
+    manifest = manifest or read_manifest(uri)
+    return [join(uri, name) for name in manifest.files.get(split, [])]
+
+
+def iter_batches(
+    uri: str, split: str, columns: list[str] | None = None, batch_size: int = 256
+) -> Iterator[pa.RecordBatch]:
+    """Stream one split's rows without loading the whole split."""
+    for shard in shard_uris(uri, split):
+        fs, path = resolve(shard)
+        with fs.open_input_file(path) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+
+
+def read_split(uri: str, split: str, columns: list[str] | None = None) -> pa.Table:
+    """A whole split as one table (for small data: tests, audits of a few thousand rows)."""
+    batches = list(iter_batches(uri, split, columns))
+    if not batches:
+        return pa.table({name: [] for name in columns or []})
+    return pa.Table.from_batches(batches)
+
+
+def write_splits(
+    uri: str,
+    rows: Iterable[dict[str, Any]],
+    *,
+    with_truth: bool,
+    rows_per_shard: int,
+) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Write rows (any order of splits) through one writer per split; return files and counts."""
+    schema = shard_schema(with_truth)
+    writers = {s: ShardWriter(uri, s, schema, rows_per_shard) for s in SPLITS}
+    for row in rows:
+        writers[row["split"]].add(row)
+    for w in writers.values():
+        w.flush()
+    return {s: w.files for s, w in writers.items()}, {s: w.rows_written for s, w in writers.items()}

@@ -1,0 +1,1 @@
+"""Thin entrypoints for ``ray job submit --working-dir . -- python -m ray_jobs.<job>``."""

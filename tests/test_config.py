@@ -1,0 +1,80 @@
+from pathlib import Path
+
+import pytest
+
+from logo_train.config import (
+    Config,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+    load_config,
+    parse_override,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_profiles_load_and_round_trip(profile):
+    cfg = load_config(ROOT / "configs" / f"{profile}.yaml")
+    assert cfg.name == profile
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_profiles_set_every_field_explicitly():
+    """configs/ must stay true to the code: a field missing from a profile is a stale profile."""
+    import yaml
+
+    for profile in ("quick", "full"):
+        data = yaml.safe_load((ROOT / "configs" / f"{profile}.yaml").read_text())
+        assert set(data["data"]["synth"]) == set(config_to_dict(Config())["data"]["synth"])
+
+
+def test_overrides_are_yaml_typed_and_validated():
+    cfg = load_config(None, ["data.synth.noise_rate=0.4", "data.synth.noise_kind=pairs"])
+    assert cfg.data.synth.noise_rate == 0.4
+    assert cfg.data.synth.noise_kind == "pairs"
+    assert parse_override("data.synth.noisy_val=true") == ("data.synth.noisy_val", True)
+    # an int is a valid float
+    assert load_config(None, ["data.synth.imbalance_ratio=5"]).data.synth.imbalance_ratio == 5.0
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ("data.synth.noise_rate=1.5", "data.synth.noise_rate"),
+        ("data.synth.noise_kind=asym", "data.synth.noise_kind"),
+        ("data.synth.image_size=big", "data.synth.image_size"),
+        ("data.synth.imbalance_ratio=0.5", "data.synth.imbalance_ratio"),
+        ("data.synth.max_crop_px=10", "data.synth.max_crop_px"),
+        ("data.ingest.val_fraction=1.2", "data.ingest.val_fraction"),
+        ("data.ingest.test_fraction=0.95", "data.ingest.test_fraction"),
+        ("data.rows_per_shard=0", "data.rows_per_shard"),
+        ("data.synth.noisy_val=3", "data.synth.noisy_val"),
+    ],
+)
+def test_bad_values_name_the_field(override, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ValueError, match=r"data\.synth\.nosie_rate"):
+        load_config(None, ["data.synth.nosie_rate=0.1"])
+
+
+def test_override_without_equals_is_an_error():
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        load_config(None, ["data.synth.seed"])
+
+
+def test_missing_config_file_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_dump_is_loadable(tmp_path):
+    cfg = load_config(None, ["name=x", "data.synth.seed=5"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg

@@ -1,0 +1,135 @@
+"""The embedded dataset: classes, imbalance profile, label noise, determinism, distinct logos."""
+
+from collections import Counter
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from logo_train.data import brands, synth
+from logo_train.data.badge import decode_image
+from logo_train.data.shards import read_manifest, read_split, shard_schema
+
+
+def test_28_classes_with_unknown_and_real_artwork():
+    assert len(brands.CLASS_NAMES) == 28
+    assert "unknown" in brands.CLASS_NAMES
+    slugs = [brands.class_slugs(c)[0] for c in brands.CLASS_NAMES if c != "unknown"]
+    assert len(set(slugs)) == 27
+    art = brands.load_artwork("bmw")
+    assert art.svg.startswith("<svg") and len(art.hex_colour) == 6
+
+
+def test_every_class_renders_a_different_logo():
+    masks = synth.templates()
+    names = [c for c in brands.CLASS_NAMES if c != "unknown"]
+    small = {
+        c: cv2.resize(masks[brands.class_slugs(c)[0]][0], (32, 32), interpolation=cv2.INTER_AREA)
+        for c in names
+    }
+    for c in names:
+        assert small[c].mean() > 0.03, f"{c} renders (almost) empty"
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            diff = np.abs(small[a] - small[b]).mean()
+            assert diff > 0.05, f"{a} and {b} render nearly the same mask ({diff:.3f})"
+    # the unknown class draws from many non-vehicle icons, none of them a car brand
+    assert len(brands.UNKNOWN_SLUGS) >= 20
+    assert not set(brands.UNKNOWN_SLUGS) & set(brands.BRAND_SLUGS.values())
+
+
+def test_lookalike_pairs_are_a_perfect_matching():
+    partner = brands.partner_index()
+    assert all(partner[partner[i]] == i and partner[i] != i for i in range(len(partner)))
+
+
+def test_train_counts_follow_the_long_tail_profile(tiny_synth):
+    counts = synth.train_counts(tiny_synth)
+    assert len(counts) == 28
+    assert max(counts) == tiny_synth.images_per_class
+    assert min(counts) == round(tiny_synth.images_per_class / tiny_synth.imbalance_ratio)
+    expected = [
+        round(60 * 6.0 ** (-r / 27)) for r in range(28)
+    ]  # exponential decay from head to tail
+    assert sorted(counts, reverse=True) == expected
+    balanced = synth.train_counts(replace(tiny_synth, imbalance_ratio=1.0))
+    assert set(balanced) == {60}
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.2, 0.4])
+@pytest.mark.parametrize("kind", ["symmetric", "pairs"])
+def test_noise_rate_is_exact_and_truth_is_kept(tiny_synth, rate, kind):
+    cfg = replace(tiny_synth, noise_rate=rate, noise_kind=kind)
+    plan = synth.make_plan(cfg)
+    train = [s for s in plan if s.split == "train"]
+    flipped = [s for s in train if s.label != s.clean_label]
+    assert abs(len(flipped) / len(train) - rate) <= 0.015
+    # the true labels still follow the profile: noise never changes clean_label counts
+    clean = Counter(s.clean_label for s in train)
+    assert sorted(clean.values(), reverse=True) == sorted(synth.train_counts(cfg), reverse=True)
+    if kind == "pairs":
+        partner = brands.partner_index()
+        assert all(s.label == partner[s.clean_label] for s in flipped)
+    # val and test are clean and balanced
+    for split, per_class in (("val", cfg.val_per_class), ("test", cfg.test_per_class)):
+        rows = [s for s in plan if s.split == split]
+        assert all(s.label == s.clean_label for s in rows)
+        assert set(Counter(s.label for s in rows).values()) == {per_class}
+
+
+def test_noisy_val_flag(tiny_synth):
+    cfg = replace(tiny_synth, noisy_val=True, val_per_class=10, noise_rate=0.3)
+    val = [s for s in synth.make_plan(cfg) if s.split == "val"]
+    assert sum(s.label != s.clean_label for s in val) == round(0.3 * len(val))
+
+
+def test_generate_writes_shards_with_truth(tiny_synth, tmp_path):
+    manifest = synth.generate(
+        tiny_synth, str(tmp_path), rows_per_shard=200, workers=2, progress=False
+    )
+    assert manifest.classes == list(brands.CLASS_NAMES)
+    n_train = sum(synth.train_counts(tiny_synth))
+    assert manifest.split_rows("train") == n_train
+    assert manifest.split_rows("test") == 28 * 2
+    assert manifest.noisy_counts["train"] == round(0.2 * n_train)
+    assert manifest.imbalance_ratio(truth=True) == pytest.approx(60 / 10)
+    # shards: rows_per_shard respected, schema as documented
+    assert len(manifest.files["train"]) == -(-n_train // 200)
+    first = pq.read_table(tmp_path / manifest.files["train"][0])
+    assert first.schema.equals(shard_schema(with_truth=True))
+    assert first.num_rows == 200
+    table = read_split(str(tmp_path), "train")
+    assert table.num_rows == n_train
+    labels = np.array(table["label"].to_pylist())
+    clean = np.array(table["clean_label"].to_pylist())
+    assert (np.array(table["is_noisy"].to_pylist()) == (labels != clean)).all()
+    names = table["label_name"].to_pylist()
+    assert all(brands.CLASS_NAMES[lbl] == n for lbl, n in zip(labels, names, strict=True))
+    # rows are shuffled, not sorted by class
+    assert len(set(labels[:28].tolist())) > 5
+    img = decode_image(table["image"][0].as_py())
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    assert read_manifest(str(tmp_path)).rows == manifest.rows
+
+
+def test_generation_is_deterministic_per_seed(tiny_synth, tmp_path):
+    cfg = replace(tiny_synth, images_per_class=10, imbalance_ratio=2.0)
+    a = synth.generate(cfg, str(tmp_path / "a"), workers=1, progress=False)
+    b = synth.generate(cfg, str(tmp_path / "b"), workers=2, progress=False)
+    synth.generate(replace(cfg, seed=cfg.seed + 1), str(tmp_path / "c"), workers=2, progress=False)
+    assert a.counts == b.counts
+    for split in ("train", "val", "test"):
+        ta, tb = read_split(str(tmp_path / "a"), split), read_split(str(tmp_path / "b"), split)
+        assert ta.equals(tb), f"{split} differs between two runs of the same seed"
+    tc = read_split(str(tmp_path / "c"), "train")
+    assert tc["image"].to_pylist() != read_split(str(tmp_path / "a"), "train")["image"].to_pylist()
+
+
+def test_difficulty_changes_the_images(tiny_synth):
+    sample = synth.make_plan(tiny_synth)[0]
+    easy = synth.render_sample(sample, replace(tiny_synth, difficulty=0.0))
+    hard = synth.render_sample(sample, replace(tiny_synth, difficulty=1.0))
+    assert easy["image"] != hard["image"]
+    assert easy["label"] == hard["label"]
