@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    train = sub.add_parser("train", help="train every backbone of the config with Ray Train")
+    add_config_args(train)
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     data = sub.add_parser("data", help="make or inspect Parquet shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
@@ -162,6 +166,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from logo_train.pipeline import train_stage
+
+    cfg = config_from_args(args)
+    train_stage(cfg, progress=not args.no_progress)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -173,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "train":
+            return _cmd_train(args)
         return _cmd_data(args)
     except (ValueError, FileNotFoundError, FileExistsError, IngestError) as e:
         print(f"error: {e}", file=sys.stderr)

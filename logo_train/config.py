@@ -18,6 +18,8 @@ import yaml
 NoiseKind = Literal["symmetric", "pairs"]
 ImageFormat = Literal["png", "jpeg"]
 Layout = Literal["auto", "splits", "single"]
+LossName = Literal["ce", "ce_weighted"]
+OptimizerName = Literal["adamw", "adam"]
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
@@ -130,6 +132,145 @@ class DataConfig:
 
 
 @dataclass(kw_only=True)
+class ModelConfig:
+    """Which backbones to train, at which input size, from which weights."""
+
+    backbones: list[str] = field(
+        default_factory=lambda: [
+            "resnet10t",
+            "mobilenetv2_050",
+            "swin_nano",
+            "efficientformer_nano",
+            "efficientnetv2_nano",
+        ]
+    )
+    """Names from the registry (``logo_train.models.BACKBONES``); each is trained in turn."""
+    image_size: int = 64
+    """Model input side in pixels, the same for train, eval and inference."""
+    pretrained: bool = False
+    """Fetch timm's pretrained weights from its hub (needs network; off by default)."""
+    pretrained_files: dict[str, str] = field(default_factory=dict)
+    """backbone name -> local timm weights file (.pth/.safetensors); used instead of the hub."""
+
+    def __post_init__(self) -> None:
+        from logo_train.models import BACKBONES, check_image_size
+
+        _check(bool(self.backbones), "model.backbones", self.backbones, "at least one backbone")
+        for name in self.backbones:
+            _check(
+                name in BACKBONES,
+                "model.backbones",
+                name,
+                f"a registered backbone, one of {sorted(BACKBONES)}",
+            )
+            check_image_size(name, self.image_size)
+        _check(
+            len(set(self.backbones)) == len(self.backbones),
+            "model.backbones",
+            self.backbones,
+            "no repeats",
+        )
+        _check(16 <= self.image_size <= 1024, "model.image_size", self.image_size, "16..1024")
+        for name in self.pretrained_files:
+            _check(
+                name in self.backbones,
+                "model.pretrained_files",
+                name,
+                "a key naming one of model.backbones",
+            )
+
+
+@dataclass(kw_only=True)
+class AugmentConfig:
+    """Train-time augmentation (eval is resize + normalise only)."""
+
+    strength: float = 0.5
+    """RandAugment-like magnitude in [0, 1]; 0 turns augmentation off."""
+    min_crop_scale: float = 0.6
+    """Smallest image area kept by the random resized crop at full strength."""
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.strength <= 1, "augment.strength", self.strength, "0..1")
+        _check(
+            0.1 <= self.min_crop_scale <= 1, "augment.min_crop_scale", self.min_crop_scale, "0.1..1"
+        )
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Ray Train: optimisation, loss, workers and checkpoints."""
+
+    epochs: int = 8
+    batch_size: int = 64
+    """Global batch; each of the ``num_workers`` workers gets ``batch_size // num_workers``."""
+    eval_batch_size: int = 256
+    optimizer: OptimizerName = "adamw"
+    lr: float = 3e-3
+    """OneCycle's peak learning rate."""
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.2
+    """Share of the steps OneCycle spends rising to ``lr``."""
+    loss: LossName = "ce_weighted"
+    """'ce' (plain) or 'ce_weighted' (class weights, the reference recipe)."""
+    class_weight_power: float = 1.0
+    """beta in ``w_c = (N_max / N_c) ** beta``: 1 = reference recipe, 0 = no weighting."""
+    num_workers: int = 2
+    """DDP workers per backbone."""
+    cpus_per_worker: float = 0.5
+    """Fractional on small machines: Ray Data needs the CPUs the workers leave free."""
+    gpus_per_worker: float = 0.0
+    """> 0 trains on GPUs (NCCL, AMP, channels_last)."""
+    amp: bool = True
+    """Mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler)."""
+    channels_last: bool = True
+    """channels_last memory format on GPU."""
+    shuffle_buffer: int = 512
+    """Rows in each worker's local shuffle buffer (file order is shuffled too)."""
+    checkpoints_to_keep: int = 2
+    """Best checkpoints kept per backbone, by val macro-F1."""
+    max_failures: int = 2
+    """Worker-group restarts (from the last checkpoint) before a run fails."""
+    autoscale: bool = False
+    """The cluster adds nodes on demand: skip the check that workers fit the current cluster."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        p = "train."
+        _check(self.epochs >= 1, p + "epochs", self.epochs, ">= 1")
+        _check(self.lr > 0, p + "lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, p + "weight_decay", self.weight_decay, ">= 0")
+        _check(0 < self.warmup_fraction < 1, p + "warmup_fraction", self.warmup_fraction, "0..1")
+        _check(
+            0 <= self.class_weight_power <= 1,
+            p + "class_weight_power",
+            self.class_weight_power,
+            "0..1",
+        )
+        _check(self.num_workers >= 1, p + "num_workers", self.num_workers, ">= 1")
+        _check(
+            self.batch_size >= self.num_workers,
+            p + "batch_size",
+            self.batch_size,
+            f">= num_workers ({self.num_workers})",
+        )
+        _check(self.eval_batch_size >= 1, p + "eval_batch_size", self.eval_batch_size, ">= 1")
+        _check(self.cpus_per_worker > 0, p + "cpus_per_worker", self.cpus_per_worker, "> 0")
+        _check(self.gpus_per_worker >= 0, p + "gpus_per_worker", self.gpus_per_worker, ">= 0")
+        _check(self.shuffle_buffer >= 0, p + "shuffle_buffer", self.shuffle_buffer, ">= 0")
+        _check(
+            self.checkpoints_to_keep >= 1,
+            p + "checkpoints_to_keep",
+            self.checkpoints_to_keep,
+            ">= 1",
+        )
+        _check(self.max_failures >= 0, p + "max_failures", self.max_failures, ">= 0")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole logo-train run."""
 
@@ -138,6 +279,9 @@ class Config:
     output_dir: str = "runs"
     """Root of all run folders (local path or s3://, gs:// URI)."""
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
@@ -198,6 +342,14 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if not isinstance(value, str):
             raise ValueError(f"config field '{name}' = {value!r}: expected a string")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config field '{name}' = {value!r}: expected a mapping")
+        key_tp, val_tp = typing.get_args(tp) or (Any, Any)
+        return {
+            _coerce(k, key_tp, f"{name} key"): _coerce(v, val_tp, f"{name}.{k}")
+            for k, v in value.items()
+        }
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"config field '{name}' = {value!r}: expected a list")

@@ -1,7 +1,7 @@
 """The whole job behind ``logo-train run``: one stage after another, one line per stage.
 
-Stages so far: data (render or ingest, shards, contact sheet). Training, tuning, the label
-audit, the benchmark and the report join here as they land (see the issues).
+Stages so far: data (render or ingest, shards, contact sheet) and training (Ray Train, every
+backbone). Tuning, the label audit, the benchmark and the report join here as they land.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from logo_train.config import Config, dump_config
 from logo_train.data.prepare import prepare_data
 from logo_train.data.preview import CONTACT_SHEET, summary_table
 from logo_train.data.shards import Manifest, join, resolve, write_bytes
+from logo_train.train import BackboneResult
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ class RunResult:
     run_dir: str
     shards_uri: str
     manifest: Manifest
+    training: list[BackboneResult] = field(default_factory=list)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -38,16 +40,48 @@ def stage(name: str, timings: dict[str, float], echo=print) -> Iterator[None]:
     echo(f"[stage] {name} done in {timings[name]:.1f} s", flush=True)
 
 
-def run(cfg: Config, *, overwrite_data: bool = False, progress: bool = True) -> RunResult:
-    """Run every stage for ``cfg``; results go to ``cfg.run_dir``."""
+def _write_config(cfg: Config) -> None:
     fs, path = resolve(cfg.run_dir)
     fs.create_dir(path, recursive=True)
     write_bytes(join(cfg.run_dir, "config.yaml"), dump_config(cfg).encode())
+
+
+def _data(cfg: Config, overwrite: bool, progress: bool) -> tuple[str, Manifest]:
+    uri, manifest, reused = prepare_data(cfg, overwrite=overwrite, progress=progress)
+    if reused:
+        print(f"reusing shards at {uri} (same parameters; --overwrite-data re-makes them)")
+    print(summary_table(manifest))
+    print(f"shards: {uri}\ncontact sheet: {join(uri, CONTACT_SHEET)}")
+    return uri, manifest
+
+
+def _train(cfg: Config, uri: str, manifest: Manifest) -> list[BackboneResult]:
+    from logo_train.raysetup import init_ray
+    from logo_train.train import train_all
+
+    init_ray()
+    results = train_all(cfg, uri, manifest)
+    print(f"training summary: {join(cfg.run_dir, 'train/summary.json')}")
+    print(f"tensorboard --logdir {join(cfg.run_dir, 'tensorboard')}")
+    return results
+
+
+def train_stage(cfg: Config, progress: bool = True) -> list[BackboneResult]:
+    """``logo-train train``: shards (made or reused), then every backbone."""
+    _write_config(cfg)
     timings: dict[str, float] = {}
     with stage("data", timings):
-        uri, manifest, reused = prepare_data(cfg, overwrite=overwrite_data, progress=progress)
-        if reused:
-            print(f"reusing shards at {uri} (same parameters; --overwrite-data re-makes them)")
-        print(summary_table(manifest))
-        print(f"shards: {uri}\ncontact sheet: {join(uri, CONTACT_SHEET)}")
-    return RunResult(cfg.run_dir, uri, manifest, timings)
+        uri, manifest = _data(cfg, False, progress)
+    with stage("train", timings):
+        return _train(cfg, uri, manifest)
+
+
+def run(cfg: Config, *, overwrite_data: bool = False, progress: bool = True) -> RunResult:
+    """Run every stage for ``cfg``; results go to ``cfg.run_dir``."""
+    _write_config(cfg)
+    timings: dict[str, float] = {}
+    with stage("data", timings):
+        uri, manifest = _data(cfg, overwrite_data, progress)
+    with stage("train", timings):
+        training = _train(cfg, uri, manifest)
+    return RunResult(cfg.run_dir, uri, manifest, training, timings)

@@ -25,9 +25,20 @@ def test_profiles_set_every_field_explicitly():
     """configs/ must stay true to the code: a field missing from a profile is a stale profile."""
     import yaml
 
+    defaults = config_to_dict(Config())
+
+    def keys(tree, prefix=""):
+        out = set()
+        for k, v in tree.items():
+            if isinstance(v, dict) and v and k != "pretrained_files":
+                out |= keys(v, f"{prefix}{k}.")
+            else:
+                out.add(prefix + k)
+        return out
+
     for profile in ("quick", "full"):
         data = yaml.safe_load((ROOT / "configs" / f"{profile}.yaml").read_text())
-        assert set(data["data"]["synth"]) == set(config_to_dict(Config())["data"]["synth"])
+        assert keys(data) == keys(defaults), profile
 
 
 def test_overrides_are_yaml_typed_and_validated():
@@ -51,6 +62,14 @@ def test_overrides_are_yaml_typed_and_validated():
         ("data.ingest.test_fraction=0.95", "data.ingest.test_fraction"),
         ("data.rows_per_shard=0", "data.rows_per_shard"),
         ("data.synth.noisy_val=3", "data.synth.noisy_val"),
+        ("model.backbones=[resnet5O]", "model.backbones"),
+        ("model.image_size=72", "model.image_size"),
+        ("train.lr=-0.1", "train.lr"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.loss=focal", "train.loss"),
+        ("train.batch_size=1", "train.batch_size"),
+        ("train.class_weight_power=2", "train.class_weight_power"),
+        ("model.pretrained_files={resnet50: x.pth}", "model.pretrained_files"),
     ],
 )
 def test_bad_values_name_the_field(override, field):

@@ -65,6 +65,7 @@ def exists(uri: str) -> bool:
 
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as f:
         f.write(data)
 

@@ -1,0 +1,75 @@
+"""Self-describing checkpoints: weights + training state + what is needed to rebuild the model.
+
+A checkpoint folder holds ``state.pt`` (model, optimizer, scheduler, grad scaler, epoch, best
+metric, per-epoch history) and ``model.json`` (backbone, image size, normalisation, class
+names, resolved config). Loading uses ``torch.load(..., weights_only=True)``: no pickled code.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from logo_train.models import build_model
+
+STATE = "state.pt"
+MODEL_JSON = "model.json"
+
+
+@dataclass
+class ModelInfo:
+    backbone: str
+    num_classes: int
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    class_names: list[str]
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def save(
+    directory: str | Path,
+    *,
+    info: ModelInfo,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
+    epoch: int,
+    best_metric: float,
+    history: list[dict[str, float]],
+) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer else None,
+        "scheduler": scheduler.state_dict() if scheduler else None,
+        "scaler": scaler.state_dict() if scaler else None,
+        "epoch": epoch,
+        "best_metric": best_metric,
+        "history": history,
+    }
+    torch.save(state, directory / STATE)
+    (directory / MODEL_JSON).write_text(json.dumps(asdict(info), indent=2))
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    return torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
+
+
+def load_info(directory: str | Path) -> ModelInfo:
+    return ModelInfo(**json.loads((Path(directory) / MODEL_JSON).read_text()))
+
+
+def load_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """The trained model (eval mode, CPU) and its description, from a checkpoint folder."""
+    info = load_info(directory)
+    model = build_model(info.backbone, info.num_classes, info.image_size)
+    model.load_state_dict(load_state(directory)["model"])
+    return model.eval(), info

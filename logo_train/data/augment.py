@@ -1,0 +1,105 @@
+"""Train and eval transforms (albumentations), built from one ``TransformSpec``.
+
+Train, eval and inference share the final resize to ``image_size`` and the normalisation from
+the model's own timm data config, so they cannot drift apart (the reference project trained at
+256 px and evaluated at 224). No flips: a mirrored badge is not the brand's badge (wordmarks,
+Ford's script, Kia's letters), so a flip would teach the model logos that do not exist.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+# albumentations checks PyPI for a newer release at import; nothing here may touch the network
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+
+
+@dataclass(frozen=True)
+class TransformSpec:
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    strength: float = 0.5
+    """RandAugment-like magnitude in [0, 1]: scales every random range; 0 = resize only."""
+    min_crop_scale: float = 0.6
+    """Smallest area share kept by the random resized crop (a logo must stay in the crop)."""
+
+
+def _normalise(spec: TransformSpec) -> A.Normalize:
+    return A.Normalize(mean=spec.mean, std=spec.std, max_pixel_value=255.0)
+
+
+@lru_cache(maxsize=8)
+def train_transform(spec: TransformSpec) -> A.Compose:
+    m = spec.strength
+    size = (spec.image_size, spec.image_size)
+    if m == 0:
+        return eval_transform(spec)
+    return A.Compose(
+        [
+            A.RandomResizedCrop(
+                size=size, scale=(1 - (1 - spec.min_crop_scale) * m, 1.0), ratio=(0.8, 1.25)
+            ),
+            A.Affine(
+                rotate=(-15 * m, 15 * m),
+                shear=(-8 * m, 8 * m),
+                translate_percent=(-0.06 * m, 0.06 * m),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=0.7,
+            ),
+            A.ColorJitter(
+                brightness=0.4 * m, contrast=0.4 * m, saturation=0.4 * m, hue=0.05 * m, p=0.8
+            ),
+            A.ToGray(p=0.1 * m),
+            A.OneOf(
+                [
+                    A.GaussianBlur(sigma_limit=(0.2, 0.2 + 1.2 * m)),
+                    A.MotionBlur(blur_limit=(3, 5)),
+                ],
+                p=0.4 * m,
+            ),
+            A.GaussNoise(std_range=(0.01, 0.01 + 0.07 * m), p=0.3 * m),
+            A.ImageCompression(quality_range=(int(95 - 55 * m), 95), p=0.3 * m),
+            A.CoarseDropout(
+                num_holes_range=(1, 2),
+                hole_height_range=(0.1, 0.25),
+                hole_width_range=(0.1, 0.25),
+                p=0.3 * m,
+            ),
+            _normalise(spec),
+        ]
+    )
+
+
+@lru_cache(maxsize=8)
+def eval_transform(spec: TransformSpec) -> A.Compose:
+    """Resize to ``image_size`` (square, as the train crop) and normalise: eval and inference."""
+    return A.Compose(
+        [
+            A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_LINEAR),
+            _normalise(spec),
+        ]
+    )
+
+
+def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
+    out = []
+    for data in images:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError("could not decode an image in the batch (corrupt shard row?)")
+        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return out
+
+
+def to_tensor_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:
+    """RGB uint8 HWC images -> float32 NCHW, transformed."""
+    tf = train_transform(spec) if train else eval_transform(spec)
+    batch = np.stack([tf(image=img)["image"] for img in images])
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)

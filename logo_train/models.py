@@ -1,0 +1,188 @@
+"""One backbone registry on ``timm.create_model``: the five reference backbones and a small
+member of each family for the quick profile and the tests.
+
+Image-size handling per family:
+
+* Swin takes ``img_size`` and ``window_size``: 224 px keeps the window of 7, other sizes use a
+  window of ``image_size // 16`` (64 px -> 4), so the patch grid divides into windows.
+* EfficientFormer (L1) builds its last-stage attention bias table for a 7x7 token map, i.e.
+  224 px input. At other sizes we rebuild each ``Attention`` for the actual map
+  (``image_size // 32``) and resize its learned bias table bilinearly, the way timm resizes
+  Swin's relative-position tables, so a 224 px weights file still carries over. Its
+  distillation head is tied to the main head: timm always averages the two, and tying them
+  gives the plain single-head model (11,404,500 parameters with 28 classes, as in DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import timm
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+Family = Literal["resnet", "mobilenetv2", "swin", "efficientformer", "efficientnetv2"]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    """Name used in configs and reports."""
+    family: Family
+    timm_name: str
+    """The timm model it is built from (also the name of its pretrained weights)."""
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    """Fixed constructor overrides (smaller widths/depths for the small members)."""
+    size: Literal["full", "small"] = "full"
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    s.name: s
+    for s in [
+        BackboneSpec("resnet50", "resnet", "resnet50"),
+        BackboneSpec("mobilenetv2_100", "mobilenetv2", "mobilenetv2_100"),
+        BackboneSpec("swin_tiny_patch4_window7_224", "swin", "swin_tiny_patch4_window7_224"),
+        BackboneSpec("efficientformer_l1", "efficientformer", "efficientformer_l1"),
+        BackboneSpec("efficientnetv2_s", "efficientnetv2", "efficientnetv2_s"),
+        # small members, for 2-core laptops and tests
+        BackboneSpec("resnet10t", "resnet", "resnet10t", size="small"),
+        BackboneSpec("mobilenetv2_050", "mobilenetv2", "mobilenetv2_050", size="small"),
+        BackboneSpec(
+            "swin_nano",
+            "swin",
+            "swin_tiny_patch4_window7_224",
+            {"embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)},
+            size="small",
+        ),
+        BackboneSpec(
+            "efficientformer_nano",
+            "efficientformer",
+            "efficientformer_l1",
+            {"depths": (1, 1, 2, 2), "embed_dims": (32, 64, 128, 256)},
+            size="small",
+        ),
+        BackboneSpec(
+            "efficientnetv2_nano",
+            "efficientnetv2",
+            "efficientnetv2_s",
+            {"channel_multiplier": 0.5, "depth_multiplier": 0.5},
+            size="small",
+        ),
+    ]
+}
+
+
+def get_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def check_image_size(name: str, image_size: int) -> None:
+    """Raise (naming ``model.image_size``) if a backbone cannot take this input size."""
+    family = get_spec(name).family
+    multiple = {"swin": 32, "efficientformer": 32}.get(family, 1)
+    if image_size % multiple:
+        raise ValueError(
+            f"config field 'model.image_size' = {image_size}: {name} ({family}) needs a "
+            f"multiple of {multiple}"
+        )
+
+
+def _size_kwargs(spec: BackboneSpec, image_size: int) -> dict[str, Any]:
+    if spec.family == "swin" and image_size != 224:
+        return {"img_size": image_size, "window_size": image_size // 16}
+    return {}
+
+
+def _fit_efficientformer(model: nn.Module, image_size: int) -> None:
+    from timm.models.efficientformer import Attention
+
+    model.head_dist = model.head  # tie: forward averages head and head_dist
+    resolution = image_size // 32
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, Attention) or resolution == 7:
+                continue
+            new = Attention(
+                dim=child.qkv.in_features,
+                key_dim=child.key_dim,
+                num_heads=child.num_heads,
+                attn_ratio=child.attn_ratio,
+                resolution=resolution,
+            )
+            new.qkv.load_state_dict(child.qkv.state_dict())
+            new.proj.load_state_dict(child.proj.state_dict())
+            with torch.no_grad():
+                old = child.attention_biases.reshape(child.num_heads, 1, 7, 7)
+                resized = nn.functional.interpolate(
+                    old, size=(resolution, resolution), mode="bilinear", align_corners=False
+                )
+                new.attention_biases.copy_(resized.reshape(child.num_heads, -1))
+            setattr(parent, child_name, new)
+
+
+_POST_BUILD: dict[str, Callable[[nn.Module, int], None]] = {
+    "efficientformer": _fit_efficientformer,
+}
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str = "",
+) -> nn.Module:
+    """A timm model for ``name`` at ``image_size``; random init unless weights are asked for.
+
+    ``pretrained=True`` fetches timm's weights from its hub (needs network);
+    ``pretrained_file`` loads a local timm-compatible weights file (.pth/.bin/.safetensors)
+    instead. A classifier of another size in the file is skipped (timm drops it).
+    """
+    spec = get_spec(name)
+    check_image_size(name, image_size)
+    kwargs = {**spec.kwargs, **_size_kwargs(spec, image_size), "num_classes": num_classes}
+    if pretrained_file:
+        kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
+    try:
+        model = timm.create_model(
+            spec.timm_name, pretrained=bool(pretrained or pretrained_file), **kwargs
+        )
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"model.pretrained_file not found: {pretrained_file}") from e
+    if spec.family in _POST_BUILD:
+        _POST_BUILD[spec.family](model, image_size)
+    if not (pretrained or pretrained_file):
+        _zero_init_classifier(model)
+    return model
+
+
+def _zero_init_classifier(model: nn.Module) -> None:
+    """Start from uniform predictions: every sample's loss is ln(num_classes) at step 0.
+
+    timm's default head inits give some families (MobileNetV2: loss ~5.5 with 28 classes
+    instead of ln 28 = 3.3) large random logits that take many steps to unlearn.
+    """
+    heads = model.get_classifier()
+    for head in heads if isinstance(heads, tuple) else (heads,):
+        if isinstance(head, nn.Linear):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters (a tied module counts once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std from the model's own timm data config (one place, for train and serve)."""
+    data_cfg = timm.data.resolve_model_data_config(model)
+    return tuple(data_cfg["mean"]), tuple(data_cfg["std"])

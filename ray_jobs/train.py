@@ -1,0 +1,22 @@
+"""Train job: every backbone of the config with Ray Train (DDP), one summary line each.
+
+ray job submit --working-dir . -- python -m ray_jobs.train --config configs/full.yaml
+"""
+
+import argparse
+import logging
+
+from logo_train.cli import add_config_args, config_from_args
+from logo_train.pipeline import train_stage
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    train_stage(config_from_args(args), progress=False)
+
+
+if __name__ == "__main__":
+    main()

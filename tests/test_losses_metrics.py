@@ -1,0 +1,68 @@
+"""Losses and metrics on tiny tensors with hand-computed answers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from logo_train.losses import WeightedCrossEntropy, build_loss, class_weights
+from logo_train.metrics import classification_metrics, confusion, per_class_metrics
+
+
+def test_class_weights_follow_the_formula_and_have_mean_one():
+    w = class_weights([100, 25, 10], power=1.0)
+    raw = torch.tensor([1.0, 4.0, 10.0])
+    assert torch.allclose(w, raw / raw.mean())
+    assert w.mean().item() == pytest.approx(1.0)
+    assert torch.allclose(class_weights([100, 25, 10], power=0.0), torch.ones(3))
+    half = class_weights([100, 25], power=0.5)
+    assert half[1] / half[0] == pytest.approx(2.0)
+    assert class_weights([10, 0, 5], power=1.0)[1] == 0  # absent class: no weight
+
+
+def test_weighted_cross_entropy_equals_the_formula():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    target = torch.tensor([0, 1, 1])
+    weights = torch.tensor([0.5, 1.5])
+    ce = [-math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(math.e / (1 + math.e)), math.log(2)]
+    expected = (0.5 * ce[0] + 1.5 * ce[1] + 1.5 * ce[2]) / 3
+    assert WeightedCrossEntropy(weights)(logits, target).item() == pytest.approx(expected)
+    assert WeightedCrossEntropy()(logits, target).item() == pytest.approx(sum(ce) / 3)
+
+
+def test_build_loss_switch():
+    assert build_loss("ce", [1, 2], 1.0).weights is None
+    assert build_loss("ce_weighted", [10, 5], 1.0).weights.tolist() == pytest.approx([2 / 3, 4 / 3])
+    with pytest.raises(ValueError, match="unknown loss"):
+        build_loss("focal", [1], 1.0)
+
+
+def test_metrics_on_a_hand_computed_case():
+    # class 0: 3 true, class 1: 1 true, class 2: never true but predicted once
+    y_true = [0, 0, 0, 1]
+    y_pred = [0, 0, 2, 1]
+    m = classification_metrics(y_true=y_true, y_pred=y_pred, num_classes=3)
+    assert m["accuracy"] == pytest.approx(0.75)
+    # precision: c0 2/2, c1 1/1, c2 0/1 -> mean 2/3; recall: c0 2/3, c1 1, c2 0 (no support)
+    assert m["macro_precision"] == pytest.approx(2 / 3)
+    assert m["macro_recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    f1_c0 = 2 * 1 * (2 / 3) / (1 + 2 / 3)
+    assert m["macro_f1"] == pytest.approx((f1_c0 + 1 + 0) / 3)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_precision_and_recall_are_not_swapped():
+    """A model that predicts class 0 for everything: recall of 0 is 1, precision is its share."""
+    y_true = [0, 0, 0, 1]
+    y_pred = [0, 0, 0, 0]
+    rows = per_class_metrics(y_true=y_true, y_pred=y_pred, class_names=["a", "b"])
+    assert rows[0]["recall"] == 1.0
+    assert rows[0]["precision"] == pytest.approx(0.75)
+    assert rows[1]["support"] == 1 and rows[1]["recall"] == 0.0
+
+
+def test_confusion_rows_are_true_classes():
+    cm = confusion(y_true=[0, 0, 1], y_pred=[1, 0, 1], num_classes=3)
+    assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
+    assert isinstance(cm, np.ndarray)

@@ -1,0 +1,75 @@
+"""The backbone registry: every family builds, runs forward/backward, and has the right size."""
+
+import pytest
+import torch
+
+from logo_train.models import BACKBONES, build_model, count_parameters, get_spec, normalisation
+
+# DESIGN.md: the reference backbones with 28 classes (EfficientFormer without distillation head)
+REFERENCE_PARAMS = {
+    "resnet50": 23_565_404,
+    "mobilenetv2_100": 2_259_740,
+    "swin_tiny_patch4_window7_224": 27_540_886,
+    "efficientformer_l1": 11_404_500,
+    "efficientnetv2_s": 20_213_356,
+}
+SMALL = [n for n, s in BACKBONES.items() if s.size == "small"]
+
+
+def test_one_small_member_per_reference_family():
+    full = {BACKBONES[n].family for n in REFERENCE_PARAMS}
+    assert full == {BACKBONES[n].family for n in SMALL}
+    assert len(SMALL) == len(REFERENCE_PARAMS) == 5
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_PARAMS))
+def test_reference_backbones_match_published_parameter_counts(name):
+    model = build_model(name, 28, 224)
+    assert count_parameters(model) == REFERENCE_PARAMS[name]
+
+
+@pytest.mark.parametrize("name", SMALL + ["swin_tiny_patch4_window7_224", "efficientformer_l1"])
+def test_forward_backward_at_quick_size(name):
+    torch.manual_seed(0)
+    model = build_model(name, 28, 64)
+    x = torch.randn(4, 3, 64, 64)
+    y = torch.tensor([0, 5, 27, 3])
+    logits = model(x)
+    assert logits.shape == (4, 28)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_unknown_backbone_lists_the_known_ones():
+    with pytest.raises(ValueError, match="resnet50") as err:
+        get_spec("resnet5O")
+    assert "unknown backbone 'resnet5O'" in str(err.value)
+
+
+def test_sizes_a_family_cannot_take_name_the_field():
+    with pytest.raises(ValueError, match=r"model\.image_size"):
+        build_model("swin_nano", 28, 72)
+
+
+def test_normalisation_comes_from_the_model():
+    mean, std = normalisation(build_model("resnet10t", 28, 64))
+    assert mean == pytest.approx((0.485, 0.456, 0.406)) and std == pytest.approx(
+        (0.229, 0.224, 0.225)
+    )
+
+
+def test_pretrained_file_loads_local_weights_and_skips_other_head(tmp_path):
+    source = build_model("efficientformer_l1", 10, 224)
+    path = tmp_path / "weights.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("efficientformer_l1", 28, 64, pretrained_file=str(path))
+    assert torch.equal(model.stem.conv1.weight, source.stem.conv1.weight)
+    assert model.head.out_features == 28
+    # the 7x7 attention biases were resized to the 2x2 map of a 64 px input
+    attn = model.stages[-1].blocks[-1].token_mixer
+    assert attn.attention_biases.shape[1] == 4
+    with pytest.raises(FileNotFoundError, match="pretrained_file"):
+        build_model("resnet10t", 28, 64, pretrained_file=str(tmp_path / "missing.pth"))
