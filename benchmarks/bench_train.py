@@ -1,0 +1,189 @@
+"""Ray Data + Ray Train against a plain single-process PyTorch loop, same model and transforms.
+
+    python benchmarks/bench_train.py [--backbone resnet10t] [--epochs 4] [--out benchmarks/results]
+
+Both train the quick profile's data for ``--epochs`` epochs at the quick batch size and report
+training images/s (the train phase of each epoch, validation excluded) and the share of that
+time spent waiting for the next batch. Threads in total are the same: Ray runs 2 DDP workers
+with 1 torch thread each and leaves 1 CPU to Ray Data; the plain loop runs 2 torch threads and
+1 DataLoader worker process. The first epoch carries process start-up on both sides, so the
+steady state is epochs 2..N; both numbers are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from logo_train.config import Config, load_config
+from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.prepare import prepare_data
+from logo_train.data.shards import Manifest, read_split
+from logo_train.losses import build_loss
+from logo_train.models import build_model, normalisation
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ShardDataset(Dataset):
+    """The train split in memory as encoded bytes; decode + augment per item (as Ray Data)."""
+
+    def __init__(self, uri: str, spec: TransformSpec):
+        table = read_split(uri, "train", ["image", "label"])
+        self.images = table["image"].to_pylist()
+        self.labels = np.asarray(table["label"].to_pylist(), np.int64)
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = to_tensor_batch(decode_batch([self.images[i]]), self.spec, train=True)[0]
+        return torch.from_numpy(image), int(self.labels[i])
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def plain_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> list[dict]:
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    model = build_model(backbone, len(manifest.classes), cfg.model.image_size)
+    mean, std = normalisation(model)
+    spec = TransformSpec(
+        cfg.model.image_size, mean, std, cfg.augment.strength, cfg.augment.min_crop_scale
+    )
+    loader = DataLoader(
+        ShardDataset(uri, spec),
+        batch_size=cfg.train.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=1,
+        worker_init_fn=_worker_init,
+        persistent_workers=True,
+        prefetch_factor=4,
+    )
+    counts = [manifest.counts["train"][c] for c in manifest.classes]
+    criterion = build_loss(cfg.train.loss, counts, cfg.train.class_weight_power)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    history = []
+    for epoch in range(cfg.train.epochs):
+        model.train()
+        seen, wait = 0, 0.0
+        start = time.perf_counter()
+        batches = iter(loader)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - t
+            if batch is None:
+                break
+            x, y = batch
+            loss = criterion(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(y)
+        seconds = time.perf_counter() - start
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_images_per_s": seen / seconds,
+                "data_wait_fraction": wait / seconds,
+            }
+        )
+        print(f"plain epoch {epoch + 1}: {history[-1]}", flush=True)
+    return history
+
+
+def ray_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> tuple[list[dict], float]:
+    import ray
+
+    from logo_train.checkpoint import load_state
+    from logo_train.train import train_backbone
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    start = time.perf_counter()
+    result = train_backbone(cfg, backbone, uri, manifest)
+    seconds = time.perf_counter() - start
+    run = Path(result.run_path)
+    last = max((p for p in run.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
+    history = [
+        {k: h[k] for k in ("epoch", "train_images_per_s", "data_wait_fraction", "epoch_seconds")}
+        for h in load_state(last)["history"]
+    ]
+    ray.shutdown()
+    return history, seconds
+
+
+def _summary(history: list[dict]) -> dict:
+    steady = history[1:] or history
+    return {
+        "all_epochs_images_per_s": float(np.mean([h["train_images_per_s"] for h in history])),
+        "steady_images_per_s": float(np.mean([h["train_images_per_s"] for h in steady])),
+        "steady_data_wait_fraction": float(np.mean([h["data_wait_fraction"] for h in steady])),
+        "first_epoch_data_wait_fraction": float(history[0]["data_wait_fraction"]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backbone", default="resnet10t")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    parser.add_argument("--run-dir", default="/tmp/logo-train-bench")
+    args = parser.parse_args()
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        [f"output_dir={args.run_dir}", f"train.epochs={args.epochs}", "name=bench"],
+    )
+    uri, manifest, _ = prepare_data(cfg, progress=False)
+    plain = plain_loop(cfg, args.backbone, uri, manifest)
+    ray_history, ray_seconds = ray_loop(cfg, args.backbone, uri, manifest)
+    result = {
+        "backbone": args.backbone,
+        "epochs": args.epochs,
+        "train_images": manifest.split_rows("train"),
+        "image_size": cfg.model.image_size,
+        "batch_size": cfg.train.batch_size,
+        "plain_pytorch": {"history": plain, **_summary(plain)},
+        "ray": {"history": ray_history, "fit_seconds": ray_seconds, **_summary(ray_history)},
+    }
+    p, r = result["plain_pytorch"], result["ray"]
+    result["ray_over_plain_steady"] = r["steady_images_per_s"] / p["steady_images_per_s"]
+    result["ray_over_plain_all_epochs"] = (
+        r["all_epochs_images_per_s"] / p["all_epochs_images_per_s"]
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train.json").write_text(json.dumps(result, indent=2))
+    lines = [
+        f"{args.backbone}, {result['train_images']} train images at {result['image_size']} px, "
+        f"batch {result['batch_size']}, {args.epochs} epochs",
+        "",
+        "| loop | img/s (epochs 2..N) | img/s (all epochs) | data wait (epochs 2..N) "
+        "| data wait (epoch 1) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {s['steady_images_per_s']:.0f} | {s['all_epochs_images_per_s']:.0f} "
+            f"| {100 * s['steady_data_wait_fraction']:.1f}% "
+            f"| {100 * s['first_epoch_data_wait_fraction']:.1f}% |"
+            for name, s in (("plain PyTorch (DataLoader)", p), ("Ray Data + Ray Train", r))
+        ),
+        "",
+        f"Ray / plain throughput: {result['ray_over_plain_steady']:.2f} (epochs 2..N), "
+        f"{result['ray_over_plain_all_epochs']:.2f} (all epochs)",
+    ]
+    (out / "train.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
