@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the whole pipeline for a config (see README)")
     add_config_args(run)
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
+    run.add_argument(
+        "--stages",
+        default="data,train",
+        help="comma-separated stages to run, in pipeline order (default: data,train)",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train every backbone of the config with Ray Train")
@@ -161,7 +166,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from logo_train.pipeline import run
 
     cfg = config_from_args(args)
-    result = run(cfg, overwrite_data=args.overwrite_data, progress=not args.no_progress)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    result = run(
+        cfg, overwrite_data=args.overwrite_data, progress=not args.no_progress, stages=stages
+    )
     print(f"run folder: {result.run_dir}")
     return 0
 

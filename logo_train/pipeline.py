@@ -76,12 +76,26 @@ def train_stage(cfg: Config, progress: bool = True) -> list[BackboneResult]:
         return _train(cfg, uri, manifest)
 
 
-def run(cfg: Config, *, overwrite_data: bool = False, progress: bool = True) -> RunResult:
-    """Run every stage for ``cfg``; results go to ``cfg.run_dir``."""
+STAGES = ("data", "train")
+
+
+def run(
+    cfg: Config,
+    *,
+    overwrite_data: bool = False,
+    progress: bool = True,
+    stages: tuple[str, ...] = STAGES,
+) -> RunResult:
+    """Run the ``stages`` (default: all) for ``cfg``; results go to ``cfg.run_dir``."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
     _write_config(cfg)
     timings: dict[str, float] = {}
     with stage("data", timings):
         uri, manifest = _data(cfg, overwrite_data, progress)
-    with stage("train", timings):
-        training = _train(cfg, uri, manifest)
+    training = []
+    if "train" in stages:
+        with stage("train", timings):
+            training = _train(cfg, uri, manifest)
     return RunResult(cfg.run_dir, uri, manifest, training, timings)

@@ -72,6 +72,8 @@ def test_data_ingest_and_show(tmp_path, capsys):
 def test_run_writes_config_and_reuses_data(tmp_path, capsys):
     args = [
         "run",
+        "--stages",
+        "data",
         "--config",
         str(ROOT / "configs/quick.yaml"),
         "--no-progress",
