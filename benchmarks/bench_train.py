@@ -106,18 +106,16 @@ def plain_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> list
 def ray_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> tuple[list[dict], float]:
     import ray
 
-    from logo_train.checkpoint import load_state
+    from logo_train.checkpoint import run_history
     from logo_train.train import train_backbone
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     start = time.perf_counter()
     result = train_backbone(cfg, backbone, uri, manifest)
     seconds = time.perf_counter() - start
-    run = Path(result.run_path)
-    last = max((p for p in run.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
     history = [
         {k: h[k] for k in ("epoch", "train_images_per_s", "data_wait_fraction", "epoch_seconds")}
-        for h in load_state(last)["history"]
+        for h in run_history(result.run_path)
     ]
     ray.shutdown()
     return history, seconds

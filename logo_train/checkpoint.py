@@ -63,6 +63,15 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
 
 
+def run_history(run_path: str | Path) -> list[dict[str, float]]:
+    """Per-epoch metrics of a whole Ray Train run, from its latest checkpoint (the best one,
+    which ``BackboneResult.checkpoint`` points to, may be an earlier epoch)."""
+    folders = [p for p in Path(run_path).glob("checkpoint_*") if p.is_dir()]
+    if not folders:
+        raise FileNotFoundError(f"no checkpoint folders in {run_path}")
+    return load_state(max(folders, key=lambda p: p.name))["history"]
+
+
 def load_info(directory: str | Path) -> ModelInfo:
     return ModelInfo(**json.loads((Path(directory) / MODEL_JSON).read_text()))
 

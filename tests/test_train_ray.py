@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from logo_train.checkpoint import load_model, load_state
+from logo_train.checkpoint import load_model, load_state, run_history
 from logo_train.config import load_config
 from logo_train.data.prepare import prepare_data
 from logo_train.models import BACKBONES
@@ -86,10 +86,7 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
 
 
 def _history(result):
-    """Full history of a run, from its last checkpoint (the best one may be earlier)."""
-    run = Path(result.run_path)
-    last = max((p for p in run.glob("checkpoint_*") if p.is_dir()), key=lambda p: p.name)
-    return load_state(last)["history"]
+    return run_history(result.run_path)
 
 
 def _train_worker_pids() -> list[int]:
