@@ -19,37 +19,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from logo_train.config import Config, load_config
-from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.augment import TransformSpec
 from logo_train.data.prepare import prepare_data
-from logo_train.data.shards import Manifest, read_split
+from logo_train.data.shards import Manifest
+from logo_train.local import ShardDataset, one_thread_per_worker
 from logo_train.losses import build_loss
 from logo_train.models import build_model, normalisation
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class ShardDataset(Dataset):
-    """The train split in memory as encoded bytes; decode + augment per item (as Ray Data)."""
-
-    def __init__(self, uri: str, spec: TransformSpec):
-        table = read_split(uri, "train", ["image", "label"])
-        self.images = table["image"].to_pylist()
-        self.labels = np.asarray(table["label"].to_pylist(), np.int64)
-        self.spec = spec
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = to_tensor_batch(decode_batch([self.images[i]]), self.spec, train=True)[0]
-        return torch.from_numpy(image), int(self.labels[i])
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
 
 
 def plain_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> list[dict]:
@@ -61,12 +41,12 @@ def plain_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> list
         cfg.model.image_size, mean, std, cfg.augment.strength, cfg.augment.min_crop_scale
     )
     loader = DataLoader(
-        ShardDataset(uri, spec),
+        ShardDataset(uri, "train", spec, train=True, decoded=False),
         batch_size=cfg.train.batch_size,
         shuffle=True,
         drop_last=True,
         num_workers=1,
-        worker_init_fn=_worker_init,
+        worker_init_fn=one_thread_per_worker,
         persistent_workers=True,
         prefetch_factor=4,
     )

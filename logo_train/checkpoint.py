@@ -1,8 +1,9 @@
 """Self-describing checkpoints: weights + training state + what is needed to rebuild the model.
 
-A checkpoint folder holds ``state.pt`` (model, optimizer, scheduler, grad scaler, epoch, best
-metric, per-epoch history) and ``model.json`` (backbone, image size, normalisation, class
-names, resolved config). Loading uses ``torch.load(..., weights_only=True)``: no pickled code.
+A checkpoint folder holds ``state.pt`` (model, trust head if trained with one, optimizer,
+scheduler, grad scaler, epoch, best metric, per-epoch history) and ``model.json`` (backbone,
+image size, normalisation, class names, resolved config). Loading uses
+``torch.load(..., weights_only=True)``: no pickled code.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from logo_train.models import build_model
+from logo_train.models import TrustModel, build_model
 
 STATE = "state.pt"
 MODEL_JSON = "model.json"
@@ -37,6 +38,7 @@ def save(
     *,
     info: ModelInfo,
     model: nn.Module,
+    trust_head: nn.Module | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: torch.amp.GradScaler | None = None,
@@ -48,6 +50,7 @@ def save(
     directory.mkdir(parents=True, exist_ok=True)
     state = {
         "model": model.state_dict(),
+        "trust_head": trust_head.state_dict() if trust_head is not None else None,
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
         "scaler": scaler.state_dict() if scaler else None,
@@ -81,4 +84,19 @@ def load_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:
     info = load_info(directory)
     model = build_model(info.backbone, info.num_classes, info.image_size)
     model.load_state_dict(load_state(directory)["model"])
+    return model.eval(), info
+
+
+def load_trust_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """Like ``load_model``, with the trust head attached (a ``TrustModel``) when the checkpoint
+    was trained with one; otherwise the bare model. For the label audit, not for serving."""
+    info = load_info(directory)
+    state = load_state(directory)
+    model = build_model(info.backbone, info.num_classes, info.image_size)
+    model.load_state_dict(state["model"])
+    head_state = state.get("trust_head")
+    if head_state:
+        dim = head_state["label.weight"].shape[1]
+        model = TrustModel(model, info.num_classes, dim)
+        model.trust_head.load_state_dict(head_state)
     return model.eval(), info

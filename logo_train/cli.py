@@ -1,6 +1,8 @@
 """``logo-train``: the command line.
 
 logo-train run [--config F] [--set KEY=VALUE ...]
+logo-train train [--config F] [--set KEY=VALUE ...]
+logo-train audit --checkpoint DIR --shards URI [--out DIR]
 logo-train data synth [--out URI] [--noise-rate R ...]
 logo-train data ingest SRC OUT [--layout splits|single ...]
 logo-train data show URI
@@ -13,6 +15,7 @@ import logging
 import sys
 
 from logo_train.config import Config, load_config
+from logo_train.losses import LOSSES
 
 # CLI flag -> config key; the flags are shorthands for --set, so validation is the config's.
 SYNTH_FLAGS = {
@@ -48,8 +51,18 @@ def add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_loss_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--loss",
+        choices=list(LOSSES),
+        help="shorthand for --set train.loss=...: ce, ce_weighted (reference recipe) or "
+        "trust_penalty (trust head; default of the shipped profiles)",
+    )
+
+
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
-    return load_config(args.config, [*(extra or []), *args.overrides])
+    flags = [f"train.loss={args.loss}"] if getattr(args, "loss", None) else []
+    return load_config(args.config, [*(extra or []), *flags, *args.overrides])
 
 
 def _flag_overrides(args: argparse.Namespace, flags: dict, prefix: str) -> list[str]:
@@ -77,17 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the whole pipeline for a config (see README)")
     add_config_args(run)
+    add_loss_arg(run)
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
     run.add_argument(
         "--stages",
-        default="data,train",
-        help="comma-separated stages to run, in pipeline order (default: data,train)",
+        default="data,train,audit",
+        help="comma-separated stages to run, in pipeline order (default: data,train,audit)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     train = sub.add_parser("train", help="train every backbone of the config with Ray Train")
     add_config_args(train)
+    add_loss_arg(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    audit = sub.add_parser(
+        "audit", help="rank the training labels of shards by how wrong they look to a checkpoint"
+    )
+    audit.add_argument("--checkpoint", required=True, help="checkpoint folder (or URI)")
+    audit.add_argument("--shards", required=True, help="shards folder or URI (its train split)")
+    audit.add_argument(
+        "--out", help="output folder or URI (default: audit/ beside the checkpoint folder)"
+    )
+    audit.add_argument("--batch-size", type=int, default=256)
+    audit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
 
     data = sub.add_parser("data", help="make or inspect Parquet shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -182,6 +208,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from logo_train.audit import audit
+
+    out = args.out or args.checkpoint.rstrip("/").rsplit("/", 1)[0] + "/audit"
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    result = audit(
+        args.checkpoint, args.shards, out, batch_size=args.batch_size, device=args.device
+    )
+    print(f"ranked labels: {result.parquet}\ncontact sheet: {result.contact_sheet}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -195,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "audit":
+            return _cmd_audit(args)
         return _cmd_data(args)
     except (ValueError, FileNotFoundError, FileExistsError, IngestError) as e:
         print(f"error: {e}", file=sys.stderr)

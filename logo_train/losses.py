@@ -1,16 +1,34 @@
-"""Losses: pure functions and small modules. Class weights fix the imbalance.
+"""Losses: pure functions and small modules. Class weights fix the imbalance, the trust
+penalty the wrong labels.
 
 ``class_weights``: ``w_c = (N_max / N_c) ** power``, normalised to mean 1; ``power = 1`` is the
 reference recipe (max_count / count), ``power = 0`` no weighting.
+
+``trust_penalty_loss`` (DESIGN.md, "The method")::
+
+    L = mean_i(w_{y_i} * t_i * CE_i) + penalty_weight * s * mean_i(-log t_i)
+
+where ``t_i`` is the trust head's output for sample i and its given label. For one sample the
+optimum is ``t_i = min(1, penalty_weight * s / (w_{y_i} CE_i))``: a soft truncation of large
+losses, so samples whose label the model cannot fit stop pulling the backbone. ``s`` is 1 in the
+plain formula; with ``normalise`` it is the batch's mean weighted CE (detached). That guards
+against the known collapse: early in training every CE is large (ln 28 = 3.3 at the start), so a
+fixed penalty would give the whole batch a low trust and stall learning; scaled by the batch's
+own loss level, the penalty only down-weights samples that are bad *relative to the batch*.
+During warm-up (``active=False``) the backbone gets plain weighted CE while the head already
+learns on the same objective from detached losses, so it is ready when trust switches on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+TRUST_EPS = 1e-6
 
 
 def class_weights(counts: Sequence[int], power: float) -> torch.Tensor:
@@ -25,6 +43,54 @@ def class_weights(counts: Sequence[int], power: float) -> torch.Tensor:
     return weights.float()
 
 
+def weighted_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Per-sample ``w_{y_i} * CE_i`` (plain CE when ``weights`` is None), shape ``(B,)``."""
+    per_sample = F.cross_entropy(
+        logits.float(), target, reduction="none", label_smoothing=label_smoothing
+    )
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample.device)[target]
+    return per_sample
+
+
+class TrustLoss(NamedTuple):
+    loss: torch.Tensor
+    """What is minimised."""
+    weighted_ce: torch.Tensor
+    """mean_i w_{y_i} CE_i, for logging (the loss without trust)."""
+    penalty: torch.Tensor
+    """penalty_weight * s * mean(-log t)."""
+    mean_trust: torch.Tensor
+
+
+def trust_penalty_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    trust: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    penalty_weight: float,
+    normalise: bool = True,
+    active: bool = True,
+    label_smoothing: float = 0.0,
+) -> TrustLoss:
+    """The trust-scaled class-weighted CE plus the penalty (formula in the module docstring)."""
+    if trust.shape != target.shape:
+        raise ValueError(f"trust has shape {tuple(trust.shape)}, labels {tuple(target.shape)}")
+    wce = weighted_ce(logits, target, weights, label_smoothing)
+    trust = trust.float()
+    scale = wce.mean().detach() if normalise else torch.ones((), device=wce.device)
+    penalty = penalty_weight * scale * (-torch.log(trust.clamp_min(TRUST_EPS))).mean()
+    # warm-up: the backbone gets plain weighted CE, the head the same objective on detached CE
+    scaled = (wce * trust).mean() if active else wce.mean() + (wce.detach() * trust).mean()
+    return TrustLoss(scaled + penalty, wce.mean().detach(), penalty.detach(), trust.mean())
+
+
 class WeightedCrossEntropy(nn.Module):
     """Cross-entropy with fixed class weights (plain CE when ``weights`` is None).
 
@@ -32,21 +98,72 @@ class WeightedCrossEntropy(nn.Module):
     the loss scale of plain CE, so the same learning rate serves both.
     """
 
-    def __init__(self, weights: torch.Tensor | None = None):
+    needs_trust = False
+
+    def __init__(self, weights: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("weights", weights if weights is not None else None)
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        per_sample = F.cross_entropy(logits, target, reduction="none")
-        if self.weights is not None:
-            per_sample = per_sample * self.weights.to(per_sample.dtype)[target]
-        return per_sample.mean()
+        return weighted_ce(logits, target, self.weights, self.label_smoothing).mean()
 
 
-def build_loss(name: str, counts: Sequence[int], class_weight_power: float) -> nn.Module:
-    """``ce``: plain cross-entropy; ``ce_weighted``: class-weighted (the reference recipe)."""
+class TrustPenalty(nn.Module):
+    """``trust_penalty_loss`` with fixed class weights; call with the trust head's output."""
+
+    needs_trust = True
+
+    def __init__(
+        self,
+        weights: torch.Tensor | None,
+        penalty_weight: float,
+        normalise: bool = True,
+        label_smoothing: float = 0.0,
+    ):
+        super().__init__()
+        if penalty_weight <= 0:
+            raise ValueError(f"penalty_weight must be > 0, got {penalty_weight}")
+        self.register_buffer("weights", weights)
+        self.penalty_weight = penalty_weight
+        self.normalise = normalise
+        self.label_smoothing = label_smoothing
+
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, trust: torch.Tensor, active: bool = True
+    ) -> TrustLoss:
+        return trust_penalty_loss(
+            logits,
+            target,
+            trust,
+            weights=self.weights,
+            penalty_weight=self.penalty_weight,
+            normalise=self.normalise,
+            active=active,
+            label_smoothing=self.label_smoothing,
+        )
+
+
+LOSSES = ("ce", "ce_weighted", "trust_penalty")
+
+
+def build_loss(
+    name: str,
+    counts: Sequence[int],
+    class_weight_power: float,
+    *,
+    penalty_weight: float = 1.0,
+    normalise: bool = True,
+    label_smoothing: float = 0.0,
+) -> nn.Module:
+    """``ce``: plain cross-entropy; ``ce_weighted``: class-weighted (the reference recipe);
+    ``trust_penalty``: class-weighted CE scaled by the trust head, plus the penalty."""
     if name == "ce":
-        return WeightedCrossEntropy(None)
+        return WeightedCrossEntropy(None, label_smoothing)
     if name == "ce_weighted":
-        return WeightedCrossEntropy(class_weights(counts, class_weight_power))
-    raise ValueError(f"unknown loss {name!r}: expected 'ce' or 'ce_weighted'")
+        return WeightedCrossEntropy(class_weights(counts, class_weight_power), label_smoothing)
+    if name == "trust_penalty":
+        return TrustPenalty(
+            class_weights(counts, class_weight_power), penalty_weight, normalise, label_smoothing
+        )
+    raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")

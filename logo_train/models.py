@@ -11,11 +11,16 @@ Image-size handling per family:
   Swin's relative-position tables, so a 224 px weights file still carries over. Its
   distillation head is tied to the main head: timm always averages the two, and tying them
   gives the plain single-head model (11,404,500 parameters with 28 classes, as in DESIGN.md).
+
+The trust head (``TrustHead``, wrapped with a backbone in ``TrustModel``) scores how much a
+training sample's *given label* agrees with its image; it is used by the ``trust_penalty`` loss
+and the label audit, never at inference, and is not exported.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -186,3 +191,77 @@ def normalisation(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...
     """Mean and std from the model's own timm data config (one place, for train and serve)."""
     data_cfg = timm.data.resolve_model_data_config(model)
     return tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+
+
+# --- the trust head ---------------------------------------------------------------------------
+
+
+def feature_tokens(features: torch.Tensor, num_features: int) -> torch.Tensor:
+    """A backbone's ``forward_features`` output as tokens ``(B, N, C)``, whatever the family:
+    CNNs give ``(B, C, H, W)``, timm's Swin ``(B, H, W, C)``, EfficientFormer ``(B, N, C)``."""
+    if features.ndim == 3 and features.shape[-1] == num_features:
+        return features
+    if features.ndim == 4 and features.shape[1] == num_features:
+        return features.flatten(2).transpose(1, 2)
+    if features.ndim == 4 and features.shape[-1] == num_features:
+        return features.flatten(1, 2)
+    raise ValueError(
+        f"cannot read features of shape {tuple(features.shape)} as tokens of width {num_features}"
+    )
+
+
+class TrustHead(nn.Module):
+    """Label-conditioned attention: trust ``t_i`` in (0, 1) that the given label fits the image.
+
+    The given label's learned embedding is the query; the backbone's feature tokens (one per
+    position of the last feature map, or per transformer token) are keys and values. The
+    attended summary ``z``, the label embedding ``q`` and their product go through a small MLP
+    to one logit. A head that saw only the image could not tell a wrong label from a hard
+    image; this one can learn "these features do not look like class y". It starts trusting
+    (sigmoid(2) = 0.88) so the first steps are close to plain cross-entropy.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, dim: int = 64):
+        super().__init__()
+        self.dim = dim
+        self.norm = nn.LayerNorm(in_features)
+        self.key = nn.Linear(in_features, dim)
+        self.value = nn.Linear(in_features, dim)
+        self.label = nn.Embedding(num_classes, dim)
+        self.mlp = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        nn.init.constant_(self.mlp[-1].bias, 2.0)
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``tokens`` ``(B, N, C)``, ``labels`` ``(B,)`` -> trust ``(B,)`` in (0, 1)."""
+        tokens = self.norm(tokens)
+        query = self.label(labels)  # (B, d)
+        keys, values = self.key(tokens), self.value(tokens)  # (B, N, d)
+        scores = torch.einsum("bnd,bd->bn", keys, query) / math.sqrt(self.dim)
+        summary = torch.einsum("bn,bnd->bd", scores.softmax(dim=1), values)
+        logit = self.mlp(torch.cat([summary, query, summary * query], dim=-1)).squeeze(-1)
+        return torch.sigmoid(logit)
+
+
+class TrustModel(nn.Module):
+    """A backbone plus its trust head, one module so DDP sees every parameter.
+
+    ``model(x)`` gives logits (inference); ``model(x, labels)`` gives ``(logits, trust)``. The
+    head reads *detached* features: it learns to judge labels without pulling the backbone's
+    features towards whatever makes trust easy; the backbone is steered by trust only through
+    the loss weights.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, dim: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.trust_head = TrustHead(backbone.num_features, num_classes, dim)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
+        if labels is None:
+            return self.backbone(x)
+        features = self.backbone.forward_features(x)
+        logits = self.backbone.forward_head(features)
+        tokens = feature_tokens(features.detach(), self.backbone.num_features)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            trust = self.trust_head(tokens.float(), labels)
+        return logits, trust

@@ -1,7 +1,8 @@
 """The whole job behind ``logo-train run``: one stage after another, one line per stage.
 
-Stages so far: data (render or ingest, shards, contact sheet) and training (Ray Train, every
-backbone). Tuning, the label audit, the benchmark and the report join here as they land.
+Stages so far: data (render or ingest, shards, contact sheet), training (Ray Train, every
+backbone) and the label audit (suspected wrong labels, per backbone). Tuning, the benchmark and
+the report join here as they land.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from logo_train.audit import AuditResult
 from logo_train.config import Config, dump_config
 from logo_train.data.prepare import prepare_data
 from logo_train.data.preview import CONTACT_SHEET, summary_table
@@ -27,6 +29,7 @@ class RunResult:
     shards_uri: str
     manifest: Manifest
     training: list[BackboneResult] = field(default_factory=list)
+    audits: dict[str, AuditResult] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -66,17 +69,37 @@ def _train(cfg: Config, uri: str, manifest: Manifest) -> list[BackboneResult]:
     return results
 
 
-def train_stage(cfg: Config, progress: bool = True) -> list[BackboneResult]:
-    """``logo-train train``: shards (made or reused), then every backbone."""
-    _write_config(cfg)
-    timings: dict[str, float] = {}
-    with stage("data", timings):
-        uri, manifest = _data(cfg, False, progress)
-    with stage("train", timings):
-        return _train(cfg, uri, manifest)
+def audit_dir(cfg: Config, backbone: str) -> str:
+    return join(cfg.run_dir, f"audit/{backbone}")
 
 
-STAGES = ("data", "train")
+def _audit(cfg: Config, uri: str, training: list[BackboneResult]) -> dict[str, AuditResult]:
+    """The label audit of every trained backbone, each as a Ray task with the workers'
+    resources; ``<run dir>/audit/<backbone>/suspected_labels.parquet`` and ``.png``."""
+    from logo_train.audit import audit_on_ray
+
+    tc = cfg.train
+    audits = {}
+    for result in training:
+        audits[result.backbone] = audit_on_ray(
+            result.checkpoint,
+            uri,
+            audit_dir(cfg, result.backbone),
+            num_cpus=min(tc.cpus_per_worker, 1.0),
+            num_gpus=min(tc.gpus_per_worker, 1.0),
+            batch_size=tc.eval_batch_size,
+        )
+        for line in audits[result.backbone].lines():
+            print(line.replace("[audit]", f"[audit] {result.backbone}:", 1))
+    return audits
+
+
+def train_stage(cfg: Config, progress: bool = True) -> RunResult:
+    """``logo-train train``: shards (made or reused), every backbone, the label audit."""
+    return run(cfg, progress=progress, stages=("data", "train", "audit"))
+
+
+STAGES = ("data", "train", "audit")
 
 
 def run(
@@ -94,8 +117,13 @@ def run(
     timings: dict[str, float] = {}
     with stage("data", timings):
         uri, manifest = _data(cfg, overwrite_data, progress)
-    training = []
+    result = RunResult(cfg.run_dir, uri, manifest, stage_seconds=timings)
     if "train" in stages:
         with stage("train", timings):
-            training = _train(cfg, uri, manifest)
-    return RunResult(cfg.run_dir, uri, manifest, training, timings)
+            result.training = _train(cfg, uri, manifest)
+    if "audit" in stages:
+        if "train" not in stages:
+            raise ValueError("stage 'audit' needs stage 'train' (it audits the new checkpoints)")
+        with stage("audit", timings):
+            result.audits = _audit(cfg, uri, result.training)
+    return result

@@ -23,15 +23,19 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from logo_train import checkpoint as ckpt
 from logo_train.config import Config, config_from_dict, config_to_dict
 from logo_train.data.augment import TransformSpec
 from logo_train.data.pipeline import train_val_datasets
 from logo_train.data.shards import Manifest, join, resolve, write_bytes
-from logo_train.losses import build_loss
-from logo_train.metrics import classification_metrics
+from logo_train.engine import (
+    build_training,
+    classifier,
+    evaluate,
+    train_step,
+    trust_head,
+)
 from logo_train.models import build_model, count_parameters, normalisation
 
 log = logging.getLogger(__name__)
@@ -40,15 +44,6 @@ SELECT_METRIC = "val_macro_f1"
 
 
 # --- worker side ------------------------------------------------------------------------------
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.train.optimizer]
-    return cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
 
 def _all_mean(values: list[float], device: torch.device) -> list[float]:
@@ -118,62 +113,37 @@ class _Prefetch:
         return item
 
 
-def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int) -> dict[str, float]:
-    """Loss (plain CE) and classification metrics over every batch of a split."""
-    model.eval()
-    loss_sum, n, y_true, y_pred = 0.0, 0, [], []
-    with torch.inference_mode():
-        for batch in batches:
-            x, y = batch["image"].to(device), batch["label"].to(device)
-            logits = model(x).float()
-            loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-            n += len(y)
-            y_true += y.tolist()
-            y_pred += logits.argmax(1).tolist()
-    metrics = classification_metrics(y_true=y_true, y_pred=y_pred, num_classes=num_classes)
-    return {"loss": loss_sum / max(n, 1), **metrics, "samples": n}
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     cfg = config_from_dict(loop_config["config"])
     backbone: str = loop_config["backbone"]
     class_names: list[str] = loop_config["class_names"]
-    steps_per_epoch: int = loop_config["steps_per_epoch"]
     num_classes = len(class_names)
     tc = cfg.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    cuda = device.type == "cuda"
     torch.manual_seed(tc.seed + rank)
 
-    model = build_model(
+    t = build_training(
+        cfg,
         backbone,
         num_classes,
-        cfg.model.image_size,
-        pretrained=cfg.model.pretrained,
-        pretrained_file=cfg.model.pretrained_files.get(backbone, ""),
+        loop_config["train_counts"],
+        loop_config["steps_per_epoch"],
+        device,
+        wrap=ray.train.torch.prepare_model,
     )
-    mean, std = normalisation(model)
-    if cuda and tc.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model = ray.train.torch.prepare_model(model)
-    criterion = build_loss(tc.loss, loop_config["train_counts"], tc.class_weight_power).to(device)
-    optimizer = _optimizer(cfg, model)
-    total_steps = tc.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=tc.lr, total_steps=total_steps, pct_start=tc.warmup_fraction
-    )
-    use_amp = cuda and tc.amp
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    model, optimizer, scheduler, scaler = t.model, t.optimizer, t.scheduler, t.scaler
+    mean, std = normalisation(classifier(model))
 
     start_epoch, best, history, restored_epoch = 0, -1.0, [], 0
     resume_from = ray.train.get_checkpoint()
     if resume_from:
         with resume_from.as_directory() as directory:
             state = ckpt.load_state(directory)
-        _unwrap(model).load_state_dict(state["model"])
+        classifier(model).load_state_dict(state["model"])
+        if trust_head(model) is not None:
+            trust_head(model).load_state_dict(state["trust_head"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -209,7 +179,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     batches = epoch_batches() if start_epoch < tc.epochs else None
     for epoch in range(start_epoch, tc.epochs):
         model.train()
-        loss_sum, seen, wait, steps = 0.0, 0, 0.0, 0
+        loss_sum, trust_sum, seen, wait, steps = 0.0, 0.0, 0, 0.0, 0
+        trust_active = epoch >= tc.trust_warmup_epochs
         start = time.perf_counter()
         while True:
             t_wait = time.perf_counter()
@@ -217,29 +188,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             wait += time.perf_counter() - t_wait
             if batch is None:
                 break
-            x, y = batch["image"], batch["label"]
-            if cuda and tc.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
-                loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            if scheduler.last_epoch < total_steps - 1:  # a few extra batches must not overrun
-                scheduler.step()
-            loss_sum += loss.item() * len(y)
+            y = batch["label"]
+            out = train_step(t, batch["image"], y, trust_active)
+            loss_sum += out["loss"].item() * len(y)
+            trust_sum += out["trust"].item() * len(y) if "trust" in out else 0.0
             seen += len(y)
             steps += 1
         train_seconds = time.perf_counter() - start
         if epoch + 1 < tc.epochs:
             batches = epoch_batches()
-        train_loss, wait_fraction, local_rate = _all_mean(
-            [loss_sum / max(seen, 1), wait / max(train_seconds, 1e-9), seen / train_seconds],
+        train_loss, train_trust, wait_fraction, local_rate = _all_mean(
+            [
+                loss_sum / max(seen, 1),
+                trust_sum / max(seen, 1),
+                wait / max(train_seconds, 1e-9),
+                seen / train_seconds,
+            ],
             device,
         )
         val_batches = val_shard.iter_torch_batches(batch_size=tc.eval_batch_size, device=device)
-        val = evaluate(_unwrap(model), val_batches, device, num_classes)
+        val = evaluate(classifier(model), val_batches, device, num_classes)
 
         best = max(best, val["macro_f1"])
         metrics = {
@@ -255,6 +223,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epoch_seconds": time.perf_counter() - start,
             "restored_epoch": restored_epoch,
         }
+        if t.needs_trust:
+            metrics["train_mean_trust"] = train_trust
+            metrics["trust_active"] = float(trust_active)
         history.append(metrics)
         if rank == 0:
             tensorboard.log(metrics, epoch + 1)
@@ -262,7 +233,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 ckpt.save(
                     directory,
                     info=info,
-                    model=_unwrap(model),
+                    model=classifier(model),
+                    trust_head=trust_head(model),
                     optimizer=optimizer,
                     scheduler=scheduler,
                     scaler=scaler,

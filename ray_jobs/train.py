@@ -1,4 +1,5 @@
-"""Train job: every backbone of the config with Ray Train (DDP), one summary line each.
+"""Train job: every backbone of the config with Ray Train (DDP), one summary line each, then
+the label audit of each (runs/<name>/audit/<backbone>/suspected_labels.parquet).
 
 ray job submit --working-dir . -- python -m ray_jobs.train --config configs/full.yaml
 """
@@ -6,13 +7,14 @@ ray job submit --working-dir . -- python -m ray_jobs.train --config configs/full
 import argparse
 import logging
 
-from logo_train.cli import add_config_args, config_from_args
+from logo_train.cli import add_config_args, add_loss_arg, config_from_args
 from logo_train.pipeline import train_stage
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser)
+    add_loss_arg(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     train_stage(config_from_args(args), progress=False)

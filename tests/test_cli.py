@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from logo_train.cli import main
@@ -141,3 +142,17 @@ def test_ci_runs_the_readme_test_command():
     block = readme.split(marker, 1)[1].split("```", 2)[1]
     command = [ln for ln in block.splitlines() if ln.strip() and not ln.startswith("sh")][0]
     assert command.strip() in ci
+
+
+def test_loss_flag_selects_the_loss():
+    from logo_train.cli import build_parser, config_from_args
+
+    quick = str(ROOT / "configs/quick.yaml")
+
+    for loss in ("ce", "ce_weighted", "trust_penalty"):
+        args = build_parser().parse_args(["train", "--config", quick, "--loss", loss])
+        assert config_from_args(args).train.loss == loss
+    args = build_parser().parse_args(["run", "--loss", "ce", "--set", "train.loss=ce_weighted"])
+    assert config_from_args(args).train.loss == "ce_weighted"  # --set wins, as documented
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--loss", "focal"])

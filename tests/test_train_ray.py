@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import ray
 
@@ -15,7 +16,8 @@ from logo_train.checkpoint import load_model, load_state, run_history
 from logo_train.config import load_config
 from logo_train.data.prepare import prepare_data
 from logo_train.models import BACKBONES
-from logo_train.train import check_resources, train_all, train_backbone
+from logo_train.pipeline import run
+from logo_train.train import check_resources, train_backbone
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,13 +63,25 @@ def tiny_data(tmp_path_factory):
 
 
 def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
+    """Through the pipeline's train and audit stages, with the trust head (trust_penalty)."""
     tmp, uri, manifest = tiny_data
-    cfg = tiny_config(tmp, "train.epochs=3", f"model.backbones=[{','.join(SMALL)}]")
-    results = train_all(cfg, uri, manifest)
+    cfg = tiny_config(
+        tmp,
+        "train.epochs=3",
+        "train.loss=trust_penalty",
+        "train.trust_warmup_epochs=1",
+        f"model.backbones=[{','.join(SMALL)}]",
+    )
+    run_result = run(cfg, progress=False, stages=("data", "train", "audit"))
+    results = run_result.training
     assert [r.backbone for r in results] == SMALL
     for r in results:
         assert r.epochs == 3 and not r.resumed
-        history = load_state(r.checkpoint)["history"]
+        state = load_state(r.checkpoint)
+        assert state["trust_head"], "trust_penalty checkpoints carry the trust head"
+        history = state["history"]
+        assert [h["trust_active"] for h in history] == [0.0, 1.0, 1.0][: len(history)]
+        assert all(0 < h["train_mean_trust"] < 1 for h in history)
         assert [h["epoch"] for h in history] == list(range(1, r.best_epoch + 1))
         # per-worker batch 16 over ~230 rows split in 2: every epoch took optimizer steps
         assert all(h["steps"] >= 5 for h in history)
@@ -83,6 +97,15 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
     assert len(events) >= len(SMALL)
     out = capsys.readouterr().out
     assert all(f"[train] {b}" in out for b in SMALL)
+    # the label audit of every backbone: all training rows ranked by trust
+    assert sorted(run_result.audits) == sorted(SMALL)
+    for backbone, audit in run_result.audits.items():
+        table = pq.read_table(tmp / f"quick/audit/{backbone}/suspected_labels.parquet")
+        assert table.num_rows == audit.rows == manifest.split_rows("train")
+        assert audit.ranked_by == "trust"
+        assert table["rank"].to_pylist() == list(range(1, table.num_rows + 1))
+        assert (tmp / f"quick/audit/{backbone}/suspected_labels.png").is_file()
+    assert "[stage] audit done in" in out
 
 
 def _history(result):

@@ -1,0 +1,314 @@
+"""The label audit: which training labels look wrong.
+
+After training, every training sample is scored with its *given* label: the trust head's
+``t_i`` (when the model was trained with ``trust_penalty``), the cross-entropy of the given
+label and the margin (given label's logit minus the best other logit). Samples are ranked by
+trust (lowest first) or, without a trust head, by loss (highest first), and written as
+
+* ``suspected_labels.parquet``: every training row, ranked (rank 1 = most suspect): id, source
+  path, given and predicted label, trust, loss, margin, ``suspected``; plus ``is_noisy`` and the
+  true label where the data knows them (the embedded dataset);
+* ``suspected_labels.png``: a contact sheet of the top 64 with given vs predicted label;
+* ``audit_summary.json``: counts and, where the truth is known, how well each score finds the
+  flipped labels (AUROC; precision and recall at k = number of flipped labels).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch import nn
+
+from logo_train.checkpoint import load_trust_model
+from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.badge import decode_image
+from logo_train.data.shards import join, read_manifest, read_split, write_bytes
+from logo_train.models import TrustModel
+
+SUSPECTED_PARQUET = "suspected_labels.parquet"
+SUSPECTED_PNG = "suspected_labels.png"
+SUMMARY_JSON = "audit_summary.json"
+TRUST_THRESHOLD = 0.5
+"""Trust below this marks a sample ``suspected`` (without a trust head: predicted != given)."""
+
+
+@dataclass
+class Scores:
+    """Per-sample scores, aligned with the input order."""
+
+    trust: np.ndarray
+    """NaN everywhere when the model has no trust head."""
+    loss: np.ndarray
+    margin: np.ndarray
+    predicted: np.ndarray
+    probabilities: np.ndarray
+    """Softmax over classes, ``(N, C)`` (for peers such as cleanlab)."""
+
+    @property
+    def has_trust(self) -> bool:
+        return bool(np.isfinite(self.trust).any())
+
+    def suspicion(self) -> np.ndarray:
+        """Higher = more likely a wrong label: ``1 - trust``, else the loss."""
+        return 1.0 - self.trust if self.has_trust else self.loss
+
+
+def score_batches(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Scores:
+    """Score ``(images, given labels)`` batches (already transformed) in eval mode."""
+    model = model.eval().to(device)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("trust", "loss", "margin", "prob")}
+    with torch.inference_mode():
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            if isinstance(model, TrustModel):
+                logits, trust = model(x, y)
+            else:
+                logits, trust = model(x), torch.full(y.shape, float("nan"), device=device)
+            logits = logits.float()
+            loss = nn.functional.cross_entropy(logits, y, reduction="none")
+            given = logits.gather(1, y[:, None]).squeeze(1)
+            others = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+            parts["trust"].append(trust.float().cpu().numpy())
+            parts["loss"].append(loss.cpu().numpy())
+            parts["margin"].append((given - others).cpu().numpy())
+            parts["prob"].append(logits.softmax(1).cpu().numpy())
+    prob = np.concatenate(parts["prob"]) if parts["prob"] else np.zeros((0, 0), np.float32)
+    return Scores(
+        trust=np.concatenate(parts["trust"]) if parts["trust"] else np.zeros(0, np.float32),
+        loss=np.concatenate(parts["loss"]) if parts["loss"] else np.zeros(0, np.float32),
+        margin=np.concatenate(parts["margin"]) if parts["margin"] else np.zeros(0, np.float32),
+        predicted=prob.argmax(1) if len(prob) else np.zeros(0, np.int64),
+        probabilities=prob,
+    )
+
+
+def detection_metrics(is_noisy: np.ndarray, suspicion: np.ndarray) -> dict[str, float]:
+    """How well a suspicion score finds the flipped labels: AUROC, precision and recall at
+    k = number of flipped labels (NaN when there are none, or nothing but flips)."""
+    from sklearn.metrics import roc_auc_score
+
+    is_noisy = np.asarray(is_noisy, bool)
+    k = int(is_noisy.sum())
+    if k == 0 or k == len(is_noisy):
+        return {"auroc": math.nan, "precision_at_k": math.nan, "recall_at_k": math.nan, "k": k}
+    top = np.argsort(-np.asarray(suspicion), kind="stable")[:k]
+    hits = int(is_noisy[top].sum())
+    return {
+        "auroc": float(roc_auc_score(is_noisy, suspicion)),
+        "precision_at_k": hits / k,
+        "recall_at_k": hits / k,
+        "k": k,
+    }
+
+
+@dataclass
+class AuditResult:
+    rows: int
+    suspected: int
+    ranked_by: str
+    """'trust' or 'loss'."""
+    flipped: int | None
+    """Known wrong labels in the split (embedded dataset), else None."""
+    detection: dict[str, dict[str, float]]
+    """Per score ('trust', 'loss'): AUROC, precision/recall at k; empty without the truth."""
+    parquet: str
+    contact_sheet: str
+    summary: str
+
+    def lines(self) -> list[str]:
+        out = [
+            f"[audit] {self.rows} training labels scored, ranked by {self.ranked_by}; "
+            f"{self.suspected} suspected ({self.parquet})"
+        ]
+        for score, m in self.detection.items():
+            out.append(
+                f"[audit] finding the {self.flipped} flipped labels by {score}: "
+                f"AUROC {m['auroc']:.3f}, precision@k {m['precision_at_k']:.3f} (k={m['k']})"
+            )
+        return out
+
+
+def _rank_table(
+    table: pa.Table, scores: Scores, class_names: list[str]
+) -> tuple[pa.Table, np.ndarray]:
+    suspicion = scores.suspicion()
+    order = np.argsort(-suspicion, kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    given = np.asarray(table["label"].to_pylist(), np.int64)
+    by_trust = scores.trust < TRUST_THRESHOLD
+    suspected = by_trust if scores.has_trust else scores.predicted != given
+    columns = {
+        "rank": rank,
+        "id": table["id"],
+        "source_path": table["source_path"],
+        "given_label": [class_names[i] for i in given],
+        "predicted_label": [class_names[i] for i in scores.predicted],
+        "trust": scores.trust.astype(np.float32),
+        "loss": scores.loss.astype(np.float32),
+        "margin": scores.margin.astype(np.float32),
+        "suspected": suspected,
+    }
+    if "is_noisy" in table.column_names:
+        columns["is_noisy"] = table["is_noisy"]
+        columns["true_label"] = [class_names[i] for i in table["clean_label"].to_pylist()]
+    out = pa.table(columns).take(pa.array(order))
+    return out, order
+
+
+def _contact_sheet(images: list[bytes], ranked: pa.Table, top: int = 64) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(top, ranked.num_rows)
+    cols = 8
+    rows = max(1, math.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.75), squeeze=False)
+    data = ranked.slice(0, n).to_pydict()
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= n:
+            continue
+        ax.imshow(decode_image(images[i]))
+        trust = data["trust"][i]
+        score = f"t={trust:.2f}" if trust == trust else f"loss={data['loss'][i]:.1f}"
+        given, predicted = data["given_label"][i], data["predicted_label"][i]
+        title = f"#{data['rank'][i]} {score}\ngiven {given}\npred {predicted}"
+        wrong = data.get("is_noisy", [None] * n)[i]
+        ax.set_title(title, fontsize=6, color="red" if wrong else "black")
+    caption = f"Top {n} suspected labels (most suspect first)"
+    if "is_noisy" in data:
+        caption += "; red title = the label really was flipped"
+    fig.suptitle(caption, fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+@contextmanager
+def _local_copy(checkpoint: str) -> Iterator[str]:
+    """A local folder for a checkpoint folder or URI (s3://, gs://: copied to a temp dir)."""
+    if "://" not in checkpoint:
+        if not Path(checkpoint).is_dir():
+            raise FileNotFoundError(f"checkpoint folder not found: {checkpoint}")
+        yield checkpoint
+        return
+    from pyarrow import fs as pafs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pafs.copy_files(checkpoint, tmp)
+        yield tmp
+
+
+def audit(
+    checkpoint: str,
+    shards_uri: str,
+    out_uri: str,
+    *,
+    batch_size: int = 256,
+    device: str | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> AuditResult:
+    """Score every training row of ``shards_uri`` with the model in ``checkpoint``; write the
+    ranked table, the contact sheet and the summary under ``out_uri``."""
+    with _local_copy(checkpoint) as local:
+        model, info = load_trust_model(local)
+    manifest = read_manifest(shards_uri)
+    if list(manifest.classes) != list(info.class_names):
+        raise ValueError(
+            f"shards {shards_uri} have classes {manifest.classes[:4]}..., the checkpoint "
+            f"{checkpoint} was trained on {info.class_names[:4]}...: not the same label set"
+        )
+    columns = ["image", "label", "id", "source_path"]
+    if manifest.has_truth:
+        columns += ["clean_label", "is_noisy"]
+    table = read_split(shards_uri, "train", columns)
+    if table.num_rows == 0:
+        raise ValueError(f"shards {shards_uri} have no training rows to audit")
+    spec = TransformSpec(info.image_size, tuple(info.mean), tuple(info.std))
+    images = table["image"].to_pylist()
+    labels = np.asarray(table["label"].to_pylist(), np.int64)
+    torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+    def batches():
+        for start in range(0, len(images), batch_size):
+            chunk = decode_batch(images[start : start + batch_size])
+            x = torch.from_numpy(to_tensor_batch(chunk, spec, train=False))
+            yield x, torch.from_numpy(labels[start : start + batch_size])
+
+    scores = score_batches(model, batches(), torch_device)
+    ranked, order = _rank_table(table.drop_columns(["image"]), scores, list(info.class_names))
+    detection: dict[str, dict[str, float]] = {}
+    flipped = None
+    if manifest.has_truth:
+        is_noisy = np.asarray(table["is_noisy"].to_pylist(), bool)
+        flipped = int(is_noisy.sum())
+        if scores.has_trust:
+            detection["trust"] = detection_metrics(is_noisy, 1.0 - scores.trust)
+        detection["loss"] = detection_metrics(is_noisy, scores.loss)
+        detection["margin"] = detection_metrics(is_noisy, -scores.margin)
+    sink = pa.BufferOutputStream()
+    pq.write_table(ranked, sink)
+    parquet = join(out_uri, SUSPECTED_PARQUET)
+    write_bytes(parquet, sink.getvalue().to_pybytes())
+    sheet = join(out_uri, SUSPECTED_PNG)
+    write_bytes(sheet, _contact_sheet([images[i] for i in order[:64]], ranked))
+    result = AuditResult(
+        rows=table.num_rows,
+        suspected=int(np.asarray(ranked["suspected"]).sum()),
+        ranked_by="trust" if scores.has_trust else "loss",
+        flipped=flipped,
+        detection=detection,
+        parquet=parquet,
+        contact_sheet=sheet,
+        summary=join(out_uri, SUMMARY_JSON),
+    )
+    summary = {**asdict(result), "checkpoint": checkpoint, "shards": shards_uri}
+    write_bytes(result.summary, json.dumps(summary, indent=2).encode())
+    if echo:
+        for line in result.lines():
+            echo(line)
+    return result
+
+
+def audit_on_ray(
+    checkpoint: str,
+    shards_uri: str,
+    out_uri: str,
+    *,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    batch_size: int = 256,
+) -> AuditResult:
+    """``audit`` as a Ray task with the training workers' resources, so on a cluster it runs on
+    a (GPU) worker node next to the checkpoint's storage, not on the head node."""
+    import ray
+
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(audit)
+    return ray.get(
+        task.remote(
+            checkpoint,
+            shards_uri,
+            out_uri,
+            batch_size=batch_size,
+            device="cuda" if num_gpus else "cpu",
+            echo=None,
+        )
+    )

@@ -1,0 +1,199 @@
+"""Training in one process, without Ray: the same model, loss, optimiser and step as a Ray
+Train worker (``logo_train.train.build_training`` / ``train_step``), fed by a torch
+``DataLoader``. For studies that train many small models on one machine (the noise study), for
+the Ray-overhead benchmark, and for machines where Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    Subset,
+)
+
+from logo_train.config import Config
+from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.shards import Manifest, read_split
+from logo_train.engine import Training, build_training, classifier, evaluate, train_step
+from logo_train.models import build_model, normalisation
+
+
+class ShardDataset(Dataset):
+    """One split in memory, transformed per item like Ray Data does. ``decoded``: decode the
+    images once up front (fast epochs); else keep the encoded bytes and decode per item (the
+    same work per epoch as the Ray Data pipeline, for a fair benchmark)."""
+
+    def __init__(self, uri: str, split: str, spec: TransformSpec, train: bool, decoded=True):
+        table = read_split(uri, split, ["image", "label"])
+        images = table["image"].to_pylist()
+        self.images = decode_batch(images) if decoded else images
+        self.decoded = decoded
+        self.labels = np.asarray(table["label"].to_pylist(), np.int64)
+        self.spec, self.train = spec, train
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int | list[int]):
+        """One item, or a whole batch for a list of indices (one call per batch: the loader
+        processes send whole batches, not single images)."""
+        if isinstance(i, list):
+            chosen = [self.images[k] for k in i]
+            images = chosen if self.decoded else decode_batch(chosen)
+            batch = to_tensor_batch(images, self.spec, train=self.train)
+            return torch.from_numpy(batch), torch.from_numpy(self.labels[i])
+        image = self.images[i] if self.decoded else decode_batch([self.images[i]])[0]
+        out = to_tensor_batch([image], self.spec, train=self.train)[0]
+        return torch.from_numpy(out), int(self.labels[i])
+
+
+def one_thread_per_worker(_: int) -> None:
+    """DataLoader ``worker_init_fn``: one torch and one OpenCV thread per loader process (many
+    processes each with a thread per core thrash the CPU)."""
+    import cv2
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+
+
+def loader(
+    dataset: Dataset, batch_size: int, *, train: bool, workers: int, seed: int = 0
+) -> DataLoader:
+    """Whole batches per fetch (``ShardDataset`` takes index lists); shuffled, full batches
+    only, when ``train``."""
+    generator = torch.Generator().manual_seed(seed)
+    order = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        sampler=BatchSampler(order, batch_size, drop_last=train),
+        num_workers=workers,
+        worker_init_fn=one_thread_per_worker if workers else None,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers else None,
+    )
+
+
+def transform_specs(cfg: Config, backbone: str, num_classes: int):
+    mean, std = normalisation(build_model(backbone, num_classes, cfg.model.image_size))
+    common = {"image_size": cfg.model.image_size, "mean": mean, "std": std}
+    train = TransformSpec(
+        **common, strength=cfg.augment.strength, min_crop_scale=cfg.augment.min_crop_scale
+    )
+    return train, TransformSpec(**common)
+
+
+@dataclass
+class LocalFit:
+    training: Training
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def model(self) -> nn.Module:
+        """Backbone (+ trust head when trained with one), eval mode."""
+        return self.training.model.eval()
+
+    @property
+    def classifier(self) -> nn.Module:
+        return classifier(self.training.model).eval()
+
+
+def fit_local(
+    cfg: Config,
+    backbone: str,
+    shards_uri: str,
+    manifest: Manifest,
+    *,
+    device: str | None = None,
+    loader_workers: int = 1,
+    eval_every: int = 1,
+    train_indices: np.ndarray | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> LocalFit:
+    """Train ``backbone`` on the shards' train split (or its rows ``train_indices``) for
+    ``cfg.train.epochs`` epochs (global batch ``cfg.train.batch_size``), validating every
+    ``eval_every`` epochs and at the end."""
+    tc = cfg.train
+    torch.manual_seed(tc.seed)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    num_classes = len(manifest.classes)
+    train_spec, eval_spec = transform_specs(cfg, backbone, num_classes)
+    train_set = ShardDataset(shards_uri, "train", train_spec, train=True)
+    labels = train_set.labels
+    if train_indices is not None:
+        labels = labels[train_indices]
+        train_set = Subset(train_set, train_indices.tolist())
+    val_set = ShardDataset(shards_uri, "val", eval_spec, train=False)
+    train_loader = loader(
+        train_set, tc.batch_size, train=True, workers=loader_workers, seed=tc.seed
+    )
+    val_loader = loader(val_set, tc.eval_batch_size, train=False, workers=0)
+    steps = len(train_set) // tc.batch_size
+    if steps < 1:
+        raise ValueError(
+            f"config field 'train.batch_size' = {tc.batch_size}: larger than the "
+            f"{len(train_set)} training rows allow"
+        )
+    counts = np.bincount(labels, minlength=num_classes).tolist()
+    t = build_training(cfg, backbone, num_classes, counts, steps, dev)
+    fit = LocalFit(t)
+    for epoch in range(tc.epochs):
+        t.model.train()
+        start = time.perf_counter()
+        loss_sum, trust_sum, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
+        active = epoch >= tc.trust_warmup_epochs
+        for x, y in train_loader:
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            out = train_step(t, x, y, active)
+            loss_sum += out["loss"] * len(y)
+            if "trust" in out:
+                trust_sum += out["trust"] * len(y)
+            seen += len(y)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / max(seen, 1),
+            "train_images_per_s": seen / (time.perf_counter() - start),
+        }
+        if t.needs_trust:
+            metrics["train_mean_trust"] = trust_sum.item() / max(seen, 1)
+        if (epoch + 1) % eval_every == 0 or epoch + 1 == tc.epochs:
+            val = evaluate(classifier(t.model), _pairs(val_loader), dev, num_classes)
+            metrics.update({"val_loss": val["loss"], "val_macro_f1": val["macro_f1"]})
+        fit.history.append(metrics)
+        if echo:
+            echo(
+                f"  {backbone} epoch {epoch + 1}/{tc.epochs} "
+                + " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k != "epoch")
+            )
+    return fit
+
+
+def _pairs(data_loader: DataLoader):
+    for x, y in data_loader:
+        yield {"image": x, "label": y}
+
+
+def evaluate_split(
+    model: nn.Module, cfg: Config, backbone: str, shards_uri: str, manifest: Manifest, split: str
+) -> dict[str, float]:
+    """Metrics of ``model`` (a classifier) on a whole split, eval transform."""
+    _, eval_spec = transform_specs(cfg, backbone, len(manifest.classes))
+    data = loader(
+        ShardDataset(shards_uri, split, eval_spec, train=False),
+        cfg.train.eval_batch_size,
+        train=False,
+        workers=0,
+    )
+    device = next(model.parameters()).device
+    return evaluate(model, _pairs(data), device, len(manifest.classes))
