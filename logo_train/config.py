@@ -215,13 +215,17 @@ class TrainConfig:
     (class-weighted CE scaled by the trust head's per-sample trust, plus a penalty)."""
     class_weight_power: float = 1.0
     """beta in ``w_c = (N_max / N_c) ** beta``: 1 = reference recipe, 0 = no weighting."""
-    penalty_weight: float = 0.1
+    penalty_weight: float = 1.0
     """trust_penalty: weight of ``mean(-log t)``; a sample keeps full trust while its loss is
-    below ``penalty_weight`` times the batch's mean loss (with ``trust_normalise``). 0.1 won the
-    noise study's validation at 20% and 40% noise (docs/benchmarks.md); tune it per dataset."""
+    below ``penalty_weight`` times the batch's mean loss (with ``trust_normalise``). Small
+    values (0.1) won the noise study on models trained to convergence; on short runs of an
+    under-trained model they starve the hard classes, 1.0 does not (docs/labels.md)."""
     trust_normalise: bool = True
     """trust_penalty: scale the penalty by the batch's mean loss (guards against the whole
     batch's trust collapsing while losses are large); false = the plain formula."""
+    trust_rescale: bool = True
+    """trust_penalty: rescale the backbone's per-sample trust weights to batch mean 1, so an
+    under-trained model whose whole batch has low trust keeps learning at full speed."""
     trust_warmup_epochs: int = 2
     """trust_penalty: epochs of plain weighted CE before trust scales the loss (the head
     learns from the start)."""

@@ -93,6 +93,7 @@ def build_training(
         tc.class_weight_power,
         penalty_weight=tc.penalty_weight,
         normalise=tc.trust_normalise,
+        rescale=tc.trust_rescale,
         label_smoothing=tc.label_smoothing,
     ).to(device)
     if criterion.needs_trust:

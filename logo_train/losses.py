@@ -76,18 +76,32 @@ def trust_penalty_loss(
     weights: torch.Tensor | None = None,
     penalty_weight: float,
     normalise: bool = True,
+    rescale: bool = False,
     active: bool = True,
     label_smoothing: float = 0.0,
 ) -> TrustLoss:
-    """The trust-scaled class-weighted CE plus the penalty (formula in the module docstring)."""
+    """The trust-scaled class-weighted CE plus the penalty (formula in the module docstring).
+
+    ``rescale``: the backbone's per-sample weights are ``t_i / mean(t)`` (batch mean 1, no
+    gradient to the head through the mean), so a batch whose trust is uniformly low (an
+    under-trained model: every loss high) still trains at full speed; only the *relative*
+    weights change. The head still learns the plain objective. The value is then
+    ``mean(w t CE) / mean(t)`` plus the penalty.
+    """
     if trust.shape != target.shape:
         raise ValueError(f"trust has shape {tuple(trust.shape)}, labels {tuple(target.shape)}")
     wce = weighted_ce(logits, target, weights, label_smoothing)
     trust = trust.float()
     scale = wce.mean().detach() if normalise else torch.ones((), device=wce.device)
     penalty = penalty_weight * scale * (-torch.log(trust.clamp_min(TRUST_EPS))).mean()
-    # warm-up: the backbone gets plain weighted CE, the head the same objective on detached CE
-    scaled = (wce * trust).mean() if active else wce.mean() + (wce.detach() * trust).mean()
+    head_term = (wce.detach() * trust).mean()  # what trains the head (gradient = w CE)
+    if not active:  # warm-up: the backbone gets plain weighted CE
+        scaled = wce.mean() + head_term
+    elif rescale:
+        t = trust.detach()
+        scaled = (wce * t).mean() / t.mean() + head_term - head_term.detach()
+    else:
+        scaled = (wce * trust).mean()
     return TrustLoss(scaled + penalty, wce.mean().detach(), penalty.detach(), trust.mean())
 
 
@@ -120,6 +134,7 @@ class TrustPenalty(nn.Module):
         penalty_weight: float,
         normalise: bool = True,
         label_smoothing: float = 0.0,
+        rescale: bool = False,
     ):
         super().__init__()
         if penalty_weight <= 0:
@@ -127,6 +142,7 @@ class TrustPenalty(nn.Module):
         self.register_buffer("weights", weights)
         self.penalty_weight = penalty_weight
         self.normalise = normalise
+        self.rescale = rescale
         self.label_smoothing = label_smoothing
 
     def forward(
@@ -139,6 +155,7 @@ class TrustPenalty(nn.Module):
             weights=self.weights,
             penalty_weight=self.penalty_weight,
             normalise=self.normalise,
+            rescale=self.rescale,
             active=active,
             label_smoothing=self.label_smoothing,
         )
@@ -154,6 +171,7 @@ def build_loss(
     *,
     penalty_weight: float = 1.0,
     normalise: bool = True,
+    rescale: bool = False,
     label_smoothing: float = 0.0,
 ) -> nn.Module:
     """``ce``: plain cross-entropy; ``ce_weighted``: class-weighted (the reference recipe);
@@ -164,6 +182,10 @@ def build_loss(
         return WeightedCrossEntropy(class_weights(counts, class_weight_power), label_smoothing)
     if name == "trust_penalty":
         return TrustPenalty(
-            class_weights(counts, class_weight_power), penalty_weight, normalise, label_smoothing
+            class_weights(counts, class_weight_power),
+            penalty_weight,
+            normalise,
+            label_smoothing,
+            rescale,
         )
     raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")

@@ -52,6 +52,38 @@ def test_trust_penalty_loss_equals_the_formula(normalise):
     assert warm.loss.item() == pytest.approx((wce.mean() + expected).item(), rel=1e-5)
 
 
+def test_rescaled_trust_keeps_the_batch_weight_and_trains_the_head_the_same():
+    logits, target, trust, weights = _case(4)
+    lam = 0.3
+    ce = F.cross_entropy(logits, target, reduction="none")
+    wce = weights[target] * ce
+    plain = trust_penalty_loss(logits, target, trust, weights=weights, penalty_weight=lam)
+    out = trust_penalty_loss(
+        logits, target, trust, weights=weights, penalty_weight=lam, rescale=True
+    )
+    assert out.loss.item() == pytest.approx(
+        ((wce * trust).mean() / trust.mean() + plain.penalty).item(), rel=1e-5
+    )
+    # a uniformly low trust does not slow the backbone: same gradient as weighted CE
+    logits.requires_grad_(True)
+    low = torch.full_like(trust, 0.05)
+    out = trust_penalty_loss(logits, target, low, weights=weights, penalty_weight=lam, rescale=True)
+    (g_low,) = torch.autograd.grad(out.loss, logits)
+    (g_ref,) = torch.autograd.grad(
+        (weights[target] * F.cross_entropy(logits, target, reduction="none")).mean(), logits
+    )
+    assert torch.allclose(g_low, g_ref, atol=1e-6)
+    # ... while the head's gradient is the plain objective's
+    grads = []
+    for rescale in (False, True):
+        t = trust.clone().requires_grad_(True)
+        trust_penalty_loss(
+            logits.detach(), target, t, weights=weights, penalty_weight=lam, rescale=rescale
+        ).loss.backward()
+        grads.append(t.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-7)
+
+
 def test_warm_up_gives_the_backbone_plain_weighted_ce():
     logits, target, trust, weights = _case(1)
     logits.requires_grad_(True)
