@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 
 from logo_train.config import Config, load_config
 from logo_train.losses import LOSSES
@@ -221,11 +222,28 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def job_entry(job: Callable[[], object]) -> None:
+    """Run a ``ray_jobs`` entrypoint: a bad config or input fails fast with exit code 2 and one
+    ``error: ...`` line naming the field (what ``ray job logs`` shows), not a traceback."""
+    from logo_train.data.ingest import IngestError
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        job()
+    except (*USER_ERRORS, IngestError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     from logo_train.data.ingest import IngestError
 
@@ -237,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "audit":
             return _cmd_audit(args)
         return _cmd_data(args)
-    except (ValueError, FileNotFoundError, FileExistsError, IngestError) as e:
+    except (*USER_ERRORS, IngestError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

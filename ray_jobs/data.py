@@ -4,9 +4,8 @@ ray job submit --working-dir . -- python -m ray_jobs.data --config configs/full.
 """
 
 import argparse
-import logging
 
-from logo_train.cli import add_config_args, config_from_args
+from logo_train.cli import add_config_args, config_from_args, job_entry
 from logo_train.data.prepare import prepare_data
 from logo_train.data.preview import summary_table
 
@@ -16,7 +15,6 @@ def main() -> None:
     add_config_args(parser)
     parser.add_argument("--overwrite", action="store_true", help="re-make the shards")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
     cfg = config_from_args(args)
     uri, manifest, _ = prepare_data(cfg, overwrite=args.overwrite, progress=False)
     print(summary_table(manifest))
@@ -24,4 +22,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    job_entry(main)

@@ -5,9 +5,8 @@ ray job submit --working-dir . -- python -m ray_jobs.train --config configs/full
 """
 
 import argparse
-import logging
 
-from logo_train.cli import add_config_args, add_loss_arg, config_from_args
+from logo_train.cli import add_config_args, add_loss_arg, config_from_args, job_entry
 from logo_train.pipeline import train_stage
 
 
@@ -16,9 +15,8 @@ def main() -> None:
     add_config_args(parser)
     add_loss_arg(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO)
     train_stage(config_from_args(args), progress=False)
 
 
 if __name__ == "__main__":
-    main()
+    job_entry(main)

@@ -1,0 +1,28 @@
+"""Pipeline job: the whole ``logo-train run`` (data, training of every backbone, label audit)
+on the cluster. Results go to the config's ``output_dir`` (a local path or s3:// / gs:// URI).
+
+ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml
+"""
+
+import argparse
+
+from logo_train.cli import add_config_args, add_loss_arg, config_from_args, job_entry
+from logo_train.pipeline import STAGES, run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_config_args(parser)
+    add_loss_arg(parser)
+    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages")
+    parser.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
+    args = parser.parse_args()
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    result = run(
+        config_from_args(args), overwrite_data=args.overwrite_data, progress=False, stages=stages
+    )
+    print(f"run folder: {result.run_dir}")
+
+
+if __name__ == "__main__":
+    job_entry(main)

@@ -1,0 +1,242 @@
+"""cluster.yaml against Ray's own validator; `ray job submit` against a real local head; and
+the autoscaler adding and removing (fake) nodes for a train job.
+
+The two Ray tests are marked ``cluster`` (and ``integration``): ``pytest -m cluster`` runs them
+alone. They start their own head on 127.0.0.1 with free ports and a private token, and stop
+only its processes.
+"""
+
+import copy
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.raycluster import RAY, LocalHead
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cluster_yaml() -> dict:
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def _validate(cfg: dict) -> dict:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(cfg))  # what `ray up` does before validating
+    validate_config(prepared)
+    return prepared
+
+
+def test_cluster_yaml_passes_rays_validation():
+    cfg = _validate(_cluster_yaml())
+    types = cfg["available_node_types"]
+    head = types[cfg["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}, "the head must not take training work"
+    gpu_types = {name: t for name, t in types.items() if t["resources"].get("GPU")}
+    assert sorted(t["resources"]["GPU"] for t in gpu_types.values()) == [1, 4]
+    for name, t in gpu_types.items():
+        assert t["min_workers"] == 0, f"{name} must scale to zero"
+        assert 1 <= t["max_workers"] <= cfg["max_workers"]
+    assert 0 < cfg["idle_timeout_minutes"] <= 30
+    start = " ".join(cfg["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in start
+    text = (ROOT / "cluster.yaml").read_text()
+    assert "0.0.0.0" not in text, "nothing may listen on every interface"
+    mount = next(iter(cfg["file_mounts"]))
+    assert any("pip install" in c and mount in c for c in cfg["setup_commands"])
+
+
+def test_cluster_yaml_validation_catches_typos():
+    from jsonschema.exceptions import ValidationError
+
+    cfg = _cluster_yaml()
+    cfg["available_node_types"]["gpu1"]["max_wokers"] = 3
+    with pytest.raises(ValidationError, match="max_wokers"):
+        _validate(cfg)
+
+
+def _tiny(tmp_path: Path) -> list[str]:
+    return [
+        "--set", f"output_dir={tmp_path}", "--set", "data.synth.image_size=32",
+        "--set", "data.synth.images_per_class=12", "--set", "data.synth.imbalance_ratio=2",
+        "--set", "data.synth.val_per_class=2", "--set", "data.synth.test_per_class=0",
+        "--set", "data.synth.difficulty=0", "--set", "data.workers=1",
+        "--set", "model.image_size=32", "--set", "model.backbones=[resnet10t]",
+        "--set", "augment.strength=0", "--set", "train.batch_size=32",
+    ]  # fmt: skip
+
+
+def _ray_job(head: LocalHead, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [RAY, "job", *args[:1], "--address", head.dashboard_url, *args[1:]],
+        env=head.env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _submit_no_wait(head: LocalHead, job: str, module: str, *args: str) -> None:
+    """``ray job submit --no-wait --working-dir .`` of a ``ray_jobs`` module, as users do."""
+    submitted = _ray_job(
+        head, "submit", "--no-wait", "--submission-id", job, "--working-dir", ".", "--",
+        "python", "-m", module, "--config", "configs/quick.yaml", *args,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr[-2000:]
+
+
+def _job_state(head: LocalHead, job: str) -> str | None:
+    """SUCCEEDED, FAILED or STOPPED once the job is over, else None (the CLI logs to stderr)."""
+    listed = _ray_job(head, "status", job)
+    text = listed.stdout + listed.stderr
+    endings = {"SUCCEEDED": "' succeeded", "FAILED": "' failed", "STOPPED": "' was stopped"}
+    return next((s for s, words in endings.items() if f"Job '{job}{words}" in text), None)
+
+
+def _wait_terminal(head: LocalHead, job: str, timeout: float) -> tuple[str, float]:
+    start = time.time()
+    while time.time() - start < timeout:
+        state = _job_state(head, job)
+        if state:
+            return state, time.time() - start
+        time.sleep(1)
+    raise TimeoutError(f"job {job} did not finish in {timeout} s")
+
+
+@pytest.mark.integration
+@pytest.mark.cluster
+def test_ray_job_submit_with_working_dir(tmp_path):
+    head = LocalHead(num_cpus=2)
+    started = time.time()
+    head.start()
+    try:
+        print(f"\nhead started in {time.time() - started:.1f} s")
+        out = tmp_path / "out"
+        t = time.time()
+        submitted = _ray_job(
+            head, "submit", "--submission-id", "data-ok", "--working-dir", ".", "--",
+            "python", "-m", "ray_jobs.data", "--config", "configs/quick.yaml", *_tiny(out),
+        )  # fmt: skip
+        print(f"data job: {time.time() - t:.1f} s")
+        assert submitted.returncode == 0, submitted.stdout[-2000:] + submitted.stderr[-2000:]
+        assert "shards:" in submitted.stdout
+        assert "succeeded" in submitted.stdout.lower()
+        from logo_train.data.shards import read_manifest
+
+        manifest = read_manifest(str(out / "quick/data"))
+        assert manifest.split_rows("train") > 0 and manifest.files_seen == manifest.rows
+        assert "shards:" in _ray_job(head, "logs", "data-ok").stdout
+
+        # an invalid config fails fast, the field named in the job's logs
+        t = time.time()
+        _submit_no_wait(head, "bad-config", "ray_jobs.train", "--set", "train.epochs=0")
+        state, seconds = _wait_terminal(head, "bad-config", timeout=120)
+        print(f"invalid-config job: {state} after {time.time() - t:.1f} s")
+        assert state == "FAILED"
+        logs = _ray_job(head, "logs", "bad-config").stdout
+        assert "error: config field 'train.epochs' = 0" in logs
+        assert "Traceback" not in logs
+    finally:
+        head.stop()
+    assert head.pids() == [], "processes of the test head survived stop()"
+
+
+def _fake_cluster(idle_minutes: float) -> dict:
+    """A complete fake_multinode autoscaling config (Ray 2.60's wheel ships no example)."""
+    return {
+        "cluster_name": "logo-train-fake",
+        "max_workers": 3,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
+        "available_node_types": {
+            "ray.head.default": {"resources": {"CPU": 0}, "node_config": {}, "max_workers": 0},
+            "cpu1": {
+                "resources": {"CPU": 1, "object_store_memory": 300_000_000},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": 3,
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "auth": {},
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": idle_minutes,
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
+def _worker_nodes(head: LocalHead) -> int:
+    """Alive nodes other than the head, from the state API."""
+    listed = subprocess.run(
+        [RAY, "list", "nodes", "--address", head.dashboard_url, "--format", "json"],
+        env=head.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if listed.returncode:
+        return -1
+    nodes = json.loads(listed.stdout)
+    return sum(1 for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"])
+
+
+@pytest.mark.integration
+@pytest.mark.cluster
+def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
+    config = _fake_cluster(idle_minutes=0.25)
+    head = LocalHead(num_cpus=0, autoscaling_config=config)
+    config["provider"]["gcs_address"] = head.gcs_address  # fake nodes join this head
+    head.start()
+    timeline: dict[str, float] = {}
+    try:
+        assert _worker_nodes(head) == 0
+        start = time.time()
+        # 2 workers x 0.5 CPU fill one 1-CPU node; Ray Data's readers need a second one
+        _submit_no_wait(
+            head, "train-scale", "ray_jobs.train", *_tiny(tmp_path), "--set", "train.epochs=2",
+            "--set", "train.autoscale=true", "--set", "train.trust_warmup_epochs=1",
+        )  # fmt: skip
+        peak, state = 0, None
+        while time.time() - start < 600:
+            nodes = _worker_nodes(head)
+            if nodes > peak:
+                peak = nodes
+                timeline[f"{nodes} worker node(s) after s"] = round(time.time() - start, 1)
+            state = _job_state(head, "train-scale")
+            if state:
+                break
+            time.sleep(2)
+        timeline["job finished after s"] = round(time.time() - start, 1)
+        logs = _ray_job(head, "logs", "train-scale").stdout
+        assert state == "SUCCEEDED", logs[-3000:]
+        assert peak >= 2, f"the autoscaler added only {peak} node(s)"
+        assert "[train] resnet10t" in logs and "[audit] resnet10t" in logs
+        assert (tmp_path / "quick/audit/resnet10t/suspected_labels.parquet").is_file()
+        # idle nodes go after idle_timeout_minutes (15 s) plus the autoscaler's update rounds
+        finished = time.time()
+        while time.time() - finished < 180 and _worker_nodes(head) != 0:
+            time.sleep(2)
+        timeline["all worker nodes removed s after the job"] = round(time.time() - finished, 1)
+        assert _worker_nodes(head) == 0, "idle worker nodes were not removed"
+    finally:
+        print("\nautoscaling timeline:", json.dumps(timeline))
+        head.stop()
+    assert head.pids() == []
