@@ -29,7 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _processes() -> dict[int, tuple[int, str]]:
+def processes() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process."""
     out = {}
     for entry in Path("/proc").iterdir():
@@ -90,7 +90,7 @@ class LocalHead:
 
     def pids(self) -> list[int]:
         """This head's processes and all their descendants."""
-        procs = _processes()
+        procs = processes()
         mine = {pid for pid, (_, cmd) in procs.items() if self.temp_dir in cmd}
         grew = True
         while grew:

@@ -8,6 +8,8 @@ only its processes.
 
 import copy
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.raycluster import RAY, LocalHead
+from logo_train.checkpoint import run_history
+from tests.raycluster import RAY, LocalHead, processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -198,9 +201,26 @@ def _worker_nodes(head: LocalHead) -> int:
     return sum(1 for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"])
 
 
+def _node_of_a_train_worker(head: LocalHead) -> int | None:
+    """PID of the raylet (fake node of ``head``) that hosts a Ray Train worker, if any."""
+    procs = processes()
+    for _pid, (ppid, cmd) in procs.items():
+        parent = procs.get(ppid, (0, ""))[1]
+        # the gcs address: a raylet of this head, not of another Ray on this machine
+        if (
+            cmd.startswith("ray::RayTrainWorker")
+            and "raylet" in parent
+            and head.gcs_address in parent
+        ):
+            return ppid
+    return None
+
+
 @pytest.mark.integration
 @pytest.mark.cluster
 def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
+    """The autoscaler adds nodes for the job; a node lost mid-training (its raylet killed) is
+    replaced and training resumes from the last checkpoint; idle nodes are removed."""
     config = _fake_cluster(idle_minutes=0.25)
     head = LocalHead(num_cpus=0, autoscaling_config=config)
     config["provider"]["gcs_address"] = head.gcs_address  # fake nodes join this head
@@ -211,25 +231,37 @@ def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
         start = time.time()
         # 2 workers x 0.5 CPU fill one 1-CPU node; Ray Data's readers need a second one
         _submit_no_wait(
-            head, "train-scale", "ray_jobs.train", *_tiny(tmp_path), "--set", "train.epochs=2",
+            head, "train-scale", "ray_jobs.train", *_tiny(tmp_path), "--set", "train.epochs=5",
             "--set", "train.autoscale=true", "--set", "train.trust_warmup_epochs=1",
         )  # fmt: skip
-        peak, state = 0, None
+        peak, state, killed = 0, None, None
         while time.time() - start < 600:
             nodes = _worker_nodes(head)
             if nodes > peak:
                 peak = nodes
                 timeline[f"{nodes} worker node(s) after s"] = round(time.time() - start, 1)
+            if killed is None and list(tmp_path.glob("quick/train/*/checkpoint_*")):
+                killed = _node_of_a_train_worker(head)
+                if killed:
+                    os.kill(killed, signal.SIGKILL)
+                    timeline["node of a train worker killed after s"] = round(
+                        time.time() - start, 1
+                    )
             state = _job_state(head, "train-scale")
             if state:
                 break
-            time.sleep(2)
+            time.sleep(1)
         timeline["job finished after s"] = round(time.time() - start, 1)
         logs = _ray_job(head, "logs", "train-scale").stdout
         assert state == "SUCCEEDED", logs[-3000:]
         assert peak >= 2, f"the autoscaler added only {peak} node(s)"
+        assert killed, "the job ended before a node could be killed"
         assert "[train] resnet10t" in logs and "[audit] resnet10t" in logs
         assert (tmp_path / "quick/audit/resnet10t/suspected_labels.parquet").is_file()
+        (run_path,) = tmp_path.glob("quick/train/resnet10t-*")
+        history = run_history(run_path)
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
+        assert history[-1]["restored_epoch"] >= 1, "training did not resume from a checkpoint"
         # idle nodes go after idle_timeout_minutes (15 s) plus the autoscaler's update rounds
         finished = time.time()
         while time.time() - finished < 180 and _worker_nodes(head) != 0:
