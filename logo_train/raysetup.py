@@ -11,12 +11,31 @@ import ray
 log = logging.getLogger(__name__)
 
 
+NOISY_WORKER_LOGGERS = (
+    # Without a dashboard (local runs) it cannot query the state API and warns every few
+    # seconds for the whole run; it still does its job (removing orphaned placement groups).
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+)
+
+
+def quiet_worker_logs() -> None:
+    """``worker_process_setup_hook`` of local runs: silence known-noisy Ray worker loggers."""
+    for name in NOISY_WORKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray() -> None:
     if ray.is_initialized():
         return
     address = os.environ.get("RAY_ADDRESS")
-    # logo_train is installed in the environment, so workers import it without a runtime_env
-    ray.init(address=address, include_dashboard=False if not address else None)
+    if address:
+        ray.init(address=address)
+    else:
+        # logo_train is installed, so workers import it (and this hook) without shipping code
+        ray.init(
+            include_dashboard=False,
+            runtime_env={"worker_process_setup_hook": "logo_train.raysetup.quiet_worker_logs"},
+        )
     resources = ray.cluster_resources()
     log.info(
         "Ray %s: %g CPUs, %g GPUs",
