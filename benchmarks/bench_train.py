@@ -2,7 +2,9 @@
 
     python benchmarks/bench_train.py [--backbone resnet10t] [--epochs 4] [--out benchmarks/results]
 
-Both train the quick profile's data for ``--epochs`` epochs at the quick batch size and report
+Both run the same model, loss and step (``logo_train.engine``; with the quick profile's
+``trust_penalty``, the trust head too) on the quick profile's data for ``--epochs`` epochs at
+the quick batch size and report
 training images/s (the train phase of each epoch, validation excluded) and the share of that
 time spent waiting for the next batch. Threads in total are the same: Ray runs 2 DDP workers
 with 1 torch thread each and leaves 1 CPU to Ray Data; the plain loop runs 2 torch threads and
@@ -19,57 +21,40 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from logo_train.config import Config, load_config
-from logo_train.data.augment import TransformSpec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import Manifest
-from logo_train.local import ShardDataset, one_thread_per_worker
-from logo_train.losses import build_loss
-from logo_train.models import build_model, normalisation
+from logo_train.engine import build_training, train_step
+from logo_train.local import ShardDataset, loader, model_transform_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> list[dict]:
+    """The same model, loss and step as a Ray worker (``engine``), fed by a DataLoader."""
     torch.manual_seed(0)
     torch.set_num_threads(2)
-    model = build_model(backbone, len(manifest.classes), cfg.model.image_size)
-    mean, std = normalisation(model)
-    spec = TransformSpec(
-        cfg.model.image_size, mean, std, cfg.augment.strength, cfg.augment.min_crop_scale
-    )
-    loader = DataLoader(
-        ShardDataset(uri, "train", spec, train=True, decoded=False),
-        batch_size=cfg.train.batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=1,
-        worker_init_fn=one_thread_per_worker,
-        persistent_workers=True,
-        prefetch_factor=4,
-    )
+    spec, _ = model_transform_specs(cfg, backbone, len(manifest.classes))
+    dataset = ShardDataset(uri, "train", spec, train=True, decoded=False)
+    data = loader(dataset, cfg.train.batch_size, train=True, workers=1)
     counts = [manifest.counts["train"][c] for c in manifest.classes]
-    criterion = build_loss(cfg.train.loss, counts, cfg.train.class_weight_power)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    t = build_training(cfg, backbone, len(manifest.classes), counts, len(data), torch.device("cpu"))
     history = []
     for epoch in range(cfg.train.epochs):
-        model.train()
+        t.model.train()
         seen, wait = 0, 0.0
+        active = epoch >= cfg.train.trust_warmup_epochs
         start = time.perf_counter()
-        batches = iter(loader)
+        batches = iter(data)
         while True:
-            t = time.perf_counter()
+            t0 = time.perf_counter()
             batch = next(batches, None)
-            wait += time.perf_counter() - t
+            wait += time.perf_counter() - t0
             if batch is None:
                 break
             x, y = batch
-            loss = criterion(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            train_step(t, x, y, active)
             seen += len(y)
         seconds = time.perf_counter() - start
         history.append(

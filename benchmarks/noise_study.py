@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from logo_train.audit import detection_metrics, score_batches
+from logo_train.audit import detection_metrics, score_split
 from logo_train.config import Config, load_config
-from logo_train.data.augment import decode_batch, to_tensor_batch
 from logo_train.data.shards import exists, join, read_manifest, read_split
-from logo_train.local import evaluate_split, fit_local, transform_specs
+from logo_train.local import evaluate_split, fit_local, model_transform_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_ORDER = ["ce", "ce_weighted", "trust_penalty"]
@@ -92,19 +91,10 @@ def with_train(cfg: Config, **fields) -> Config:
 
 
 def train_scores(model, cfg: Config, backbone: str, uri: str, manifest, device):
-    """Audit scores (trust, loss, probabilities) of every training row, eval transform."""
-    _, spec = transform_specs(cfg, backbone, len(manifest.classes))
-    table = read_split(uri, "train", ["image", "label", "is_noisy"])
-    images = decode_batch(table["image"].to_pylist())
-    labels = np.asarray(table["label"].to_pylist(), np.int64)
-
-    def batches():
-        for s in range(0, len(images), 512):
-            x = torch.from_numpy(to_tensor_batch(images[s : s + 512], spec, train=False))
-            yield x, torch.from_numpy(labels[s : s + 512])
-
-    scores = score_batches(model, batches(), device)
-    return scores, labels, np.asarray(table["is_noisy"].to_pylist(), bool)
+    """Audit scores (trust, loss, probabilities) of every training row, and which are flipped."""
+    _, spec = model_transform_specs(cfg, backbone, len(manifest.classes))
+    scores, table = score_split(model, uri, spec, device, ["image", "label", "is_noisy"], 512)
+    return scores, np.asarray(table["is_noisy"].to_pylist(), bool)
 
 
 def _fit(cfg, backbone, uri, manifest, args, **kwargs):
@@ -120,7 +110,7 @@ def run_one(cfg, backbone, uri, manifest, args, label: str) -> dict:
     device = next(fit.model.parameters()).device
     test = evaluate_split(fit.classifier, cfg, backbone, uri, manifest, "test")
     val = fit.history[-1]["val_macro_f1"]
-    scores, _, is_noisy = train_scores(fit.model, cfg, backbone, uri, manifest, device)
+    scores, is_noisy = train_scores(fit.model, cfg, backbone, uri, manifest, device)
     out = {
         "run": label,
         "loss": cfg.train.loss,
@@ -158,7 +148,7 @@ def cleanlab_fold(cfg, backbone, uri, manifest, args, fold: int) -> tuple[list, 
         eval_every=cfg.train.epochs, train_indices=np.flatnonzero(folds != fold),
     )  # fmt: skip
     device = next(fit.model.parameters()).device
-    scores, _, _ = train_scores(fit.model, cfg, backbone, uri, manifest, device)
+    scores, _ = train_scores(fit.model, cfg, backbone, uri, manifest, device)
     held = np.flatnonzero(folds == fold)
     return held.tolist(), scores.probabilities[held]
 

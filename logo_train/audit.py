@@ -114,6 +114,31 @@ def detection_metrics(is_noisy: np.ndarray, suspicion: np.ndarray) -> dict[str, 
     }
 
 
+def score_split(
+    model: nn.Module,
+    shards_uri: str,
+    spec: TransformSpec,
+    device: torch.device,
+    columns: list[str],
+    batch_size: int = 256,
+) -> tuple[Scores, pa.Table]:
+    """Scores of every training row of ``shards_uri`` (eval transform ``spec``) and the
+    ``columns`` read with them (``image`` and ``label`` among them)."""
+    table = read_split(shards_uri, "train", columns)
+    if table.num_rows == 0:
+        raise ValueError(f"shards {shards_uri} have no training rows to audit")
+    images = table["image"].to_pylist()
+    labels = np.asarray(table["label"].to_pylist(), np.int64)
+
+    def batches():
+        for start in range(0, len(images), batch_size):
+            chunk = decode_batch(images[start : start + batch_size])
+            x = torch.from_numpy(to_tensor_batch(chunk, spec, train=False))
+            yield x, torch.from_numpy(labels[start : start + batch_size])
+
+    return score_batches(model, batches(), device), table
+
+
 @dataclass
 class AuditResult:
     rows: int
@@ -239,21 +264,10 @@ def audit(
     columns = ["image", "label", "id", "source_path"]
     if manifest.has_truth:
         columns += ["clean_label", "is_noisy"]
-    table = read_split(shards_uri, "train", columns)
-    if table.num_rows == 0:
-        raise ValueError(f"shards {shards_uri} have no training rows to audit")
     spec = TransformSpec(info.image_size, tuple(info.mean), tuple(info.std))
-    images = table["image"].to_pylist()
-    labels = np.asarray(table["label"].to_pylist(), np.int64)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-    def batches():
-        for start in range(0, len(images), batch_size):
-            chunk = decode_batch(images[start : start + batch_size])
-            x = torch.from_numpy(to_tensor_batch(chunk, spec, train=False))
-            yield x, torch.from_numpy(labels[start : start + batch_size])
-
-    scores = score_batches(model, batches(), torch_device)
+    scores, table = score_split(model, shards_uri, spec, torch_device, columns, batch_size)
+    images = table["image"].to_pylist()
     ranked, order = _rank_table(table.drop_columns(["image"]), scores, list(info.class_names))
     detection: dict[str, dict[str, float]] = {}
     flipped = None

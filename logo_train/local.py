@@ -23,7 +23,12 @@ from torch.utils.data import (
 )
 
 from logo_train.config import Config
-from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.augment import (
+    TransformSpec,
+    decode_batch,
+    to_tensor_batch,
+    transform_specs,
+)
 from logo_train.data.shards import Manifest, read_split
 from logo_train.engine import Training, build_training, classifier, evaluate, train_step
 from logo_train.models import build_model, normalisation
@@ -85,13 +90,12 @@ def loader(
     )
 
 
-def transform_specs(cfg: Config, backbone: str, num_classes: int):
+def model_transform_specs(
+    cfg: Config, backbone: str, num_classes: int
+) -> tuple[TransformSpec, TransformSpec]:
+    """(train, eval) transforms with ``backbone``'s own normalisation."""
     mean, std = normalisation(build_model(backbone, num_classes, cfg.model.image_size))
-    common = {"image_size": cfg.model.image_size, "mean": mean, "std": std}
-    train = TransformSpec(
-        **common, strength=cfg.augment.strength, min_crop_scale=cfg.augment.min_crop_scale
-    )
-    return train, TransformSpec(**common)
+    return transform_specs(cfg.model.image_size, cfg.augment, mean, std)
 
 
 @dataclass
@@ -128,7 +132,7 @@ def fit_local(
     torch.manual_seed(tc.seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = len(manifest.classes)
-    train_spec, eval_spec = transform_specs(cfg, backbone, num_classes)
+    train_spec, eval_spec = model_transform_specs(cfg, backbone, num_classes)
     train_set = ShardDataset(shards_uri, "train", train_spec, train=True)
     labels = train_set.labels
     if train_indices is not None:
@@ -188,7 +192,7 @@ def evaluate_split(
     model: nn.Module, cfg: Config, backbone: str, shards_uri: str, manifest: Manifest, split: str
 ) -> dict[str, float]:
     """Metrics of ``model`` (a classifier) on a whole split, eval transform."""
-    _, eval_spec = transform_specs(cfg, backbone, len(manifest.classes))
+    _, eval_spec = model_transform_specs(cfg, backbone, len(manifest.classes))
     data = loader(
         ShardDataset(shards_uri, split, eval_spec, train=False),
         cfg.train.eval_batch_size,

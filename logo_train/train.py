@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from logo_train import checkpoint as ckpt
 from logo_train.config import Config, config_from_dict, config_to_dict
-from logo_train.data.augment import TransformSpec
+from logo_train.data.augment import transform_specs
 from logo_train.data.pipeline import train_val_datasets
 from logo_train.data.shards import Manifest, join, resolve, write_bytes
 from logo_train.engine import (
@@ -328,11 +328,8 @@ def train_backbone(
     mean, std = normalisation(model)
     params = count_parameters(model)
     del model
-    common = {"image_size": cfg.model.image_size, "mean": mean, "std": std}
-    train_spec = TransformSpec(
-        **common, strength=cfg.augment.strength, min_crop_scale=cfg.augment.min_crop_scale
-    )
-    datasets = train_val_datasets(shards_uri, manifest, train_spec, TransformSpec(**common))
+    specs = transform_specs(cfg.model.image_size, cfg.augment, mean, std)
+    datasets = train_val_datasets(shards_uri, manifest, *specs)
     run_dir = _absolute(cfg.run_dir)
     name = f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
     loop_config = {

@@ -18,6 +18,7 @@ from logo_train.data.prepare import prepare_data
 from logo_train.models import BACKBONES
 from logo_train.pipeline import run
 from logo_train.train import check_resources, train_backbone
+from tests.raycluster import processes
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,17 +115,7 @@ def _history(result):
 
 def _train_worker_pids() -> list[int]:
     """PIDs of live Ray Train worker processes (Ray names them in their command line)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmd.startswith(b"ray::RayTrainWorker"):
-            pids.append(int(entry.name))
-    return sorted(pids)
+    return sorted(p for p, (_, cmd) in processes().items() if cmd.startswith("ray::RayTrainWorker"))
 
 
 def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_data):

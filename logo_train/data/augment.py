@@ -14,6 +14,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from logo_train.config import AugmentConfig
+
 # albumentations checks PyPI for a newer release at import; nothing here may touch the network
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
@@ -29,6 +31,17 @@ class TransformSpec:
     """RandAugment-like magnitude in [0, 1]: scales every random range; 0 = resize only."""
     min_crop_scale: float = 0.6
     """Smallest area share kept by the random resized crop (a logo must stay in the crop)."""
+
+
+def transform_specs(
+    image_size: int, augment: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[TransformSpec, TransformSpec]:
+    """(train, eval) specs for a model's normalisation: augmented and plain resize."""
+    common = {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}
+    train = TransformSpec(
+        **common, strength=augment.strength, min_crop_scale=augment.min_crop_scale
+    )
+    return train, TransformSpec(**common)
 
 
 def _normalise(spec: TransformSpec) -> A.Normalize:
