@@ -2,7 +2,10 @@
 
 logo-train run [--config F] [--set KEY=VALUE ...]
 logo-train train [--config F] [--set KEY=VALUE ...]
+logo-train tune [--config F] [--set KEY=VALUE ...] | --resume EXPERIMENT
 logo-train audit --checkpoint DIR --shards URI [--out DIR]
+logo-train benchmark RUN_DIR | --config F      (every backbone's best checkpoint, then the report)
+logo-train report RUN_DIR                      (the report again, from benchmark.json alone)
 logo-train data synth [--out URI] [--noise-rate R ...]
 logo-train data ingest SRC OUT [--layout splits|single ...]
 logo-train data show URI
@@ -17,6 +20,8 @@ from collections.abc import Callable
 
 from logo_train.config import Config, load_config
 from logo_train.losses import LOSSES
+
+STAGES_DEFAULT = ("data", "tune", "train", "audit", "benchmark", "report")
 
 # CLI flag -> config key; the flags are shorthands for --set, so validation is the config's.
 SYNTH_FLAGS = {
@@ -95,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
     run.add_argument(
         "--stages",
-        default="data,train,audit",
-        help="comma-separated stages to run, in pipeline order (default: data,train,audit)",
+        default=",".join(STAGES_DEFAULT),
+        help="comma-separated stages to run, in pipeline order (default: all; tune runs when "
+        "tune.enabled)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -104,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(train)
     add_loss_arg(train)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    tune = sub.add_parser(
+        "tune", help="search training parameters with Ray Tune + Optuna (config's tune section)"
+    )
+    add_config_args(tune)
+    add_loss_arg(tune)
+    tune.add_argument(
+        "--resume",
+        metavar="EXPERIMENT",
+        help="restore an interrupted search from its folder (finished trials are kept)",
+    )
+    tune.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     audit = sub.add_parser(
         "audit", help="rank the training labels of shards by how wrong they look to a checkpoint"
@@ -115,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("--batch-size", type=int, default=256)
     audit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="benchmark the best checkpoint of every trained backbone, then write the report",
+    )
+    bench.add_argument("run_dir", nargs="?", help="run folder (default: the config's)")
+    add_config_args(bench)
+
+    report = sub.add_parser("report", help="re-make the report from a run's benchmark.json")
+    report.add_argument("run_dir", help="run folder, its report/ folder, or benchmark.json")
 
     data = sub.add_parser("data", help="make or inspect Parquet shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -198,7 +226,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cfg, overwrite_data=args.overwrite_data, progress=not args.no_progress, stages=stages
     )
     print(f"run folder: {result.run_dir}")
-    return 0
+    return 0 if result.complete else 130
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -206,6 +234,53 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     train_stage(cfg, progress=not args.no_progress)
+    return 0
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from logo_train.pipeline import tune_stage
+
+    if args.resume:
+        if args.config or args.overrides or args.loss:
+            raise ValueError("--resume takes the search's own config; drop --config/--set/--loss")
+        from logo_train.raysetup import init_ray
+        from logo_train.tune import resume
+
+        init_ray()
+        result = resume(args.resume)
+        print(f"[tune] trials: {result.path}/trials.md")
+        print(f"[tune] best config: {result.path}/best_config.yaml")
+        return 0 if result.complete else 130
+    result = tune_stage(config_from_args(args), progress=not args.no_progress)
+    return 0 if result.complete else 130
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from logo_train.pipeline import benchmark_stage
+
+    cfg = config_from_args(args)
+    if args.run_dir:
+        cfg = load_config_of_run(args.run_dir, args.overrides)
+    folder = benchmark_stage(cfg)
+    print(f"report folder: {folder}")
+    return 0
+
+
+def load_config_of_run(run_dir: str, overrides: list[str]) -> Config:
+    """The config a run folder was made with (its config.yaml), plus overrides."""
+    from pathlib import Path
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml (not a logo-train run folder)")
+    return load_config(path, overrides)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from logo_train.report import write_report
+
+    folder = write_report(args.run_dir)
+    print(f"report folder: {folder}")
     return 0
 
 
@@ -252,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "train":
             return _cmd_train(args)
+        if args.command == "tune":
+            return _cmd_tune(args)
+        if args.command == "benchmark":
+            return _cmd_benchmark(args)
+        if args.command == "report":
+            return _cmd_report(args)
         if args.command == "audit":
             return _cmd_audit(args)
         return _cmd_data(args)

@@ -20,6 +20,10 @@ ImageFormat = Literal["png", "jpeg"]
 Layout = Literal["auto", "splits", "single"]
 LossName = Literal["ce", "ce_weighted", "trust_penalty"]
 OptimizerName = Literal["adamw", "adam"]
+SearchKind = Literal["loguniform", "uniform", "int", "choice"]
+SearchAlgorithm = Literal["tpe", "random"]
+TuneScope = Literal["shared", "per_backbone"]
+OnnxExporter = Literal["torchscript", "dynamo"]
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
@@ -305,6 +309,135 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class SearchParam:
+    """One searched ``train.*`` field: a range (``low``..``high``) or a list of ``values``."""
+
+    kind: SearchKind = "uniform"
+    """'loguniform', 'uniform', 'int' (inclusive range) or 'choice' (one of ``values``)."""
+    low: float = 0.0
+    high: float = 1.0
+    values: list[float] = field(default_factory=list)
+    """'choice' only: the candidates."""
+
+
+def _default_space() -> dict[str, SearchParam]:
+    return {
+        "penalty_weight": SearchParam(kind="loguniform", low=0.05, high=5.0),
+        "class_weight_power": SearchParam(kind="uniform", low=0.0, high=1.0),
+    }
+
+
+# train.* fields a search may set (numbers that change the optimisation, not the plumbing)
+SEARCHABLE = (
+    "lr",
+    "weight_decay",
+    "warmup_fraction",
+    "class_weight_power",
+    "penalty_weight",
+    "trust_warmup_epochs",
+    "label_smoothing",
+)
+
+
+@dataclass(kw_only=True)
+class TuneConfig:
+    """Ray Tune + Optuna search of training parameters (``logo-train tune``, pipeline stage)."""
+
+    enabled: bool = True
+    """Run the search as a stage of ``logo-train run`` (before training)."""
+    scope: TuneScope = "shared"
+    """'shared': one search on ``proxy_backbone``, its best parameters train every backbone;
+    'per_backbone': every backbone gets its own search."""
+    proxy_backbone: str = ""
+    """'shared' only: the backbone searched on; empty = the first of ``model.backbones``."""
+    search: SearchAlgorithm = "tpe"
+    """'tpe': Optuna's TPE sampler; 'random': Optuna's random sampler (the baseline)."""
+    early_stopping: bool = True
+    """ASHA stops trials whose val macro-F1 trails at a rung (time unit: epoch)."""
+    num_samples: int = 12
+    """Trials per search."""
+    max_concurrent_trials: int = 1
+    """Trials running at once; 0 = sized to the cluster's free CPUs/GPUs."""
+    epochs: int = 0
+    """Most epochs per trial (ASHA's max_t); 0 = ``train.epochs``."""
+    grace_period: int = 1
+    """ASHA: epochs every trial runs before it can be stopped."""
+    reduction_factor: int = 3
+    """ASHA: 1 in ``reduction_factor`` trials goes on at each rung."""
+    trial_cpus: float = 0.0
+    """CPUs reserved for each trial's driver function, which only waits on its Train workers
+    (they take their own). 0 on small machines: Ray Data's read tasks need a whole free CPU."""
+    seed: int = 0
+    """Seed of the sampler: same seed, same suggestions for the same results."""
+    space: dict[str, SearchParam] = field(default_factory=_default_space)
+    """``train.*`` field -> range; fields: ``logo_train.config.SEARCHABLE``."""
+
+    def __post_init__(self) -> None:
+        p = "tune."
+        _check(self.num_samples >= 1, p + "num_samples", self.num_samples, ">= 1")
+        _check(
+            self.max_concurrent_trials >= 0,
+            p + "max_concurrent_trials",
+            self.max_concurrent_trials,
+            ">= 0 (0 = sized to the cluster)",
+        )
+        _check(self.epochs >= 0, p + "epochs", self.epochs, ">= 0 (0 = train.epochs)")
+        _check(self.grace_period >= 1, p + "grace_period", self.grace_period, ">= 1")
+        _check(self.reduction_factor >= 2, p + "reduction_factor", self.reduction_factor, ">= 2")
+        _check(self.trial_cpus >= 0, p + "trial_cpus", self.trial_cpus, ">= 0")
+        _check(bool(self.space), p + "space", self.space, "at least one parameter")
+        for key, param in self.space.items():
+            name = f"{p}space.{key}"
+            _check(key in SEARCHABLE, name, key, f"one of {list(SEARCHABLE)}")
+            if param.kind == "choice":
+                _check(bool(param.values), name + ".values", param.values, "a non-empty list")
+                continue
+            _check(param.low < param.high, name + ".high", param.high, f"> low ({param.low})")
+            if param.kind == "loguniform":
+                _check(param.low > 0, name + ".low", param.low, "> 0 (log scale)")
+
+
+@dataclass(kw_only=True)
+class BenchmarkConfig:
+    """The final benchmark of every backbone's best checkpoint (``logo-train benchmark``)."""
+
+    enabled: bool = True
+    """Run the benchmark and the report as the last stages of ``logo-train run``."""
+    split: str = "test"
+    """Split the metrics are computed on."""
+    latency_runs: int = 50
+    """Timed batch-1 forward passes (after ``warmup_runs``) for the p50 / p95 latency."""
+    warmup_runs: int = 10
+    """Untimed passes first (allocator, caches, ONNX Runtime's graph optimisation)."""
+    throughput_batch: int = 32
+    """Batch size of the throughput measurement."""
+    throughput_runs: int = 5
+    """Timed batches of the throughput measurement."""
+    onnx: bool = True
+    """On CPU: also export to ONNX and time ONNX Runtime (outputs checked against PyTorch)."""
+    onnx_exporter: OnnxExporter = "torchscript"
+    """'torchscript' (torch.onnx's classic exporter, ~1 s per small model) or 'dynamo'
+    (torch.export based, 10-20 s per model on 2 cores)."""
+    onnx_tolerance: float = 1e-3
+    """Largest absolute difference of logits allowed between ONNX Runtime and PyTorch."""
+    num_cpus: float = 1.0
+    """CPUs of the Ray task that measures (and torch / ONNX Runtime threads)."""
+    num_gpus: float = 0.0
+    """GPUs of that task: > 0 measures on the GPU, where the model would serve."""
+
+    def __post_init__(self) -> None:
+        p = "benchmark."
+        _check(self.split in ("train", "val", "test"), p + "split", self.split, "train|val|test")
+        _check(self.latency_runs >= 2, p + "latency_runs", self.latency_runs, ">= 2")
+        _check(self.warmup_runs >= 0, p + "warmup_runs", self.warmup_runs, ">= 0")
+        _check(self.throughput_batch >= 1, p + "throughput_batch", self.throughput_batch, ">= 1")
+        _check(self.throughput_runs >= 1, p + "throughput_runs", self.throughput_runs, ">= 1")
+        _check(self.onnx_tolerance > 0, p + "onnx_tolerance", self.onnx_tolerance, "> 0")
+        _check(self.num_cpus >= 1, p + "num_cpus", self.num_cpus, ">= 1")
+        _check(self.num_gpus >= 0, p + "num_gpus", self.num_gpus, ">= 0")
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole logo-train run."""
 
@@ -316,9 +449,38 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
+        proxy = self.tune.proxy_backbone
+        _check(
+            not proxy or proxy in self.model.backbones,
+            "tune.proxy_backbone",
+            proxy,
+            f"empty or one of model.backbones {self.model.backbones}",
+        )
+        _check(
+            self.tune.epochs <= self.train.epochs,
+            "tune.epochs",
+            self.tune.epochs,
+            f"<= train.epochs ({self.train.epochs})",
+        )
+        if self.train.loss == "trust_penalty":
+            trial_epochs = self.tune.epochs or self.train.epochs
+            searched = self.tune.space.get("trust_warmup_epochs")
+            if searched is None:
+                name, most = "tune.epochs", self.train.trust_warmup_epochs
+            else:
+                name = "tune.space.trust_warmup_epochs"
+                most = max(searched.values) if searched.kind == "choice" else searched.high
+            _check(
+                most < trial_epochs,
+                name,
+                self.tune.epochs if searched is None else most,
+                f"trials of {trial_epochs} epochs > trust warm-up epochs ({most:g})",
+            )
 
     @property
     def run_dir(self) -> str:

@@ -31,11 +31,17 @@ def init_ray() -> None:
     if address:
         ray.init(address=address)
     else:
-        # logo_train is installed, so workers import it (and this hook) without shipping code
-        ray.init(
-            include_dashboard=False,
+        # The dashboard serves Ray's state API, which Train's PlacementGroupCleaner needs to free
+        # the placement group of a run whose controller was stopped (every finished Tune
+        # trial); without it those CPUs stay reserved and the next trial's data never loads.
+        # logo_train is installed, so workers import it (and the hook) without shipping code.
+        info = ray.init(
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
             runtime_env={"worker_process_setup_hook": "logo_train.raysetup.quiet_worker_logs"},
         )
+        if info.dashboard_url:
+            log.info("Ray dashboard: http://%s", info.dashboard_url)
     resources = ray.cluster_resources()
     log.info(
         "Ray %s: %g CPUs, %g GPUs",

@@ -318,9 +318,21 @@ def steps_per_epoch(cfg: Config, manifest: Manifest) -> int:
 
 
 def train_backbone(
-    cfg: Config, backbone: str, shards_uri: str, manifest: Manifest
+    cfg: Config,
+    backbone: str,
+    shards_uri: str,
+    manifest: Manifest,
+    *,
+    name: str | None = None,
+    storage_path: str | None = None,
+    tensorboard_uri: str | None = None,
+    callbacks: list | None = None,
 ) -> BackboneResult:
-    """Train one backbone with Ray Train and return where its best checkpoint is."""
+    """Train one backbone with Ray Train and return where its best checkpoint is.
+
+    By default the run is ``<run dir>/train/<backbone>-<time>``; a Tune trial passes its own
+    ``name`` (stable across a restore, so the run resumes from its checkpoint), ``storage_path``,
+    ``tensorboard_uri`` and ``callbacks`` (``TuneReportCallback``)."""
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
@@ -331,14 +343,14 @@ def train_backbone(
     specs = transform_specs(cfg.model.image_size, cfg.augment, mean, std)
     datasets = train_val_datasets(shards_uri, manifest, *specs)
     run_dir = _absolute(cfg.run_dir)
-    name = f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
     loop_config = {
         "config": config_to_dict(cfg),
         "backbone": backbone,
         "class_names": list(manifest.classes),
         "train_counts": [manifest.counts["train"][c] for c in manifest.classes],
         "steps_per_epoch": steps_per_epoch(cfg, manifest),
-        "tensorboard_uri": join(run_dir, f"tensorboard/{name}"),
+        "tensorboard_uri": tensorboard_uri or join(run_dir, f"tensorboard/{name}"),
     }
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
@@ -351,7 +363,8 @@ def train_backbone(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=join(run_dir, "train"),
+            storage_path=storage_path or join(run_dir, "train"),
+            callbacks=callbacks,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=tc.checkpoints_to_keep,
                 checkpoint_score_attribute=SELECT_METRIC,
@@ -384,15 +397,24 @@ def train_backbone(
     )
 
 
-def train_all(cfg: Config, shards_uri: str, manifest: Manifest, echo=print) -> list[BackboneResult]:
-    """Train every backbone of ``cfg.model.backbones`` in turn; write ``train/summary.json``."""
+def train_all(
+    cfg: Config,
+    shards_uri: str,
+    manifest: Manifest,
+    echo=print,
+    per_backbone: dict[str, Config] | None = None,
+) -> list[BackboneResult]:
+    """Train every backbone of ``cfg.model.backbones`` in turn; write ``train/summary.json``.
+
+    ``per_backbone`` maps a backbone to its own config (a per-backbone search's best)."""
     check_resources(cfg)
     steps_per_epoch(cfg, manifest)
     results, failures = [], {}
     for backbone in cfg.model.backbones:
-        echo(f"[train] {backbone}: {cfg.train.epochs} epochs, {cfg.train.num_workers} workers")
+        bcfg = (per_backbone or {}).get(backbone, cfg)
+        echo(f"[train] {backbone}: {bcfg.train.epochs} epochs, {bcfg.train.num_workers} workers")
         try:
-            result = train_backbone(cfg, backbone, shards_uri, manifest)
+            result = train_backbone(bcfg, backbone, shards_uri, manifest)
         except Exception as e:  # keep training the others; report every failure at the end
             log.exception("training %s failed", backbone)
             failures[backbone] = f"{type(e).__name__}: {e}"

@@ -30,7 +30,7 @@ def test_profiles_set_every_field_explicitly():
     def keys(tree, prefix=""):
         out = set()
         for k, v in tree.items():
-            if isinstance(v, dict) and v and k != "pretrained_files":
+            if isinstance(v, dict) and v and k not in ("pretrained_files", "space"):
                 out |= keys(v, f"{prefix}{k}.")
             else:
                 out.add(prefix + k)

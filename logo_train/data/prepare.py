@@ -42,6 +42,12 @@ def _reusable(uri: str, source: str, params: dict, overwrite: bool) -> bool:
     )
 
 
+def shards_location(cfg: Config) -> str:
+    """Where the run's shards are: ``data.source`` when it is a shards folder, else the run's."""
+    source = cfg.data.source
+    return source if source != "synth" and _is_shards(source) else cfg.shards_uri
+
+
 def prepare_data(
     cfg: Config, *, overwrite: bool = False, progress: bool = True
 ) -> tuple[str, Manifest, bool]:

@@ -1,0 +1,298 @@
+"""The report of a run, made from ``benchmark.json`` alone (``logo-train report RUN_DIR``).
+
+Writes, next to the JSON: ``benchmark.md`` (the table, units in the column names),
+``benchmark.parquet`` (one row per backbone, the table's columns), and PNG plots: a bar chart per
+metric across backbones, macro-F1 against latency, training curves per backbone, the normalised
+confusion matrix of the best backbone, and its per-class F1 sorted by class size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from logo_train.bench import BENCHMARK_JSON
+
+REPORT_DIR = "report"
+BENCHMARK_MD = "benchmark.md"
+BENCHMARK_PARQUET = "benchmark.parquet"
+PLOTS = {
+    "bars": "metrics_by_backbone.png",
+    "scatter": "macro_f1_vs_latency.png",
+    "curves": "training_curves.png",
+    "confusion": "confusion_best.png",
+    "per_class": "per_class_f1_by_size.png",
+}
+
+# (column name with unit, how to get it from a benchmark.json entry, format)
+COLUMNS: list[tuple[str, Any, str]] = [
+    ("backbone", lambda e: e["backbone"], "{}"),
+    ("params (M)", lambda e: e["params"] / 1e6, "{:.2f}"),
+    ("MFLOPs / image", lambda e: e["flops"] / 1e6, "{:.1f}"),
+    ("weights (MB)", lambda e: e["weights_mb"], "{:.2f}"),
+    ("accuracy", lambda e: e["metrics"]["accuracy"], "{:.4f}"),
+    ("balanced accuracy", lambda e: e["metrics"]["balanced_accuracy"], "{:.4f}"),
+    ("macro precision", lambda e: e["metrics"]["macro_precision"], "{:.4f}"),
+    ("macro recall", lambda e: e["metrics"]["macro_recall"], "{:.4f}"),
+    ("macro F1", lambda e: e["metrics"]["macro_f1"], "{:.4f}"),
+    ("eager p50 (ms, batch 1)", lambda e: e["eager"]["latency_ms_p50"], "{:.2f}"),
+    ("eager p95 (ms, batch 1)", lambda e: e["eager"]["latency_ms_p95"], "{:.2f}"),
+    ("eager throughput (images/s)", lambda e: e["eager"]["throughput_images_per_s"], "{:.1f}"),
+    ("ONNX Runtime p50 (ms, batch 1)", lambda e: _onnx(e, "latency_ms_p50"), "{:.2f}"),
+    ("ONNX Runtime p95 (ms, batch 1)", lambda e: _onnx(e, "latency_ms_p95"), "{:.2f}"),
+    ("ONNX Runtime throughput (images/s)", lambda e: _onnx(e, "throughput_images_per_s"), "{:.1f}"),
+]
+
+
+def _onnx(entry: dict[str, Any], key: str) -> float:
+    onnx = entry.get("onnx")
+    return float(onnx[key]) if onnx else float("nan")
+
+
+def _cell(fmt: str, value: Any) -> str:
+    if isinstance(value, float) and math.isnan(value):
+        return "–"
+    return fmt.format(value)
+
+
+def load(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """benchmark.json from a run folder, its report folder, or the file itself."""
+    path = Path(path)
+    for candidate in (path, path / BENCHMARK_JSON, path / REPORT_DIR / BENCHMARK_JSON):
+        if candidate.is_file():
+            return json.loads(candidate.read_text()), candidate.parent
+    raise FileNotFoundError(
+        f"no {BENCHMARK_JSON} in {path} or {path / REPORT_DIR} (run the benchmark stage first: "
+        "logo-train run --stages benchmark,report, or logo-train benchmark)"
+    )
+
+
+def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table as rows of {column: value}, in benchmark order."""
+    return [{name: get(e) for name, get, _ in COLUMNS} for e in data["backbones"]]
+
+
+def best_entry(data: dict[str, Any]) -> dict[str, Any]:
+    return max(data["backbones"], key=lambda e: e["metrics"]["macro_f1"])
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """benchmark.md: the table, how it was measured, the best backbone's per-class numbers."""
+    entries = data["backbones"]
+    if not entries:
+        raise ValueError("benchmark.json lists no backbones")
+    first = entries[0]
+    dev = first["device"]
+    cfg = data.get("benchmark_config", {})
+    where = dev.get("gpu") or f"{dev['cpu']} ({dev['cpu_count']} logical CPUs)"
+    head = [name for name, _, _ in COLUMNS]
+    lines = [
+        f"# Benchmark: {data['run']}",
+        "",
+        f"Best checkpoint of each backbone (by val macro-F1) on the **{data['split']}** split "
+        f"({first['samples']} images, {len(data['classes'])} classes, {first['image_size']} px); "
+        f"measured {data['created']} on {where}, {dev['device']}, torch {dev['torch']} with "
+        f"{dev['torch_threads']} thread(s)"
+        + (f", ONNX Runtime {dev['onnxruntime']}" if dev.get("onnxruntime") else "")
+        + ".",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
+    ]
+    for e in entries:
+        lines.append("| " + " | ".join(_cell(fmt, get(e)) for _, get, fmt in COLUMNS) + " |")
+    best = best_entry(data)
+    lines += [
+        "",
+        "Columns: parameters in millions; MFLOPs = 10^6 floating-point operations per image "
+        "(one forward pass, torch.utils.flop_counter; a multiply-add counts 2); weights = "
+        "float32 state dict. Accuracy ... macro F1 on the split above (macro = unweighted mean "
+        "over classes). Latency: wall time of one batch-1 forward pass after "
+        f"{cfg.get('warmup_runs', '?')} warm-up passes, median (p50) and 95th percentile over "
+        f"{cfg.get('latency_runs', '?')} passes, eager PyTorch in inference mode vs ONNX Runtime "
+        "(CPU execution provider) on the same exported model; throughput: images/s at batch "
+        f"{first['eager']['throughput_batch']}. '–': not measured (ONNX Runtime runs on CPU only).",
+        "",
+        f"**Best backbone: {best['backbone']}** (macro F1 {best['metrics']['macro_f1']:.4f}).",
+    ]
+    checks = [e for e in entries if e.get("onnx")]
+    if checks:
+        worst = max(e["onnx"]["max_abs_diff"] for e in checks)
+        ok = all(e["onnx"]["matches"] for e in checks)
+        lines.append(
+            f"ONNX Runtime vs PyTorch logits: largest |difference| {worst:.2e} "
+            f"({'within' if ok else 'OUTSIDE'} the tolerance {checks[0]['onnx']['tolerance']:g})."
+        )
+    lines += ["", f"## Per class: {best['backbone']} (sorted by training images)", ""]
+    lines += [
+        "| class | training images | precision | recall | F1 | support |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    counts = dict(zip(data["classes"], data["train_counts"], strict=True))
+    for pc in sorted(best["per_class"], key=lambda pc: -counts.get(pc["class"], 0)):
+        lines.append(
+            f"| {pc['class']} | {counts.get(pc['class'], 0)} | {pc['precision']:.3f} | "
+            f"{pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |"
+        )
+    lines += ["", "## Plots", ""]
+    lines += [f"![{key}]({name})" for key, name in PLOTS.items()]
+    audits = {e["backbone"]: e["audit"] for e in entries if e.get("audit")}
+    if audits:
+        lines += ["", "## Suspected wrong labels", ""]
+        for backbone, a in audits.items():
+            lines.append(
+                f"- {backbone}: {a.get('suspected', '?')} suspected — {a.get('parquet', '')}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def write_report(path: str | Path) -> Path:
+    """Regenerate benchmark.md, benchmark.parquet and the plots from benchmark.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data, folder = load(path)
+    (folder / BENCHMARK_MD).write_text(markdown(data))
+    pq.write_table(pa.Table.from_pylist(rows(data)), folder / BENCHMARK_PARQUET)
+    plot_all(data, folder)
+    return folder
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_all(data: dict[str, Any], folder: Path) -> None:
+    plt = _plt()
+    for key, fn in (
+        ("bars", _bars),
+        ("scatter", _scatter),
+        ("curves", _curves),
+        ("confusion", _confusion),
+        ("per_class", _per_class),
+    ):
+        fig = fn(data, plt)
+        fig.savefig(folder / PLOTS[key], dpi=110)
+        plt.close(fig)
+
+
+def _bars(data, plt):
+    metrics = [
+        ("macro F1", lambda e: e["metrics"]["macro_f1"]),
+        ("balanced accuracy", lambda e: e["metrics"]["balanced_accuracy"]),
+        ("accuracy", lambda e: e["metrics"]["accuracy"]),
+        ("eager latency p50 (ms)", lambda e: e["eager"]["latency_ms_p50"]),
+        ("throughput (images/s)", lambda e: e["eager"]["throughput_images_per_s"]),
+        ("params (M)", lambda e: e["params"] / 1e6),
+        ("MFLOPs / image", lambda e: e["flops"] / 1e6),
+        ("ONNX Runtime p50 (ms)", lambda e: _onnx(e, "latency_ms_p50")),
+    ]
+    names = [e["backbone"] for e in data["backbones"]]
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+    for ax, (title, get) in zip(axes.flat, metrics, strict=True):
+        values = [get(e) for e in data["backbones"]]
+        ax.bar(range(len(names)), np.nan_to_num(values), color="tab:blue")
+        ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        ax.set_title(title)
+        ax.set_ylabel(title)
+    fig.suptitle(f"{data['run']}: {data['split']} split, every backbone")
+    fig.tight_layout()
+    return fig
+
+
+def _scatter(data, plt):
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for e in data["backbones"]:
+        f1 = e["metrics"]["macro_f1"]
+        ax.scatter(e["eager"]["latency_ms_p50"], f1, marker="o", color="tab:blue")
+        ax.annotate(
+            e["backbone"],
+            (e["eager"]["latency_ms_p50"], f1),
+            fontsize=8,
+            textcoords="offset points",
+            xytext=(4, 4),
+        )
+        if e.get("onnx"):
+            ax.scatter(e["onnx"]["latency_ms_p50"], f1, marker="s", color="tab:orange")
+    ax.scatter([], [], marker="o", color="tab:blue", label="eager PyTorch")
+    if any(e.get("onnx") for e in data["backbones"]):
+        ax.scatter([], [], marker="s", color="tab:orange", label="ONNX Runtime")
+    ax.set_xlabel("latency p50 at batch 1 (ms)")
+    ax.set_ylabel(f"{data['split']} macro F1")
+    ax.set_title("Accuracy vs latency (up and left is better)")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _curves(data, plt):
+    fig, (loss_ax, f1_ax) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for i, e in enumerate(data["backbones"]):
+        h = e.get("history") or []
+        if not h:
+            continue
+        colour = f"C{i % 10}"
+        epochs = [r["epoch"] for r in h]
+        loss_ax.plot(
+            epochs, [r["train_loss"] for r in h], "-", color=colour, label=f"{e['backbone']} train"
+        )
+        loss_ax.plot(
+            epochs, [r["val_loss"] for r in h], "--", color=colour, label=f"{e['backbone']} val"
+        )
+        f1_ax.plot(
+            epochs, [r["val_macro_f1"] for r in h], "-o", ms=3, color=colour, label=e["backbone"]
+        )
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="Train (solid) and val (dashed) loss")
+    f1_ax.set(xlabel="epoch", ylabel="val macro F1", title="Val macro F1")
+    loss_ax.legend(fontsize=7, ncol=2)
+    f1_ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _confusion(data, plt):
+    best = best_entry(data)
+    cm = np.asarray(best["confusion"], float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    names = data["classes"]
+    size = max(6, 0.32 * len(names))
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"{best['backbone']}: confusion matrix, rows normalised ({data['split']})")
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    fig.tight_layout()
+    return fig
+
+
+def _per_class(data, plt):
+    best = best_entry(data)
+    counts = dict(zip(data["classes"], data["train_counts"], strict=True))
+    per_class = sorted(best["per_class"], key=lambda pc: -counts.get(pc["class"], 0))
+    names = [pc["class"] for pc in per_class]
+    fig, ax = plt.subplots(figsize=(max(8, 0.38 * len(names)), 5))
+    ax.bar(range(len(names)), [pc["f1"] for pc in per_class], color="tab:green", label="F1")
+    ax.set_xticks(range(len(names)), names, rotation=70, ha="right", fontsize=8)
+    ax.set_ylabel(f"{data['split']} F1")
+    ax.set_ylim(0, 1)
+    twin = ax.twinx()
+    twin.plot(range(len(names)), [counts.get(n, 0) for n in names], "k.-", label="training images")
+    twin.set_ylabel("training images (given labels)")
+    ax.set_title(f"{best['backbone']}: per-class F1, classes sorted by training-set size")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,206 @@
+"""The benchmark's numbers (a hand-computed case), ONNX Runtime vs PyTorch, and the report made
+from benchmark.json alone."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from logo_train import checkpoint as ckpt
+from logo_train.bench import (
+    benchmark_checkpoint,
+    count_flops,
+    export_onnx,
+    onnx_agreement,
+    onnx_session,
+    predict,
+    quality,
+    write_json,
+)
+from logo_train.cli import main
+from logo_train.config import BenchmarkConfig
+from logo_train.data import synth
+from logo_train.data.augment import TransformSpec
+from logo_train.models import build_model, normalisation
+from logo_train.report import BENCHMARK_MD, BENCHMARK_PARQUET, COLUMNS, PLOTS, markdown, rows
+
+
+class ByBrightness(torch.nn.Module):
+    """Predicts class k for an image of grey level LEVELS[k]: a model whose answers are known."""
+
+    def __init__(self):
+        super().__init__()
+        self.centres = torch.nn.Parameter(torch.tensor([-1.0, 0.0, 1.0]))
+
+    def forward(self, x):
+        return -((x.mean(dim=(1, 2, 3))[:, None] - self.centres) ** 2)
+
+
+LEVELS = [0, 128, 255]  # normalised with mean = std = 0.5: about -1, 0, +1
+
+
+def _png(level: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (level, level, level)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_metrics_of_a_model_whose_predictions_are_known():
+    spec = TransformSpec(8, (0.5,) * 3, (0.5,) * 3)
+    # the model predicts these classes ...
+    predicted = [0, 0, 1, 1, 1, 0]
+    images = [_png(LEVELS[k]) for k in predicted]
+    # ... and these are the true ones
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = predict(ByBrightness(), images, spec, torch.device("cpu"), batch=4)
+    assert y_pred.tolist() == predicted
+
+    q = quality(y_true, y_pred, ["a", "b", "c"])
+    # by hand: class a P 2/3 R 2/3; b P 2/3 R 1; c never predicted right: 0
+    f1 = [2 / 3, 0.8, 0.0]
+    assert q["metrics"]["accuracy"] == pytest.approx(4 / 6)
+    assert q["metrics"]["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert q["metrics"]["macro_precision"] == pytest.approx((2 / 3 + 2 / 3 + 0) / 3)
+    assert q["metrics"]["macro_recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert q["metrics"]["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert [pc["f1"] for pc in q["per_class"]] == pytest.approx(f1)
+    assert [pc["support"] for pc in q["per_class"]] == [3, 2, 1]
+    assert q["confusion"] == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_flop_counter_on_a_layer_counted_by_hand():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 5))
+    assert count_flops(model, 8) == 2 * 3 * 8 * 8 * 5  # one multiply-add = 2 FLOPs
+
+
+def _random_head(model):
+    """build_model zero-initialises the classifier; random weights make the logits differ."""
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
+    return model.eval()
+
+
+def test_onnx_runtime_agrees_with_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = _random_head(build_model("resnet10t", 7, 32))
+    path = export_onnx(model, 32, tmp_path / "m.onnx")
+    session = onnx_session(path, threads=1)
+    x = np.random.default_rng(0).standard_normal((5, 3, 32, 32), dtype=np.float32)
+    check = onnx_agreement(model, session, x, tolerance=1e-3)
+    assert check["matches"] and check["max_abs_diff"] < 1e-3
+    assert check["prediction_agreement"] == 1.0
+    # the check can fail: a different model's logits do not match
+    other = _random_head(build_model("resnet10t", 7, 32))
+    assert not onnx_agreement(other, session, x, tolerance=1e-3)["matches"]
+
+
+@pytest.fixture(scope="module")
+def benchmark_data(tmp_path_factory):
+    """benchmark.json of two tiny random-init checkpoints on tiny shards."""
+    from logo_train.config import SynthConfig
+
+    root = tmp_path_factory.mktemp("bench")
+    tiny = SynthConfig(
+        image_size=32,
+        images_per_class=6,
+        imbalance_ratio=3.0,
+        val_per_class=1,
+        test_per_class=2,
+        seed=5,
+    )
+    uri = str(root / "shards")
+    manifest = synth.generate(tiny, uri, rows_per_shard=100, workers=1, progress=False)
+    cfg = BenchmarkConfig(latency_runs=5, warmup_runs=1, throughput_batch=4, throughput_runs=2)
+    entries = []
+    for i, backbone in enumerate(["resnet10t", "mobilenetv2_050"]):
+        torch.manual_seed(i)
+        model = _random_head(build_model(backbone, len(manifest.classes), 32))
+        mean, std = normalisation(model)
+        info = ckpt.ModelInfo(
+            backbone, len(manifest.classes), 32, list(mean), list(std), list(manifest.classes)
+        )
+        history = [
+            {
+                "epoch": e,
+                "train_loss": 3.0 - e / 10,
+                "val_loss": 3.2 - e / 20,
+                "val_macro_f1": 0.01 * e,
+            }
+            for e in (1, 2, 3)
+        ]
+        ckpt.save(
+            root / backbone, info=info, model=model, epoch=3, best_metric=0.03, history=history
+        )
+        entries.append(benchmark_checkpoint(str(root / backbone), uri, cfg, device="cpu"))
+    data = {
+        "run": "tiny",
+        "created": "now",
+        "split": "test",
+        "shards": uri,
+        "benchmark_config": {"warmup_runs": 1, "latency_runs": 5},
+        "classes": list(manifest.classes),
+        "train_counts": [manifest.counts["train"][c] for c in manifest.classes],
+        "backbones": entries,
+    }
+    write_json(data, root / "run" / "report" / "benchmark.json")
+    return data, root, manifest
+
+
+def test_benchmark_entry_is_complete_and_consistent(benchmark_data):
+    data, _, manifest = benchmark_data
+    n = len(manifest.classes)
+    for e in data["backbones"]:
+        assert e["samples"] == manifest.split_rows("test") == np.asarray(e["confusion"]).sum()
+        assert np.asarray(e["confusion"]).shape == (n, n)
+        per_class_support = [pc["support"] for pc in e["per_class"]]
+        assert per_class_support == np.asarray(e["confusion"]).sum(axis=1).tolist()
+        assert e["params"] > 1e5 and e["flops"] > e["params"]  # every weight used >= once
+        assert 0 < e["eager"]["latency_ms_p50"] <= e["eager"]["latency_ms_p95"]
+        assert e["eager"]["throughput_images_per_s"] > 0
+        assert e["onnx"]["matches"], e["onnx"]["max_abs_diff"]
+        assert [h["epoch"] for h in e["history"]] == [1, 2, 3]
+
+
+def test_report_is_made_from_the_json_alone_and_matches_it(benchmark_data, capsys):
+    data, root, _ = benchmark_data
+    run_dir = root / "run"
+    assert main(["report", str(run_dir)]) == 0
+    folder = run_dir / "report"
+    for name in [BENCHMARK_MD, BENCHMARK_PARQUET, *PLOTS.values()]:
+        assert (folder / name).stat().st_size > 0, name
+
+    # the markdown table's cells are the JSON's numbers, column by column
+    text = (folder / BENCHMARK_MD).read_text()
+    head = "| " + " | ".join(name for name, _, _ in COLUMNS) + " |"
+    lines = text.splitlines()
+    start = lines.index(head)
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 :][:2]]
+    for cells, entry in zip(table, data["backbones"], strict=True):
+        for cell, (name, get, _) in zip(cells, COLUMNS, strict=True):
+            value = get(entry)
+            if isinstance(value, str):
+                assert cell == value
+            else:
+                decimals = len(cell.split(".")[1]) if "." in cell else 0
+                assert float(cell) == pytest.approx(value, abs=0.51 * 10**-decimals), name
+    assert rows(data)[0]["macro F1"] == data["backbones"][0]["metrics"]["macro_f1"]
+    parquet = pq.read_table(folder / BENCHMARK_PARQUET).to_pylist()
+    assert parquet == rows(data)
+    best = max(data["backbones"], key=lambda e: e["metrics"]["macro_f1"])
+    assert f"**Best backbone: {best['backbone']}**" in text
+    assert "report folder" in capsys.readouterr().out
+
+
+def test_report_without_onnx_shows_a_dash_and_bad_path_errors(benchmark_data, tmp_path, capsys):
+    data, _, _ = benchmark_data
+    no_onnx = json.loads(json.dumps(data))
+    for e in no_onnx["backbones"]:
+        e["onnx"] = None
+    assert math.isnan(rows(no_onnx)[0]["ONNX Runtime p50 (ms, batch 1)"])
+    assert "| – |" in markdown(no_onnx)
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "no benchmark.json" in capsys.readouterr().err
