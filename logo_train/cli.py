@@ -66,8 +66,19 @@ def add_loss_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_data_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data",
+        metavar="SOURCE",
+        help="shorthand for --set data.source=...: an ImageFolder directory or a shards "
+        "folder/URI instead of the embedded dataset",
+    )
+
+
 def config_from_args(args: argparse.Namespace, extra: list[str] | None = None) -> Config:
     flags = [f"train.loss={args.loss}"] if getattr(args, "loss", None) else []
+    if getattr(args, "data", None):
+        flags.append(f"data.source={args.data}")
     return load_config(args.config, [*(extra or []), *flags, *args.overrides])
 
 
@@ -97,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="the whole pipeline for a config (see README)")
     add_config_args(run)
     add_loss_arg(run)
+    add_data_arg(run)
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
     run.add_argument(
         "--stages",

@@ -1,12 +1,22 @@
-"""Pipeline job: the whole ``logo-train run`` (data, training of every backbone, label audit)
-on the cluster. Results go to the config's ``output_dir`` (a local path or s3:// / gs:// URI).
+"""Pipeline job: the whole ``logo-train run`` on the cluster — data, tuning, training of every
+backbone, label audit, benchmark, report. Results go to the config's ``output_dir`` (a local
+path or s3:// / gs:// URI); the report to ``<output_dir>/<name>/report/``.
 
 ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml
+ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml \
+    --data s3://bucket/logos/        # an ImageFolder tree or a shards folder instead
 """
 
 import argparse
+import sys
 
-from logo_train.cli import add_config_args, add_loss_arg, config_from_args, job_entry
+from logo_train.cli import (
+    add_config_args,
+    add_data_arg,
+    add_loss_arg,
+    config_from_args,
+    job_entry,
+)
 from logo_train.pipeline import STAGES, run
 
 
@@ -14,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser)
     add_loss_arg(parser)
+    add_data_arg(parser)
     parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages")
     parser.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
     args = parser.parse_args()
@@ -22,6 +33,8 @@ def main() -> None:
         config_from_args(args), overwrite_data=args.overwrite_data, progress=False, stages=stages
     )
     print(f"run folder: {result.run_dir}")
+    if not result.complete:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

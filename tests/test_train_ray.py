@@ -42,7 +42,7 @@ def tiny_config(tmp_path, *overrides):
             "data.synth.images_per_class=12",
             "data.synth.imbalance_ratio=2",
             "data.synth.val_per_class=2",
-            "data.synth.test_per_class=0",
+            "data.synth.test_per_class=1",
             "data.synth.noise_rate=0",
             "data.synth.difficulty=0",
             "data.workers=1",
@@ -64,7 +64,8 @@ def tiny_data(tmp_path_factory):
 
 
 def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
-    """Through the pipeline's train and audit stages, with the trust head (trust_penalty)."""
+    """Through the pipeline's train, audit, benchmark and report stages, with the trust head
+    (trust_penalty); tuning has its own test (test_tune.py)."""
     tmp, uri, manifest = tiny_data
     cfg = tiny_config(
         tmp,
@@ -72,8 +73,13 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
         "train.loss=trust_penalty",
         "train.trust_warmup_epochs=1",
         f"model.backbones=[{','.join(SMALL)}]",
+        "benchmark.latency_runs=3",
+        "benchmark.warmup_runs=1",
+        "benchmark.throughput_runs=1",
+        "benchmark.throughput_batch=4",
+        "benchmark.num_cpus=1",
     )
-    run_result = run(cfg, progress=False, stages=("data", "train", "audit"))
+    run_result = run(cfg, progress=False, stages=("data", "train", "audit", "benchmark", "report"))
     results = run_result.training
     assert [r.backbone for r in results] == SMALL
     for r in results:
@@ -107,6 +113,22 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
         assert table["rank"].to_pylist() == list(range(1, table.num_rows + 1))
         assert (tmp / f"quick/audit/{backbone}/suspected_labels.png").is_file()
     assert "[stage] audit done in" in out
+    # the benchmark of every best checkpoint, and the report folder a user opens
+    report = tmp / "quick/report"
+    data = json.loads((report / "benchmark.json").read_text())
+    assert [e["backbone"] for e in data["backbones"]] == SMALL
+    for e, r in zip(data["backbones"], results, strict=True):
+        assert e["checkpoint"] == r.checkpoint and e["train"]["best_val_macro_f1"] == pytest.approx(
+            r.best_val_macro_f1
+        )
+        assert e["samples"] == manifest.split_rows("test")
+        assert e["onnx"]["matches"], (e["backbone"], e["onnx"]["max_abs_diff"])
+        assert [h["epoch"] for h in e["history"]] == [1, 2, 3]  # the whole run, not to the best
+        assert e["audit"]["rows"] == manifest.split_rows("train")
+    for name in ("benchmark.md", "benchmark.parquet", "suspected_labels.parquet"):
+        assert (report / name).is_file(), name
+    assert len(list(report.glob("*.png"))) >= 6  # 5 plots + the suspected-label sheet
+    assert f"report folder: {report}" in capsys.readouterr().out
 
 
 def _history(result):

@@ -44,7 +44,7 @@ def test_search_space_and_params_follow_the_config():
     )
     assert tuned.train.penalty_weight == 0.3 and tuned.train.lr == 0.001
     assert tuned.train.trust_warmup_epochs == 1 and isinstance(tuned.train.trust_warmup_epochs, int)
-    assert tuned.train.epochs == 3 and cfg.train.epochs == 10
+    assert tuned.train.epochs == 3 and cfg.train.epochs == 6
 
 
 @pytest.mark.parametrize(
