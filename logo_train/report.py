@@ -254,6 +254,10 @@ def _curves(data, plt):
         f1_ax.plot(
             epochs, [r["val_macro_f1"] for r in h], "-o", ms=3, color=colour, label=e["backbone"]
         )
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, f1_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Train (solid) and val (dashed) loss")
     f1_ax.set(xlabel="epoch", ylabel="val macro F1", title="Val macro F1")
     loss_ax.legend(fontsize=7, ncol=2)

@@ -177,3 +177,31 @@ def test_workers_that_starve_ray_data_fail_before_any_work(local_ray, tmp_path):
     with pytest.raises(ValueError, match=r"train\.gpus_per_worker"):
         check_resources(tiny_config(tmp_path, "train.gpus_per_worker=1"))
     check_resources(tiny_config(tmp_path, "train.gpus_per_worker=1", "train.autoscale=true"))
+
+
+def test_eval_split_from_the_driver_equals_the_ray_data_one(local_ray, tiny_data, monkeypatch):
+    """A small val split is decoded on the driver (fast start); a large one by Ray Data. Both
+    must hold the same tensors and labels."""
+    import numpy as np
+
+    from logo_train.data import pipeline
+    from logo_train.data.augment import TransformSpec
+
+    _, uri, manifest = tiny_data
+    spec = TransformSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    def rows(ds):
+        batches = list(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        return (
+            np.concatenate([b["image"] for b in batches]),
+            np.concatenate([b["label"] for b in batches]),
+        )
+
+    small_images, small_labels = rows(pipeline.eval_dataset(uri, "val", spec, manifest))
+    monkeypatch.setattr(pipeline, "SMALL_EVAL_BYTES", 0)
+    big_images, big_labels = rows(pipeline.eval_dataset(uri, "val", spec, manifest))
+    assert len(small_labels) == manifest.split_rows("val") == len(big_labels)
+    assert small_images.shape == (len(small_labels), 3, 32, 32)
+    assert small_images.dtype == np.float32 and small_labels.dtype == np.int64
+    assert (small_labels == big_labels).all()
+    assert np.allclose(small_images, big_images)

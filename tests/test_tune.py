@@ -40,11 +40,11 @@ def test_search_space_and_params_follow_the_config():
     assert (space["penalty_weight"].lower, space["penalty_weight"].upper) == (0.05, 5.0)
     assert space["trust_warmup_epochs"].upper == 2  # randint's upper bound is exclusive
     tuned = apply_params(
-        cfg, {"penalty_weight": 0.3, "trust_warmup_epochs": 1.0, "lr": 0.001}, epochs=3
+        cfg, {"penalty_weight": 0.3, "trust_warmup_epochs": 1.0, "lr": 0.001}, epochs=2
     )
     assert tuned.train.penalty_weight == 0.3 and tuned.train.lr == 0.001
     assert tuned.train.trust_warmup_epochs == 1 and isinstance(tuned.train.trust_warmup_epochs, int)
-    assert tuned.train.epochs == 3 and cfg.train.epochs == 6
+    assert tuned.train.epochs == 2 and cfg.train.epochs == 3
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_search_space_and_params_follow_the_config():
         ("tune.space.class_weight_power={kind: uniform, low: 1, high: 0}", "power.high"),
         ("tune.space.lr={kind: choice, values: []}", "tune.space.lr.values"),
         ("tune.proxy_backbone=resnet50", "tune.proxy_backbone"),
-        ("tune.epochs=2", "tune.epochs"),  # quick warms up 2 epochs before trust
+        ("tune.epochs=1", "tune.epochs"),  # quick warms up 1 epoch before trust
         ("tune.num_samples=0", "tune.num_samples"),
     ],
 )
