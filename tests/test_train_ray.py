@@ -128,7 +128,7 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
     for name in ("benchmark.md", "benchmark.parquet", "suspected_labels.parquet"):
         assert (report / name).is_file(), name
     assert len(list(report.glob("*.png"))) >= 6  # 5 plots + the suspected-label sheet
-    assert f"report folder: {report}" in capsys.readouterr().out
+    assert f"report folder: {report}" in out
 
 
 def _history(result):
