@@ -256,8 +256,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         if args.config or args.overrides or args.loss:
             raise ValueError("--resume takes the search's own config; drop --config/--set/--loss")
         from logo_train.raysetup import init_ray
-        from logo_train.tune import resume
+        from logo_train.tune import check_resumable, resume
 
+        check_resumable(args.resume)  # before starting Ray
         init_ray()
         result = resume(args.resume)
         print(f"[tune] trials: {result.path}/trials.md")

@@ -309,16 +309,21 @@ def search(
     return _finish(tuner, context, echo)
 
 
+def check_resumable(path: str) -> None:
+    """Fail fast (before Ray starts) when ``path`` is not a search folder."""
+    if not exists(join(path.rstrip("/"), CONTEXT)):
+        raise FileNotFoundError(
+            f"{path}: not a logo-train search ({CONTEXT} missing); pass the experiment folder "
+            "that `logo-train tune` printed"
+        )
+
+
 def resume(path: str, echo=print) -> SearchResult:
     """Restore an interrupted search (Ctrl-C, killed driver) and run what is left of it."""
     from ray import tune
 
     path = path.rstrip("/")
-    if not exists(join(path, CONTEXT)):
-        raise FileNotFoundError(
-            f"{path}: not a logo-train search ({CONTEXT} missing); pass the experiment folder "
-            "that `logo-train tune` printed"
-        )
+    check_resumable(path)
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"{path}: Ray Tune finds no experiment state to restore")
     context = json.loads(read_bytes(join(path, CONTEXT)))

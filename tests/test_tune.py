@@ -237,3 +237,15 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     assert "resuming it" in out and "started:" not in out
     assert _trial_epochs(experiment) == epochs
+
+
+def test_resume_errors_name_the_problem_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    from logo_train.cli import main
+
+    assert main(["tune", "--resume", str(tmp_path)]) == 2
+    assert "search.json missing" in capsys.readouterr().err
+    assert main(["tune", "--resume", str(tmp_path), "--set", "tune.seed=1"]) == 2
+    assert "--resume takes the search's own config" in capsys.readouterr().err
+    assert not ray.is_initialized()

@@ -1,9 +1,9 @@
 """Ray Data: Parquet shards -> decode + augment in ``map_batches`` -> Ray Train workers.
 
-The datasets are lazy: every epoch re-reads the shards and re-runs the augmentation (fresh
-random transforms per epoch), and nothing is materialised on the driver. The train split reads
-its files in a new random order every epoch and workers add a local shuffle buffer; val and
-test are read in order, without augmentation.
+The train dataset is lazy: every epoch re-reads the shards and re-runs the augmentation (fresh
+random transforms per epoch), reading its files in a new random order, and workers add a local
+shuffle buffer. Evaluation splits are transformed once, in order, without augmentation: a
+small one on the driver (``eval_dataset``), a large one by Ray Data into the object store.
 """
 
 from __future__ import annotations
