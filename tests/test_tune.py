@@ -249,3 +249,27 @@ def test_resume_errors_name_the_problem_before_ray_starts(tmp_path, capsys):
     assert main(["tune", "--resume", str(tmp_path), "--set", "tune.seed=1"]) == 2
     assert "--resume takes the search's own config" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+def test_tuned_configs_share_the_proxy_result_or_keep_each_backbones_own(tmp_path):
+    from logo_train.tune import SearchResult, tuned_configs
+
+    def result(backbone, pw):
+        cfg = load_config(ROOT / "configs/quick.yaml")
+        return SearchResult(backbone, "", [], {"penalty_weight": pw}, 0.1, cfg, True)
+
+    shared = load_config(ROOT / "configs/quick.yaml")
+    configs = tuned_configs(shared, {"resnet10t": result("resnet10t", 0.3)})
+    assert set(configs) == set(shared.model.backbones)
+    assert {c.train.penalty_weight for c in configs.values()} == {0.3}
+    assert all(c.train.epochs == shared.train.epochs for c in configs.values())
+
+    per = load_config(
+        ROOT / "configs/quick.yaml",
+        ["tune.scope=per_backbone", "model.backbones=[resnet10t,swin_nano]"],
+    )
+    configs = tuned_configs(
+        per, {"resnet10t": result("resnet10t", 0.2), "swin_nano": result("swin_nano", 2.0)}
+    )
+    assert configs["resnet10t"].train.penalty_weight == 0.2
+    assert configs["swin_nano"].train.penalty_weight == 2.0
