@@ -455,12 +455,16 @@ class Config:
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
         proxy = self.tune.proxy_backbone
-        _check(
-            not proxy or proxy in self.model.backbones,
-            "tune.proxy_backbone",
-            proxy,
-            f"empty or one of model.backbones {self.model.backbones}",
-        )
+        if proxy:  # any registered backbone can stand in for the others
+            from logo_train.models import BACKBONES, check_image_size
+
+            _check(
+                proxy in BACKBONES,
+                "tune.proxy_backbone",
+                proxy,
+                f"empty (= the first backbone) or a registered backbone {sorted(BACKBONES)}",
+            )
+            check_image_size(proxy, self.model.image_size)
         _check(
             self.tune.epochs <= self.train.epochs,
             "tune.epochs",

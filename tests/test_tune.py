@@ -54,7 +54,7 @@ def test_search_space_and_params_follow_the_config():
         ("tune.space.penalty_weight={kind: loguniform, low: 0, high: 1}", "penalty_weight.low"),
         ("tune.space.class_weight_power={kind: uniform, low: 1, high: 0}", "power.high"),
         ("tune.space.lr={kind: choice, values: []}", "tune.space.lr.values"),
-        ("tune.proxy_backbone=resnet50", "tune.proxy_backbone"),
+        ("tune.proxy_backbone=resnet5", "tune.proxy_backbone"),
         ("tune.epochs=1", "tune.epochs"),  # quick warms up 1 epoch before trust
         ("tune.num_samples=0", "tune.num_samples"),
     ],
