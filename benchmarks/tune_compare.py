@@ -9,7 +9,7 @@ profile's embedded dataset (20% symmetric noise) unless overridden. Then the bes
 search and the untuned defaults are trained once more at full length and scored on the clean test
 split. Written: ``tune_compare.json`` and ``tune_compare.md`` (the table for docs/benchmarks.md).
 Compute is counted in trial-epochs (the target: TPE + ASHA reaches the random search's best
-val macro-F1 with <= 60% of its trial-epochs); wall times are given too.
+val macro-F1, within 0.02, with <= 60% of its trial-epochs); wall times are given too.
 """
 
 from __future__ import annotations
@@ -103,7 +103,8 @@ def main() -> None:
         finals["best of random"] = searches["random"].best_params
     scores = {}
     for label, params in finals.items():
-        fcfg = apply_params(dataclasses.replace(cfg, name=f"{cfg.name}-final"), params)
+        base = dataclasses.replace(cfg, name=f"{cfg.name}-final").for_backbone(BACKBONE)
+        fcfg = apply_params(base, params)
         trained = train_backbone(fcfg, BACKBONE, uri, manifest)
         scores[label] = {
             "params": params
@@ -118,7 +119,8 @@ def main() -> None:
 
     tpe, rnd = rows["tpe_asha"], rows["random"]
     ratio = tpe["trial_epochs"] / rnd["trial_epochs"]
-    met = tpe["best_val_macro_f1"] >= rnd["best_val_macro_f1"] and ratio <= 0.6
+    # issue 12's target: within 0.02 of random search's best at <= 60% of its trial-epochs
+    met = tpe["best_val_macro_f1"] >= rnd["best_val_macro_f1"] - 0.02 and ratio <= 0.6
     result = {
         "backbone": BACKBONE,
         "data": {
@@ -152,8 +154,8 @@ def main() -> None:
     for label, s in scores.items():
         lines.append(f"| {label} | {s['val_macro_f1']:.3f} | {s['test_macro_f1']:.3f} |")
     lines.append(
-        f"\nTrial-epochs TPE + ASHA / random: {ratio:.2f}; target (>= random's best with <= 0.60):"
-        f" {'met' if met else 'MISSED'}."
+        f"\nTrial-epochs TPE + ASHA / random: {ratio:.2f}; target (within 0.02 of random's best "
+        f"with <= 0.60): {'met' if met else 'MISSED'}."
     )
     (out / "tune_compare.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

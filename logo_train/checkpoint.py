@@ -45,7 +45,9 @@ def save(
     epoch: int,
     best_metric: float,
     history: list[dict[str, float]],
+    **extra: Any,
 ) -> None:
+    """``extra``: more training state (a multi-backbone run's position), kept in ``state.pt``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {
@@ -57,6 +59,7 @@ def save(
         "epoch": epoch,
         "best_metric": best_metric,
         "history": history,
+        **extra,
     }
     torch.save(state, directory / STATE)
     (directory / MODEL_JSON).write_text(json.dumps(asdict(info), indent=2))
@@ -66,13 +69,18 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     return torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
 
 
-def run_history(run_path: str | Path) -> list[dict[str, float]]:
-    """Per-epoch metrics of a whole Ray Train run, from its latest checkpoint (the best one,
-    which ``BackboneResult.checkpoint`` points to, may be an earlier epoch)."""
-    folders = [p for p in Path(run_path).glob("checkpoint_*") if p.is_dir()]
-    if not folders:
-        raise FileNotFoundError(f"no checkpoint folders in {run_path}")
-    return load_state(max(folders, key=lambda p: p.name))["history"]
+HISTORY_JSON = "history.json"
+
+
+def run_history(run_path: str) -> list[dict[str, float]]:
+    """Per-epoch metrics of one backbone's whole training (``BackboneResult.run_path``, the
+    folder holding ``history.json``; the best checkpoint may be an earlier epoch)."""
+    from logo_train.data.shards import exists, join, read_bytes
+
+    uri = join(str(run_path), HISTORY_JSON)
+    if not exists(uri):
+        raise FileNotFoundError(f"{uri} not found")
+    return json.loads(read_bytes(uri))
 
 
 def load_info(directory: str | Path) -> ModelInfo:

@@ -238,24 +238,30 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy (every loss); 0 = none."""
     num_workers: int = 2
-    """DDP workers per backbone."""
+    """DDP workers of the run's worker group (one group trains every backbone in turn)."""
     cpus_per_worker: float = 0.5
     """Fractional on small machines: Ray Data needs the CPUs the workers leave free."""
+    torch_threads: int = 0
+    """torch intra-op threads per worker; 0 = Ray's default (the worker's CPUs, at least 1).
+    A fractional-CPU worker on a small machine may use more threads than it reserves."""
     gpus_per_worker: float = 0.0
     """> 0 trains on GPUs (NCCL, AMP, channels_last)."""
     amp: bool = True
     """Mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler)."""
     channels_last: bool = True
-    """channels_last memory format on GPU."""
+    """channels_last (NHWC) memory format, on GPU and CPU."""
     shuffle_buffer: int = 512
     """Rows in each worker's local shuffle buffer (file order is shuffled too)."""
     checkpoints_to_keep: int = 2
-    """Best checkpoints kept per backbone, by val macro-F1."""
+    """Latest Ray checkpoints kept for resume (each backbone's best is kept apart)."""
     max_failures: int = 2
     """Worker-group restarts (from the last checkpoint) before a run fails."""
     autoscale: bool = False
     """The cluster adds nodes on demand: skip the check that workers fit the current cluster."""
     seed: int = 0
+    per_backbone: dict[str, dict[str, float]] = field(default_factory=dict)
+    """The recipe per backbone: ``train.*`` fields (``RECIPE_FIELDS``) that differ for one
+    backbone, e.g. ``{swin_nano: {lr: 0.0005, epochs: 16}}``; tuned parameters apply on top."""
 
     def __post_init__(self) -> None:
         p = "train."
@@ -285,6 +291,7 @@ class TrainConfig:
         _check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         _check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
         _check(self.num_workers >= 1, p + "num_workers", self.num_workers, ">= 1")
+        _check(self.torch_threads >= 0, p + "torch_threads", self.torch_threads, ">= 0")
         _check(
             self.batch_size >= self.num_workers,
             p + "batch_size",
@@ -328,6 +335,18 @@ def _default_space() -> dict[str, SearchParam]:
 
 
 # train.* fields a search may set (numbers that change the optimisation, not the plumbing)
+RECIPE_FIELDS = (
+    "epochs",
+    "lr",
+    "weight_decay",
+    "warmup_fraction",
+    "trust_warmup_epochs",
+    "penalty_weight",
+    "class_weight_power",
+    "label_smoothing",
+)
+"""``train.*`` fields a backbone's recipe (``train.per_backbone``) may set."""
+
 SEARCHABLE = (
     "lr",
     "weight_decay",
@@ -454,6 +473,19 @@ class Config:
 
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
+        if self.train.per_backbone:
+            from logo_train.models import BACKBONES
+
+            for backbone, overrides in self.train.per_backbone.items():
+                name = f"train.per_backbone.{backbone}"
+                _check(backbone in BACKBONES, name, overrides, "a registered backbone's name")
+                for key in overrides:
+                    _check(
+                        key in RECIPE_FIELDS,
+                        f"{name}.{key}",
+                        overrides[key],
+                        f"a field of {list(RECIPE_FIELDS)}",
+                    )
         proxy = self.tune.proxy_backbone
         if proxy:  # any registered backbone can stand in for the others
             from logo_train.models import BACKBONES, check_image_size
@@ -485,6 +517,20 @@ class Config:
                 self.tune.epochs if searched is None else most,
                 f"trials of {trial_epochs} epochs > trust warm-up epochs ({most:g})",
             )
+
+    def for_backbone(self, backbone: str) -> Config:
+        """This config with ``train.per_backbone[backbone]`` applied (validated)."""
+        overrides = self.train.per_backbone.get(backbone)
+        if not overrides:
+            return self
+        data = config_to_dict(self)
+        for key, value in overrides.items():
+            current = data["train"][key]
+            data["train"][key] = int(round(value)) if isinstance(current, int) else float(value)
+        try:
+            return config_from_dict(data)
+        except ValueError as e:
+            raise ValueError(f"train.per_backbone.{backbone}: {e}") from None
 
     @property
     def run_dir(self) -> str:

@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import ray
@@ -26,9 +26,9 @@ import torch.distributed as dist
 
 from logo_train import checkpoint as ckpt
 from logo_train.config import Config, config_from_dict, config_to_dict
-from logo_train.data.augment import transform_specs
-from logo_train.data.pipeline import train_val_datasets
-from logo_train.data.shards import Manifest, join, resolve, write_bytes
+from logo_train.data.augment import normalise, transform_specs
+from logo_train.data.pipeline import small_eval_split, train_val_datasets
+from logo_train.data.shards import Manifest, exists, join, read_bytes, resolve, write_bytes
 from logo_train.engine import (
     build_training,
     classifier,
@@ -41,6 +41,9 @@ from logo_train.models import build_model, count_parameters, normalisation
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "val_macro_f1"
+BEST = "best"
+"""A backbone's best checkpoint (by val macro-F1): ``<run>/<backbone>/best/``."""
+RESULT_JSON = "result.json"
 
 
 # --- worker side ------------------------------------------------------------------------------
@@ -113,138 +116,326 @@ class _Prefetch:
         return item
 
 
+@dataclass
+class Job:
+    """One backbone of a worker group's run."""
+
+    backbone: str
+    config: dict[str, Any]
+    """The resolved config this backbone trains with (a per-backbone search's best)."""
+    steps_per_epoch: int
+    output_uri: str
+    """``<run>/<backbone>``: ``best/`` (the best checkpoint), ``history.json``, ``result.json``."""
+    tensorboard_uri: str
+
+
+def _save_checkpoint(directory: str, t, info: ckpt.ModelInfo, **state) -> None:
+    ckpt.save(
+        directory,
+        info=info,
+        model=classifier(t.model),
+        trust_head=trust_head(t.model),
+        optimizer=t.optimizer,
+        scheduler=t.scheduler,
+        scaler=t.scaler,
+        **state,
+    )
+
+
+def _copy_folder(directory: str, uri: str) -> None:
+    """A local folder's files to ``uri`` (any pyarrow filesystem)."""
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name), "rb") as f:
+            write_bytes(join(uri, name), f.read())
+
+
+def _restore(t, state: dict[str, Any]) -> None:
+    classifier(t.model).load_state_dict(state["model"])
+    if trust_head(t.model) is not None:
+        trust_head(t.model).load_state_dict(state["trust_head"])
+    t.optimizer.load_state_dict(state["optimizer"])
+    t.scheduler.load_state_dict(state["scheduler"])
+    t.scaler.load_state_dict(state["scaler"])
+
+
+def _write_json(uri: str, data: Any) -> None:
+    write_bytes(uri, json.dumps(data, indent=2).encode())
+
+
+def _run_batches(shard, batch_size: int, tc, device) -> _Prefetch:
+    """The run's training batches: one stream over every pass of every backbone (the train
+    dataset is the split repeated, ``data.pipeline.train_val_datasets``), pulled ahead in a
+    background thread. One stream instead of one per epoch: starting a Ray Data execution
+    costs ~3 s on 2 cores, and an epoch of a small backbone there takes ~10 s."""
+    return _Prefetch(
+        shard.iter_torch_batches(
+            batch_size=batch_size,
+            drop_last=True,
+            local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            device=device,
+        )
+    )
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    cfg = config_from_dict(loop_config["config"])
-    backbone: str = loop_config["backbone"]
+    """Train every job (backbone) of ``loop_config["jobs"]`` in turn in this worker group.
+
+    One group for all backbones pays Ray's start-up (worker processes, process group, Ray
+    Data's executor) once per run instead of once per backbone. Every epoch, rank 0 writes the
+    backbone's ``history.json``, its best checkpoint (``best/``) when validation improved, and
+    reports a Ray checkpoint of the whole run's state (for resume after a worker failure)."""
+    loop_start = time.time()
+    jobs = [Job(**j) for j in loop_config["jobs"]]
     class_names: list[str] = loop_config["class_names"]
-    num_classes = len(class_names)
-    tc = cfg.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(tc.seed + rank)
+    if loop_config.get("torch_threads"):
+        torch.set_num_threads(loop_config["torch_threads"])
 
-    t = build_training(
-        cfg,
-        backbone,
-        num_classes,
-        loop_config["train_counts"],
-        loop_config["steps_per_epoch"],
-        device,
-        wrap=ray.train.torch.prepare_model,
-    )
-    model, optimizer, scheduler, scaler = t.model, t.optimizer, t.scheduler, t.scaler
-    mean, std = normalisation(classifier(model))
-
-    start_epoch, best, history, restored_epoch = 0, -1.0, [], 0
+    resume_state, finished = None, []
     resume_from = ray.train.get_checkpoint()
     if resume_from:
         with resume_from.as_directory() as directory:
-            state = ckpt.load_state(directory)
-        classifier(model).load_state_dict(state["model"])
-        if trust_head(model) is not None:
-            trust_head(model).load_state_dict(state["trust_head"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch = restored_epoch = state["epoch"]
-        best, history = state["best_metric"], state["history"]
-        if rank == 0:
-            log.info("%s: resumed after epoch %d", backbone, restored_epoch)
+            resume_state = ckpt.load_state(directory)
+        finished = list(resume_state["finished"])
+    # a backbone that raised is skipped when Ray restarts the group (its error is on record)
+    todo = [j for j in jobs if j.backbone not in finished and _error(j) is None]
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    if loop_config["cache_val"]:  # a small split: fetched once, not once per epoch
+        val_shard = list(
+            val_shard.iter_torch_batches(batch_size=loop_config["eval_batch_size"], device=device)
+        )
+    batches = None
+    group_start = loop_start - loop_config["fit_started"]
+    for index, job in enumerate(todo):
+        resume = resume_state if resume_state and resume_state["backbone"] == job.backbone else None
+        try:
+            batches = _train_job(
+                job,
+                loop_config,
+                resume,
+                finished,
+                shards=(train_shard, val_shard),
+                batches=batches,
+                group_start_seconds=group_start if index == 0 else 0.0,
+                rank_world_device=(rank, world, device),
+                class_names=class_names,
+            )
+        except Exception as e:
+            # on record, then Ray restarts the group (FailureConfig) with a clean data stream
+            # and the other backbones train; the driver reports this one as failed
+            if rank == 0:
+                _write_json(
+                    join(job.output_uri, RESULT_JSON),
+                    {"backbone": job.backbone, "error": f"{type(e).__name__}: {e}"},
+                )
+            raise
+        finished.append(job.backbone)
 
+
+def _error(job: Job) -> str | None:
+    """The error a backbone's training raised in an earlier attempt of this run, if any."""
+    uri = join(job.output_uri, RESULT_JSON)
+    return json.loads(read_bytes(uri)).get("error") if exists(uri) else None
+
+
+def _train_job(
+    job: Job,
+    loop_config: dict[str, Any],
+    resume: dict[str, Any] | None,
+    finished: list[str],
+    *,
+    shards,
+    batches,
+    group_start_seconds: float,
+    rank_world_device,
+    class_names: list[str],
+):
+    """One backbone's epochs, ``job.steps_per_epoch`` batches each from the run's stream
+    (started here when ``batches`` is None); returns the stream for the next backbone."""
+    setup_start = time.perf_counter()
+    rank, world, device = rank_world_device
+    cfg = config_from_dict(job.config)
+    tc = cfg.train
+    num_classes = len(class_names)
+    torch.manual_seed(tc.seed + rank)
+    t = build_training(
+        cfg,
+        job.backbone,
+        num_classes,
+        loop_config["train_counts"],
+        job.steps_per_epoch,
+        device,
+        wrap=ray.train.torch.prepare_model,
+    )
+    mean, std = normalisation(classifier(t.model))
+    start_epoch, best, history, restored_epoch = 0, -1.0, [], 0
+    if resume:
+        _restore(t, resume)
+        start_epoch = restored_epoch = resume["epoch"]
+        best, history = resume["best_metric"], resume["history"]
+        if rank == 0:
+            log.info("%s: resumed after epoch %d", job.backbone, restored_epoch)
     info = ckpt.ModelInfo(
-        backbone=backbone,
+        backbone=job.backbone,
         num_classes=num_classes,
         image_size=cfg.model.image_size,
         mean=list(mean),
         std=list(std),
         class_names=class_names,
-        config=loop_config["config"],
+        config=job.config,
     )
-    tensorboard = _TensorBoard(loop_config["tensorboard_uri"]) if rank == 0 else None
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
-    per_worker_batch = tc.batch_size // world
-
-    def epoch_batches() -> _Prefetch:
-        return _Prefetch(
-            train_shard.iter_torch_batches(
-                batch_size=per_worker_batch,
-                drop_last=True,
-                local_shuffle_buffer_size=tc.shuffle_buffer or None,
-                device=device,
-            )
-        )
-
-    batches = epoch_batches() if start_epoch < tc.epochs else None
+    tensorboard = _TensorBoard(job.tensorboard_uri) if rank == 0 else None
+    train_shard, val_shard = shards
+    if batches is None:
+        batches = _run_batches(train_shard, tc.batch_size // world, tc, device)
+    setup_seconds = time.perf_counter() - setup_start
+    job_start = time.perf_counter()
     for epoch in range(start_epoch, tc.epochs):
-        model.train()
-        loss_sum, trust_sum, seen, wait, steps = 0.0, 0.0, 0, 0.0, 0
+        t.model.train()
+        loss_sum, objective_sum, trust_sum, seen, wait, steps = 0.0, 0.0, 0.0, 0, 0.0, 0
         trust_active = epoch >= tc.trust_warmup_epochs
         start = time.perf_counter()
-        while True:
+        for _ in range(job.steps_per_epoch):
             t_wait = time.perf_counter()
             batch = next(batches, None)
             wait += time.perf_counter() - t_wait
             if batch is None:
-                break
+                raise RuntimeError(
+                    f"{job.backbone}: the training stream ended after {steps} steps of epoch "
+                    f"{epoch + 1}, expected {job.steps_per_epoch}"
+                )
             y = batch["label"]
-            out = train_step(t, batch["image"], y, trust_active)
+            out = train_step(t, normalise(batch["image"], mean, std), y, trust_active)
             loss_sum += out["loss"].item() * len(y)
+            objective_sum += out["objective"].item() * len(y)
             trust_sum += out["trust"].item() * len(y) if "trust" in out else 0.0
             seen += len(y)
             steps += 1
         train_seconds = time.perf_counter() - start
-        if epoch + 1 < tc.epochs:
-            batches = epoch_batches()
-        train_loss, train_trust, wait_fraction, local_rate = _all_mean(
+        last_epoch = epoch + 1 == tc.epochs
+        train_loss, objective, train_trust, wait_fraction, local_rate = _all_mean(
             [
                 loss_sum / max(seen, 1),
+                objective_sum / max(seen, 1),
                 trust_sum / max(seen, 1),
                 wait / max(train_seconds, 1e-9),
                 seen / train_seconds,
             ],
             device,
         )
-        val_batches = val_shard.iter_torch_batches(batch_size=tc.eval_batch_size, device=device)
-        val = evaluate(classifier(model), val_batches, device, num_classes)
-
+        val_start = time.perf_counter()
+        val_source = (
+            val_shard
+            if isinstance(val_shard, list)
+            else val_shard.iter_torch_batches(batch_size=tc.eval_batch_size, device=device)
+        )
+        val_batches = (
+            {"image": normalise(b["image"], mean, std), "label": b["label"]} for b in val_source
+        )
+        val = evaluate(classifier(t.model), val_batches, device, num_classes)
+        val_seconds = time.perf_counter() - val_start
+        improved = val["macro_f1"] > best
         best = max(best, val["macro_f1"])
         metrics = {
+            "backbone": job.backbone,
             "epoch": epoch + 1,
             "train_loss": train_loss,
+            "train_objective": objective,
             "val_loss": val["loss"],
             **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "samples")},
             "best_val_macro_f1": best,
-            "lr": optimizer.param_groups[0]["lr"],
+            "lr": t.optimizer.param_groups[0]["lr"],
             "train_images_per_s": local_rate * world,
             "data_wait_fraction": wait_fraction,
+            "data_wait_seconds": wait,
+            "train_seconds": train_seconds,
+            "val_seconds": val_seconds,
             "steps": steps,
-            "epoch_seconds": time.perf_counter() - start,
             "restored_epoch": restored_epoch,
         }
         if t.needs_trust:
             metrics["train_mean_trust"] = train_trust
             metrics["trust_active"] = float(trust_active)
+        done = finished + [job.backbone] if last_epoch else finished
+        checkpoint_start = time.perf_counter()
         history.append(metrics)
         if rank == 0:
-            tensorboard.log(metrics, epoch + 1)
+            _rank0_epoch_end(job, t, info, tensorboard, metrics, history, improved, best, done)
             with tempfile.TemporaryDirectory() as directory:
-                ckpt.save(
+                _save_checkpoint(
                     directory,
-                    info=info,
-                    model=classifier(model),
-                    trust_head=trust_head(model),
-                    optimizer=optimizer,
-                    scheduler=scheduler,
-                    scaler=scaler,
+                    t,
+                    info,
                     epoch=epoch + 1,
                     best_metric=best,
                     history=history,
+                    backbone=job.backbone,
+                    finished=done,
                 )
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
             ray.train.report(metrics)
+        # in the next epoch's history.json (and this run's summary)
+        metrics["checkpoint_seconds"] = time.perf_counter() - checkpoint_start
+        metrics["epoch_seconds"] = time.perf_counter() - start
+    if rank == 0:  # the last epoch's timings came after its history.json
+        _write_json(join(job.output_uri, ckpt.HISTORY_JSON), history)
+        _write_json(
+            join(job.output_uri, RESULT_JSON),
+            _job_summary(job, history, setup_seconds, group_start_seconds, job_start),
+        )
+    return batches
+
+
+def _rank0_epoch_end(job, t, info, tensorboard, metrics, history, improved, best, done) -> None:
+    """TensorBoard, ``history.json`` and (when validation improved) ``best/``."""
+    tensorboard.log({k: v for k, v in metrics.items() if k != "backbone"}, metrics["epoch"])
+    _write_json(join(job.output_uri, ckpt.HISTORY_JSON), history)
+    if improved:
+        with tempfile.TemporaryDirectory() as directory:
+            _save_checkpoint(
+                directory,
+                t,
+                info,
+                epoch=metrics["epoch"],
+                best_metric=best,
+                history=history,
+                backbone=job.backbone,
+                finished=done,
+            )
+            _copy_folder(directory, join(job.output_uri, BEST))
+
+
+def _job_summary(job, history, setup_seconds, group_start_seconds, job_start) -> dict:
+    """Where one backbone's time went (the fixed cost outside steady-state training)."""
+    best = max(history, key=lambda h: h["val_macro_f1"])
+    steady = history[1:] or history
+    steady_rate = sum(h["train_images_per_s"] for h in steady) / len(steady)
+    images = sum(h["steps"] for h in history) * config_from_dict(job.config).train.batch_size
+    seconds = time.perf_counter() - job_start + setup_seconds + group_start_seconds
+    return {
+        "backbone": job.backbone,
+        "best_val_macro_f1": best["val_macro_f1"],
+        "best_epoch": int(best["epoch"]),
+        "epochs": int(history[-1]["epoch"]),
+        "train_images_per_s": history[-1]["train_images_per_s"],
+        "data_wait_fraction": history[-1]["data_wait_fraction"],
+        "resumed": bool(history[-1]["restored_epoch"]),
+        "seconds": seconds,
+        "time": {
+            "group_start": group_start_seconds,
+            "setup": setup_seconds,
+            "first_batch_wait": history[0]["data_wait_seconds"],
+            "validation": sum(h["val_seconds"] for h in history),
+            "checkpoint": sum(h.get("checkpoint_seconds", 0.0) for h in history),
+            "steady_images_per_s": steady_rate,
+            "images": images,
+            "fixed": seconds - images / steady_rate,
+        },
+    }
 
 
 # --- driver side ------------------------------------------------------------------------------
@@ -263,7 +454,11 @@ class BackboneResult:
     checkpoint: str
     """Folder of the checkpoint with the best val macro-F1."""
     run_path: str
+    """``<run>/<backbone>``: ``history.json``, ``result.json``, ``best/``."""
     resumed: bool
+    time: dict[str, float] = field(default_factory=dict)
+    """Where the time went: group start, set-up, first-batch wait, validation, checkpoints,
+    steady-state images/s and the fixed cost outside steady-state training."""
 
     def line(self) -> str:
         return (
@@ -317,9 +512,37 @@ def steps_per_epoch(cfg: Config, manifest: Manifest) -> int:
     return steps
 
 
-def train_backbone(
-    cfg: Config,
-    backbone: str,
+def _job(cfg: Config, backbone: str, manifest: Manifest, run_uri: str, tensorboard_uri: str) -> Job:
+    return Job(
+        backbone=backbone,
+        config=config_to_dict(cfg),
+        steps_per_epoch=steps_per_epoch(cfg, manifest),
+        output_uri=join(run_uri, backbone),
+        tensorboard_uri=tensorboard_uri,
+    )
+
+
+def _check_same_scaling(configs: dict[str, Config]) -> Config:
+    """One worker group trains every backbone: their scaling and data fields must agree."""
+    first_name, first = next(iter(configs.items()))
+    fields = ("num_workers", "cpus_per_worker", "gpus_per_worker", "autoscale", "max_failures")
+    for name, cfg in configs.items():
+        for f in fields:
+            if getattr(cfg.train, f) != getattr(first.train, f):
+                raise ValueError(
+                    f"config field 'train.{f}' differs between {first_name} and {name}: one "
+                    "worker group trains every backbone"
+                )
+        if cfg.model.image_size != first.model.image_size or cfg.augment != first.augment:
+            raise ValueError(
+                f"config fields 'model.image_size' / 'augment' differ between {first_name} and "
+                f"{name}: the backbones of one run share the data pipeline"
+            )
+    return first
+
+
+def train_backbones(
+    configs: dict[str, Config],
     shards_uri: str,
     manifest: Manifest,
     *,
@@ -327,30 +550,55 @@ def train_backbone(
     storage_path: str | None = None,
     tensorboard_uri: str | None = None,
     callbacks: list | None = None,
-) -> BackboneResult:
-    """Train one backbone with Ray Train and return where its best checkpoint is.
+    echo=None,
+) -> tuple[list[BackboneResult], dict[str, str]]:
+    """Train every backbone of ``configs`` (backbone -> its config), in order, in **one** Ray
+    Train run: one worker group, one Ray Data pipeline, so Ray's start-up is paid once.
 
-    By default the run is ``<run dir>/train/<backbone>-<time>``; a Tune trial passes its own
-    ``name`` (stable across a restore, so the run resumes from its checkpoint), ``storage_path``,
-    ``tensorboard_uri`` and ``callbacks`` (``TuneReportCallback``)."""
+    The run is ``<run dir>/train/<name>`` (default ``run-<time>``); each backbone's best
+    checkpoint is ``<run>/<backbone>/best``. A Tune trial passes its own ``name`` (stable across
+    a restore, so the run resumes from its checkpoint), ``storage_path``, ``tensorboard_uri``
+    and ``callbacks`` (``TuneReportCallback``). ``echo`` gets one line per epoch.
+
+    Returns the trained backbones and the failed ones (backbone -> error): a backbone that
+    raises is recorded, and the group restarts to train the others (``train.max_failures``)."""
     from ray.train.torch import TorchTrainer
 
+    cfg = _check_same_scaling(configs)
     tc = cfg.train
-    model = build_model(backbone, len(manifest.classes), cfg.model.image_size)
-    mean, std = normalisation(model)
-    params = count_parameters(model)
-    del model
+    params, mean, std = {}, None, None
+    for backbone in configs:
+        model = build_model(backbone, len(manifest.classes), cfg.model.image_size)
+        params[backbone] = count_parameters(model)
+        mean, std = normalisation(model)
+        del model
+    # uint8 out of Ray Data, normalised per backbone on the worker: mean/std do not matter here
     specs = transform_specs(cfg.model.image_size, cfg.augment, mean, std)
-    datasets = train_val_datasets(shards_uri, manifest, *specs)
+    # one pass of the train split per epoch of every backbone, streamed as one
+    passes = sum(c.train.epochs for c in configs.values())
+    datasets = train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=tc.seed)
     run_dir = _absolute(cfg.run_dir)
-    name = name or f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    storage_path = storage_path or join(run_dir, "train")
+    run_uri = join(storage_path, name)
+    jobs = [
+        _job(
+            bcfg,
+            backbone,
+            manifest,
+            run_uri,
+            tensorboard_uri or join(run_dir, f"tensorboard/{name}/{backbone}"),
+        )
+        for backbone, bcfg in configs.items()
+    ]
     loop_config = {
-        "config": config_to_dict(cfg),
-        "backbone": backbone,
+        "jobs": [asdict(j) for j in jobs],
         "class_names": list(manifest.classes),
         "train_counts": [manifest.counts["train"][c] for c in manifest.classes],
-        "steps_per_epoch": steps_per_epoch(cfg, manifest),
-        "tensorboard_uri": tensorboard_uri or join(run_dir, f"tensorboard/{name}"),
+        "torch_threads": tc.torch_threads,
+        "cache_val": small_eval_split(manifest, "val", cfg.model.image_size),
+        "eval_batch_size": tc.eval_batch_size,
+        "fit_started": time.time(),
     }
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
@@ -363,38 +611,105 @@ def train_backbone(
         ),
         run_config=ray.train.RunConfig(
             name=name,
-            storage_path=storage_path or join(run_dir, "train"),
+            storage_path=storage_path,
             callbacks=callbacks,
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=tc.checkpoints_to_keep,
-                checkpoint_score_attribute=SELECT_METRIC,
-                checkpoint_score_order="max",
-            ),
+            # the latest checkpoints, for resume; each backbone's best is its own best/ folder
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.checkpoints_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    start = time.perf_counter()
-    result = trainer.fit()
-    seconds = time.perf_counter() - start
-    if result.error:
+    watcher = _ProgressWatcher(jobs, echo) if echo else None
+    try:
+        result = trainer.fit()
+    finally:
+        if watcher:
+            watcher.stop()
+    failures = {job.backbone: _error(job) for job in jobs if _error(job)}
+    if result.error and not failures:
         raise result.error
-    best_ckpt, best = max(result.best_checkpoints, key=lambda cm: cm[1][SELECT_METRIC])
-    last = result.metrics
+    results = [
+        _backbone_result(job, params[job.backbone])
+        for job in jobs
+        if job.backbone not in failures and exists(join(job.output_uri, RESULT_JSON))
+    ]
+    for job in jobs:  # the run stopped (too many failures) before reaching these
+        if job.backbone not in failures and job.backbone not in {r.backbone for r in results}:
+            failures[job.backbone] = f"not trained: {result.error!r}"
+    return results, failures
+
+
+def _backbone_result(job: Job, params: int) -> BackboneResult:
+    summary = json.loads(read_bytes(join(job.output_uri, RESULT_JSON)))
     return BackboneResult(
-        backbone=backbone,
+        backbone=job.backbone,
         params=params,
-        best_val_macro_f1=best[SELECT_METRIC],
-        best_epoch=int(best["epoch"]),
-        epochs=int(last["epoch"]),
-        train_images_per_s=float(last["train_images_per_s"]),
-        data_wait_fraction=float(last["data_wait_fraction"]),
-        seconds=seconds,
-        checkpoint=best_ckpt.path,
-        run_path=result.path,
-        resumed=bool(last["restored_epoch"]),
+        best_val_macro_f1=summary["best_val_macro_f1"],
+        best_epoch=summary["best_epoch"],
+        epochs=summary["epochs"],
+        train_images_per_s=summary["train_images_per_s"],
+        data_wait_fraction=summary["data_wait_fraction"],
+        seconds=summary["seconds"],
+        checkpoint=join(job.output_uri, BEST),
+        run_path=job.output_uri,
+        resumed=summary["resumed"],
+        time=summary["time"],
     )
+
+
+class _ProgressWatcher:
+    """One ``[train]`` line per epoch on the driver, read from the backbones' ``history.json``
+    (rank 0 writes them; the driver only waits in ``fit()``)."""
+
+    def __init__(self, jobs: list[Job], echo, interval: float = 2.0):
+        import threading
+
+        self._jobs, self._echo, self._interval = jobs, echo, interval
+        self._seen: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        for job in self._jobs:
+            uri = join(job.output_uri, ckpt.HISTORY_JSON)
+            try:
+                history = json.loads(read_bytes(uri))
+            except (OSError, ValueError):  # not written yet, or being written
+                continue
+            epochs = config_from_dict(job.config).train.epochs
+            for h in history[self._seen.get(job.backbone, 0) :]:
+                self._echo(
+                    f"[train] {job.backbone:<22} epoch {h['epoch']}/{epochs}  train loss "
+                    f"{h['train_loss']:.3f}  val macro-F1 {h['val_macro_f1']:.3f}  "
+                    f"{h['train_images_per_s']:5.0f} img/s"
+                )
+            self._seen[job.backbone] = len(history)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._poll()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._poll()
+
+
+def train_backbone(
+    cfg: Config,
+    backbone: str,
+    shards_uri: str,
+    manifest: Manifest,
+    **kwargs,
+) -> BackboneResult:
+    """One backbone in its own Ray Train run (a Tune trial, a benchmark); ``train_backbones``
+    takes the same keyword arguments."""
+    results, failures = train_backbones({backbone: cfg}, shards_uri, manifest, **kwargs)
+    if failures:
+        raise RuntimeError(f"training {backbone} failed: {failures[backbone]}")
+    return results[0]
 
 
 def train_all(
@@ -404,24 +719,27 @@ def train_all(
     echo=print,
     per_backbone: dict[str, Config] | None = None,
 ) -> list[BackboneResult]:
-    """Train every backbone of ``cfg.model.backbones`` in turn; write ``train/summary.json``.
+    """Train every backbone of ``cfg.model.backbones`` in one worker group; write
+    ``train/summary.json`` (with where each backbone's time went).
 
-    ``per_backbone`` maps a backbone to its own config (a per-backbone search's best)."""
+    ``per_backbone`` maps a backbone to its own config (``tune.tuned_configs``); the others
+    train with ``cfg.for_backbone`` (the profile's recipe per backbone)."""
     check_resources(cfg)
     steps_per_epoch(cfg, manifest)
-    results, failures = [], {}
-    for backbone in cfg.model.backbones:
-        bcfg = (per_backbone or {}).get(backbone, cfg)
-        echo(f"[train] {backbone}: {bcfg.train.epochs} epochs, {bcfg.train.num_workers} workers")
-        try:
-            result = train_backbone(bcfg, backbone, shards_uri, manifest)
-        except Exception as e:  # keep training the others; report every failure at the end
-            log.exception("training %s failed", backbone)
-            failures[backbone] = f"{type(e).__name__}: {e}"
-            echo(f"[train] {backbone} FAILED: {failures[backbone]}")
-            continue
-        results.append(result)
+    configs = {b: (per_backbone or {}).get(b) or cfg.for_backbone(b) for b in cfg.model.backbones}
+    plan = ", ".join(
+        f"{b} ({c.train.epochs} epochs, lr {c.train.lr:g})" for b, c in configs.items()
+    )
+    echo(f"[train] one worker group of {cfg.train.num_workers} worker(s): {plan}")
+    try:
+        results, failures = train_backbones(configs, shards_uri, manifest, echo=echo)
+    except Exception as e:  # written to the summary, then raised
+        log.exception("training failed")
+        results, failures = [], {"run": f"{type(e).__name__}: {e}"}
+    for result in results:
         echo("[train] " + result.line())
+    for backbone, error in failures.items():
+        echo(f"[train] {backbone} FAILED: {error}")
     summary = {"results": [asdict(r) for r in results], "failures": failures}
     fs, path = resolve(join(cfg.run_dir, "train"))
     fs.create_dir(path, recursive=True)

@@ -175,9 +175,10 @@ def _trial(config: dict[str, Any], *, context: dict[str, Any]) -> None:
 
     from logo_train.train import train_backbone
 
-    cfg = apply_params(config_from_dict(context["config"]), config, context["epochs"])
-    trial_id = ray.tune.get_context().get_trial_id()
     backbone = context["backbone"]
+    base = config_from_dict(context["config"]).for_backbone(backbone)
+    cfg = apply_params(base, config, context["epochs"])
+    trial_id = ray.tune.get_context().get_trial_id()
     train_backbone(
         cfg,
         backbone,
@@ -518,6 +519,8 @@ def tuned_configs(cfg: Config, searches: dict[str, SearchResult]) -> dict[str, C
     """backbone -> the config to train it with, from ``tune_all``'s searches."""
     if cfg.tune.scope == "shared":
         (result,) = searches.values()
-        shared = apply_params(cfg, result.best_params)
-        return {b: shared for b in cfg.model.backbones}
-    return {b: apply_params(cfg, searches[b].best_params) for b in cfg.model.backbones}
+        best = {b: result.best_params for b in cfg.model.backbones}
+    else:
+        best = {b: searches[b].best_params for b in cfg.model.backbones}
+    # the profile's recipe per backbone first, the tuned parameters on top
+    return {b: apply_params(cfg.for_backbone(b), best[b]) for b in cfg.model.backbones}

@@ -52,3 +52,33 @@ def test_map_batches_function_decodes_bytes(tmp_path):
     )
     assert out["image"].shape == (1, 3, 48, 48)
     assert out["label"].dtype == np.int64 and out["label"][0] == 3
+
+
+def test_uint8_pipeline_then_normalise_equals_the_eval_path():
+    """Ray Data ships uint8; a worker normalises on its device (torch). Both must give the
+    float tensors the audit, benchmark and prediction paths compute (numpy)."""
+    import torch
+
+    from logo_train.data.augment import normalise, to_uint8_batch
+
+    imgs = images()
+    raw = to_uint8_batch(imgs, SPEC, train=False)
+    assert raw.dtype == np.uint8 and raw.shape == (4, 3, 48, 48)
+    on_worker = normalise(torch.from_numpy(raw), SPEC.mean, SPEC.std)
+    assert on_worker.dtype == torch.float32
+    np.testing.assert_allclose(on_worker.numpy(), to_tensor_batch(imgs, SPEC, False), atol=1e-6)
+    out = transform_batch(
+        {"image": np.array([_png(i) for i in imgs], dtype=object), "label": np.arange(4)},
+        SPEC,
+        train=False,
+    )
+    assert out["image"].dtype == np.uint8
+    np.testing.assert_array_equal(out["image"], raw)
+
+
+def _png(image):
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()

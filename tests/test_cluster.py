@@ -71,6 +71,8 @@ def _tiny(tmp_path: Path) -> list[str]:
         "--set", "data.synth.difficulty=0", "--set", "data.workers=1",
         "--set", "model.image_size=32", "--set", "model.backbones=[resnet10t]",
         "--set", "augment.strength=0", "--set", "train.batch_size=32",
+        "--set", "train.num_workers=2", "--set", "train.cpus_per_worker=0.5",
+        "--set", "train.torch_threads=1", "--set", "train.per_backbone={}",
     ]  # fmt: skip
 
 
@@ -258,7 +260,7 @@ def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
         assert killed, "the job ended before a node could be killed"
         assert "[train] resnet10t" in logs and "[audit] resnet10t" in logs
         assert (tmp_path / "quick/audit/resnet10t/suspected_labels.parquet").is_file()
-        (run_path,) = tmp_path.glob("quick/train/resnet10t-*")
+        (run_path,) = tmp_path.glob("quick/train/run-*/resnet10t")
         history = run_history(run_path)
         assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
         assert history[-1]["restored_epoch"] >= 1, "training did not resume from a checkpoint"

@@ -30,7 +30,7 @@ def test_profiles_set_every_field_explicitly():
     def keys(tree, prefix=""):
         out = set()
         for k, v in tree.items():
-            if isinstance(v, dict) and v and k not in ("pretrained_files", "space"):
+            if isinstance(v, dict) and v and k not in ("pretrained_files", "space", "per_backbone"):
                 out |= keys(v, f"{prefix}{k}.")
             else:
                 out.add(prefix + k)
@@ -97,3 +97,25 @@ def test_dump_is_loadable(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(cfg))
     assert load_config(path) == cfg
+
+
+def test_recipe_per_backbone_applies_and_names_bad_fields():
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        ["train.per_backbone={swin_nano: {lr: 0.0005, epochs: 9}}", "train.epochs=4"],
+    )
+    swin = cfg.for_backbone("swin_nano")
+    assert swin.train.lr == 0.0005 and swin.train.epochs == 9
+    assert isinstance(swin.train.epochs, int)
+    assert cfg.for_backbone("resnet10t").train.epochs == 4  # no recipe: the profile's
+    with pytest.raises(ValueError, match=r"train\.per_backbone\.swin_nano\.num_workers"):
+        load_config(
+            ROOT / "configs/quick.yaml", ["train.per_backbone={swin_nano: {num_workers: 4}}"]
+        )
+    with pytest.raises(ValueError, match=r"train\.per_backbone\.nosuchnet"):
+        load_config(ROOT / "configs/quick.yaml", ["train.per_backbone={nosuchnet: {lr: 0.1}}"])
+    bad = load_config(ROOT / "configs/quick.yaml", ["train.per_backbone={swin_nano: {lr: -1}}"])
+    with pytest.raises(ValueError, match=r"train\.per_backbone\.swin_nano: .*train\.lr"):
+        bad.for_backbone("swin_nano")
+    with pytest.raises(ValueError, match=r"train\.torch_threads"):
+        load_config(ROOT / "configs/quick.yaml", ["train.torch_threads=-1"])

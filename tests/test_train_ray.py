@@ -50,6 +50,10 @@ def tiny_config(tmp_path, *overrides):
             "augment.strength=0",
             "train.batch_size=32",
             "train.lr=0.003",
+            "train.num_workers=2",  # DDP (gloo), 2 x 0.5 CPU leaves a core to Ray Data
+            "train.cpus_per_worker=0.5",
+            "train.torch_threads=1",
+            "train.per_backbone={}",
             *overrides,
         ],
     )
@@ -202,6 +206,6 @@ def test_eval_split_from_the_driver_equals_the_ray_data_one(local_ray, tiny_data
     big_images, big_labels = rows(pipeline.eval_dataset(uri, "val", spec, manifest))
     assert len(small_labels) == manifest.split_rows("val") == len(big_labels)
     assert small_images.shape == (len(small_labels), 3, 32, 32)
-    assert small_images.dtype == np.float32 and small_labels.dtype == np.int64
+    assert small_images.dtype == np.uint8 and small_labels.dtype == np.int64
     assert (small_labels == big_labels).all()
     assert np.allclose(small_images, big_images)

@@ -44,7 +44,8 @@ def test_search_space_and_params_follow_the_config():
     )
     assert tuned.train.penalty_weight == 0.3 and tuned.train.lr == 0.001
     assert tuned.train.trust_warmup_epochs == 1 and isinstance(tuned.train.trust_warmup_epochs, int)
-    assert tuned.train.epochs == 2 and cfg.train.epochs == 3
+    quick_epochs = yaml.safe_load((ROOT / "configs/quick.yaml").read_text())["train"]["epochs"]
+    assert tuned.train.epochs == 2 and cfg.train.epochs == quick_epochs
 
 
 @pytest.mark.parametrize(
@@ -262,7 +263,12 @@ def test_tuned_configs_share_the_proxy_result_or_keep_each_backbones_own(tmp_pat
     configs = tuned_configs(shared, {"resnet10t": result("resnet10t", 0.3)})
     assert set(configs) == set(shared.model.backbones)
     assert {c.train.penalty_weight for c in configs.values()} == {0.3}
-    assert all(c.train.epochs == shared.train.epochs for c in configs.values())
+    # the profile's recipe per backbone, with the tuned parameter on top
+    for backbone, c in configs.items():
+        recipe = shared.train.per_backbone.get(backbone, {})
+        assert c.train.epochs == recipe.get("epochs", shared.train.epochs)
+        assert c.train.lr == recipe.get("lr", shared.train.lr)
+    assert configs["swin_nano"].train.lr != shared.train.lr
 
     per = load_config(
         ROOT / "configs/quick.yaml",

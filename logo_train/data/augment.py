@@ -1,14 +1,22 @@
-"""Train and eval transforms (albumentations), built from one ``TransformSpec``.
+"""Train and eval transforms (albumentations), built from one ``TransformSpec``, and the one
+normalisation every path uses.
 
 Train, eval and inference share the final resize to ``image_size`` and the normalisation from
 the model's own timm data config, so they cannot drift apart (the reference project trained at
-256 px and evaluated at 224). No flips: a mirrored badge is not the brand's badge (wordmarks,
-Ford's script, Kia's letters), so a flip would teach the model logos that do not exist.
+256 px and evaluated at 224). The transforms end in uint8 images (``to_uint8_batch``); the
+normalisation is a separate step (``normalise``), so the Ray Data pipeline ships uint8 (a
+quarter of float32's bytes) and each training worker normalises on its device with its
+backbone's own mean/std, as timm's prefetch loader does. ``to_tensor_batch`` chains the two for
+evaluation, the audit and the benchmark.
+
+No flips: a mirrored badge is not the brand's badge (wordmarks, Ford's script, Kia's
+letters), so a flip would teach the model logos that do not exist.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -42,10 +50,6 @@ def transform_specs(
         **common, strength=augment.strength, min_crop_scale=augment.min_crop_scale
     )
     return train, TransformSpec(**common)
-
-
-def _normalise(spec: TransformSpec) -> A.Normalize:
-    return A.Normalize(mean=spec.mean, std=spec.std, max_pixel_value=255.0)
 
 
 @lru_cache(maxsize=8)
@@ -85,20 +89,14 @@ def train_transform(spec: TransformSpec) -> A.Compose:
                 hole_width_range=(0.1, 0.25),
                 p=0.3 * m,
             ),
-            _normalise(spec),
         ]
     )
 
 
 @lru_cache(maxsize=8)
 def eval_transform(spec: TransformSpec) -> A.Compose:
-    """Resize to ``image_size`` (square, as the train crop) and normalise: eval and inference."""
-    return A.Compose(
-        [
-            A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_LINEAR),
-            _normalise(spec),
-        ]
-    )
+    """Resize to ``image_size`` (square, as the train crop): eval and inference."""
+    return A.Compose([A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_LINEAR)])
 
 
 def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
@@ -111,8 +109,27 @@ def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
     return out
 
 
-def to_tensor_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:
-    """RGB uint8 HWC images -> float32 NCHW, transformed."""
+def to_uint8_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:
+    """RGB uint8 HWC images -> uint8 NCHW, transformed (not yet normalised)."""
     tf = train_transform(spec) if train else eval_transform(spec)
     batch = np.stack([tf(image=img)["image"] for img in images])
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def normalise(x, mean: Sequence[float], std: Sequence[float]):
+    """uint8 NCHW -> float32 ``(x / 255 - mean) / std``; a numpy array or a torch tensor (on any
+    device) in, the same kind out. The only normalisation in the project."""
+    if isinstance(x, np.ndarray):
+        m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+        s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+        return np.ascontiguousarray((x.astype(np.float32) / 255.0 - m) / s)
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - m) / s
+
+
+def to_tensor_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:
+    """RGB uint8 HWC images -> float32 NCHW, transformed and normalised."""
+    return normalise(to_uint8_batch(images, spec, train), spec.mean, spec.std)
