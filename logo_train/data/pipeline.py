@@ -40,8 +40,17 @@ def configure_data_context(progress_bars: bool = False) -> None:
     ctx.enable_progress_bars = progress_bars
 
 
+def one_opencv_thread() -> None:
+    """OpenCV's own thread pool per call oversubscribes a small machine: Ray Data's map tasks
+    run beside the training threads. One thread per task; parallelism comes from tasks."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def transform_batch(batch: dict[str, np.ndarray], spec: TransformSpec, train: bool) -> dict:
     """One ``map_batches`` call: encoded bytes -> transformed uint8 NCHW + int64 labels."""
+    one_opencv_thread()
     images = to_uint8_batch(decode_batch(batch["image"]), spec, train)
     return {"image": images, "label": batch["label"].astype(np.int64)}
 
