@@ -199,8 +199,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with resume_from.as_directory() as directory:
             resume_state = ckpt.load_state(directory)
         finished = list(resume_state["finished"])
-    # a backbone that raised is skipped when Ray restarts the group (its error is on record)
-    todo = [j for j in jobs if j.backbone not in finished and _error(j) is None]
+    todo = [j for j in jobs if j.backbone not in finished]
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     if loop_config["cache_val"]:  # a small split: fetched once, not once per epoch
@@ -224,8 +223,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 class_names=class_names,
             )
         except Exception as e:
-            # on record, then Ray restarts the group (FailureConfig) with a clean data stream
-            # and the other backbones train; the driver reports this one as failed
+            # on record, then Ray restarts the group from the last checkpoint (FailureConfig):
+            # a worker that died mid-epoch costs a retry; an error that repeats stops the run
+            # after train.max_failures, keeping the backbones trained before it
             if rank == 0:
                 _write_json(
                     join(job.output_uri, RESULT_JSON),
@@ -236,7 +236,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _error(job: Job) -> str | None:
-    """The error a backbone's training raised in an earlier attempt of this run, if any."""
+    """The error a backbone's training last raised in this run, if it did not finish since."""
     uri = join(job.output_uri, RESULT_JSON)
     return json.loads(read_bytes(uri)).get("error") if exists(uri) else None
 
@@ -560,8 +560,9 @@ def train_backbones(
     a restore, so the run resumes from its checkpoint), ``storage_path``, ``tensorboard_uri``
     and ``callbacks`` (``TuneReportCallback``). ``echo`` gets one line per epoch.
 
-    Returns the trained backbones and the failed ones (backbone -> error): a backbone that
-    raises is recorded, and the group restarts to train the others (``train.max_failures``)."""
+    Returns the trained backbones and the failed or untrained ones (backbone -> error): a
+    backbone that raises is recorded and retried from the last checkpoint up to
+    ``train.max_failures`` times; the backbones trained before it are kept."""
     from ray.train.torch import TorchTrainer
 
     cfg = _check_same_scaling(configs)
@@ -626,18 +627,13 @@ def train_backbones(
     finally:
         if watcher:
             watcher.stop()
-    failures = {job.backbone: _error(job) for job in jobs if _error(job)}
-    if result.error and not failures:
+    done = [j for j in jobs if exists(join(j.output_uri, RESULT_JSON)) and _error(j) is None]
+    if result.error and not done:
         raise result.error
-    results = [
-        _backbone_result(job, params[job.backbone])
-        for job in jobs
-        if job.backbone not in failures and exists(join(job.output_uri, RESULT_JSON))
-    ]
-    for job in jobs:  # the run stopped (too many failures) before reaching these
-        if job.backbone not in failures and job.backbone not in {r.backbone for r in results}:
-            failures[job.backbone] = f"not trained: {result.error!r}"
-    return results, failures
+    failures = {
+        j.backbone: _error(j) or f"not trained: {result.error!r}" for j in jobs if j not in done
+    }
+    return [_backbone_result(j, params[j.backbone]) for j in done], failures
 
 
 def _backbone_result(job: Job, params: int) -> BackboneResult:
