@@ -233,10 +233,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
             raise
         finished.append(job.backbone)
-    # run the stream to its end (a few leftover batches: steps are whole per epoch) so Ray
-    # Data's execution finishes and frees its tasks and objects, instead of idling half-done
-    for _ in batches or ():
-        pass
 
 
 def _error(job: Job) -> str | None:

@@ -272,7 +272,7 @@ def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
         if _worker_nodes(head) != 0:
             # Seen since training streams every epoch of a run in one Ray Data execution
             # (issue 12): one fake worker node stayed up 180 s after the job, also when the
-            # stream is drained at the end. Everything above (scale-up, kill, resume) passes.
+            # stream was drained at the end. Everything above (scale-up, kill, resume) passes.
             # Not yet understood; docs/benchmarks.md, "Quick profile that learns".
             pytest.xfail(f"{_worker_nodes(head)} idle worker node(s) not removed after the job")
     finally:
