@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from timm.optim import create_optimizer_v2
 from torch import nn
 
 from logo_train.config import Config
@@ -22,8 +23,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[cfg.train.optimizer]
-    return cls(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    """timm's optimizer factory: no weight decay on norms and biases; ``sgd`` is SGD with
+    Nesterov momentum 0.9."""
+    return create_optimizer_v2(
+        model, cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    )
 
 
 def evaluate(model: nn.Module, batches, device: torch.device, num_classes: int) -> dict[str, float]:
