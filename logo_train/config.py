@@ -252,6 +252,11 @@ class TrainConfig:
     """channels_last (NHWC) memory format, on GPU and CPU."""
     shuffle_buffer: int = 512
     """Rows in each worker's local shuffle buffer (file order is shuffled too)."""
+    shared_passes: bool = False
+    """Render the augmented passes of the train split once, before training, into Ray's object
+    store, and let every backbone of the run train on them (epoch e on pass e): max(epochs)
+    passes instead of one per epoch of every backbone, and no rendering beside the training.
+    Needs passes x train images x 3 x image_size^2 bytes of object store (quick: ~0.4 GB)."""
     checkpoints_to_keep: int = 2
     """Latest Ray checkpoints kept for resume (each backbone's best is kept apart)."""
     max_failures: int = 2

@@ -90,10 +90,13 @@ class _Prefetch:
 
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self._closed = False
 
         def pump() -> None:
             try:
                 for item in iterable:
+                    if self._closed:
+                        break
                     self._queue.put(item)
             except BaseException as e:  # re-raised in the training thread
                 self._error = e
@@ -102,6 +105,17 @@ class _Prefetch:
 
         self._thread = threading.Thread(target=pump, daemon=True)
         self._thread.start()
+
+    def close(self) -> None:
+        """Stop pulling: the rest of the stream is not needed (the next backbone starts its
+        own over shared passes)."""
+        import contextlib
+        import queue
+
+        self._closed = True
+        while self._thread.is_alive():
+            with contextlib.suppress(queue.Empty):  # the pump may still be fetching
+                self._queue.get(timeout=0.1)
 
     def __iter__(self):
         return self
@@ -210,6 +224,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     group_start = loop_start - loop_config["fit_started"]
     for index, job in enumerate(todo):
         resume = resume_state if resume_state and resume_state["backbone"] == job.backbone else None
+        if loop_config["shared_passes"] and batches is not None:
+            batches.close()  # every backbone reads the shared passes from the first
+            batches = None
         try:
             batches = _train_job(
                 job,
@@ -575,9 +592,13 @@ def train_backbones(
         del model
     # uint8 out of Ray Data, normalised per backbone on the worker: mean/std do not matter here
     specs = transform_specs(cfg.model.image_size, cfg.augment, mean, std)
-    # one pass of the train split per epoch of every backbone, streamed as one
-    passes = sum(c.train.epochs for c in configs.values())
+    # one pass of the train split per epoch of every backbone, streamed as one; or, with
+    # train.shared_passes, max(epochs) passes rendered now and read by every backbone
+    epochs = [c.train.epochs for c in configs.values()]
+    passes = max(epochs) if tc.shared_passes else sum(epochs)
     datasets = train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=tc.seed)
+    if tc.shared_passes:
+        datasets["train"] = _render_passes(datasets["train"], passes, manifest, echo)
     run_dir = _absolute(cfg.run_dir)
     name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = storage_path or join(run_dir, "train")
@@ -600,6 +621,7 @@ def train_backbones(
         "cache_val": small_eval_split(manifest, "val", cfg.model.image_size),
         "eval_batch_size": tc.eval_batch_size,
         "fit_started": time.time(),
+        "shared_passes": tc.shared_passes,
     }
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:
@@ -634,6 +656,21 @@ def train_backbones(
         j.backbone: _error(j) or f"not trained: {result.error!r}" for j in jobs if j not in done
     }
     return [_backbone_result(j, params[j.backbone]) for j in done], failures
+
+
+def _render_passes(dataset, passes: int, manifest: Manifest, echo) -> Any:
+    """``train.shared_passes``: every augmented pass rendered now, with the whole machine, into
+    Ray's object store (``materialize``); the backbones then read them without rendering."""
+    start = time.perf_counter()
+    dataset = dataset.materialize()
+    if echo:
+        rows = passes * manifest.split_rows("train")
+        echo(
+            f"[train] {passes} augmented passes of the train split rendered once for every "
+            f"backbone: {rows} images, {dataset.size_bytes() / 2**20:.0f} MiB in Ray's object "
+            f"store, {time.perf_counter() - start:.0f} s"
+        )
+    return dataset
 
 
 def _backbone_result(job: Job, params: int) -> BackboneResult:

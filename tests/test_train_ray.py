@@ -139,6 +139,13 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
         assert (report / name).is_file(), name
     assert len(list(report.glob("*.png"))) >= 6  # 5 plots + the suspected-label sheet
     assert f"report folder: {report}" in out
+    # the best backbone, chosen on validation, exported for `logo-train predict`
+    chosen = max(results, key=lambda r: r.best_val_macro_f1)
+    model = json.loads((report / "model/model.json").read_text())
+    assert model["backbone"] == chosen.backbone and (report / "model/model.onnx").is_file()
+    entry = next(e for e in data["backbones"] if e["backbone"] == chosen.backbone)
+    assert model["metrics"]["macro_f1"] == entry["metrics"]["macro_f1"]
+    assert f"best: {chosen.backbone} (chosen on val macro-F1" in out
 
 
 def _history(result):
@@ -162,7 +169,14 @@ def _registered_checkpoints(runs: Path) -> list:
 
 def test_killed_worker_resumes_from_last_checkpoint(local_ray, tiny_data):
     tmp, uri, manifest = tiny_data
-    cfg = tiny_config(tmp, "name=resume", "train.epochs=10", "model.backbones=[mobilenetv2_050]")
+    # the streamed path (the full profile's); the family test above reads shared passes
+    cfg = tiny_config(
+        tmp,
+        "name=resume",
+        "train.epochs=10",
+        "model.backbones=[mobilenetv2_050]",
+        "train.shared_passes=false",
+    )
     outcome = {}
     thread = threading.Thread(
         target=lambda: outcome.update(result=train_backbone(cfg, "mobilenetv2_050", uri, manifest))
