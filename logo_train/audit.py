@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from logo_train.checkpoint import load_trust_model
-from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.data.badge import decode_image
 from logo_train.data.shards import join, read_manifest, read_split, write_bytes
 from logo_train.models import TrustModel
@@ -132,8 +132,7 @@ def score_split(
 
     def batches():
         for start in range(0, len(images), batch_size):
-            chunk = decode_batch(images[start : start + batch_size])
-            x = torch.from_numpy(to_tensor_batch(chunk, spec, train=False))
+            x = torch.from_numpy(eval_inputs(images[start : start + batch_size], spec))
             yield x, torch.from_numpy(labels[start : start + batch_size])
 
     return score_batches(model, batches(), device), table

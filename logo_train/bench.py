@@ -31,9 +31,14 @@ from torch import nn
 
 from logo_train import checkpoint as ckpt
 from logo_train.config import BenchmarkConfig
-from logo_train.data.augment import TransformSpec, decode_batch, to_tensor_batch
+from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.data.shards import read_manifest, read_split
-from logo_train.metrics import classification_metrics, confusion, per_class_metrics
+from logo_train.metrics import (
+    absent_classes,
+    classification_metrics,
+    confusion,
+    per_class_metrics,
+)
 from logo_train.models import count_parameters
 
 log = logging.getLogger(__name__)
@@ -51,9 +56,7 @@ def predict(
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            x = torch.from_numpy(
-                to_tensor_batch(decode_batch(images[start : start + batch]), spec, train=False)
-            )
+            x = torch.from_numpy(eval_inputs(images[start : start + batch], spec))
             out.append(model(x.to(device)).argmax(1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
@@ -66,6 +69,7 @@ def quality(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> d
         "per_class": per_class_metrics(y_true=y_true, y_pred=y_pred, class_names=class_names),
         "confusion": confusion(y_true=y_true, y_pred=y_pred, num_classes=n).tolist(),
         "samples": int(len(y_true)),
+        "absent_classes": [class_names[i] for i in absent_classes(y_true, n)],
     }
 
 
@@ -155,14 +159,16 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: str | Path, threads: int):
+def onnx_session(model: str | Path | bytes, threads: int):
+    """An ONNX Runtime CPU session for a model file (or its bytes) with ``threads`` threads."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_agreement(
@@ -273,7 +279,7 @@ def _onnx(model, image_size, table, spec, cfg: BenchmarkConfig, threads: int) ->
         export_s = time.perf_counter() - start
         session = onnx_session(path, threads)
         sample = table["image"].to_pylist()[: cfg.throughput_batch]
-        x = to_tensor_batch(decode_batch(sample), spec, train=False)
+        x = eval_inputs(sample, spec)
         check = onnx_agreement(model, session, x, cfg.onnx_tolerance)
         if not check["matches"]:
             log.warning(

@@ -6,6 +6,8 @@ logo-train tune [--config F] [--set KEY=VALUE ...] | --resume EXPERIMENT
 logo-train audit --checkpoint DIR --shards URI [--out DIR]
 logo-train benchmark RUN_DIR | --config F      (every backbone's best checkpoint, then the report)
 logo-train report RUN_DIR                      (the report again, from benchmark.json alone)
+logo-train predict --model MODEL --out FILE SOURCE...   (labels for image files / folders / shards)
+logo-train export RUN_OR_CHECKPOINT OUT [--backbone B]  (a self-contained ONNX model folder)
 logo-train data synth [--out URI] [--noise-rate R ...]
 logo-train data ingest SRC OUT [--layout splits|single ...]
 logo-train data show URI
@@ -70,7 +72,7 @@ def add_data_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data",
         metavar="SOURCE",
-        help="shorthand for --set data.source=...: an ImageFolder directory or a shards "
+        help="shorthand for --set data.source=...: a local ImageFolder directory or a shards "
         "folder/URI instead of the embedded dataset",
     )
 
@@ -156,6 +158,21 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="re-make the report from a run's benchmark.json")
     report.add_argument("run_dir", help="run folder, its report/ folder, or benchmark.json")
 
+    predict = sub.add_parser(
+        "predict",
+        help="label image files, folders or shards with a trained model (Ray Data batch inference)",
+    )
+    add_predict_args(predict)
+
+    export = sub.add_parser(
+        "export", help="write a backbone as a self-contained model folder (ONNX + model.json)"
+    )
+    export.add_argument("model", help="run folder or checkpoint folder")
+    export.add_argument("out", help="output folder")
+    export.add_argument(
+        "--backbone", help="with a run folder: this backbone (default: the best on validation)"
+    )
+
     data = sub.add_parser("data", help="make or inspect Parquet shards")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
@@ -178,6 +195,60 @@ def build_parser() -> argparse.ArgumentParser:
     show = dsub.add_parser("show", help="print the summary of a shards folder")
     show.add_argument("uri")
     return parser
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        required=True,
+        help="run folder (its best backbone), checkpoint folder, or exported model folder",
+    )
+    p.add_argument("--out", required=True, help="predictions file: .csv or .parquet")
+    p.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="image files, folders (recursive; <class>/ folders give labels to score against), "
+        "or shards folders / URIs",
+    )
+    p.add_argument("--top-k", type=int, default=3, help="classes per row (default 3)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--actors", type=int, default=1, help="model replicas (Ray actors)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--split", default="test", help="the split of shards sources (default test)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images: rejected")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def predict_from_args(args: argparse.Namespace) -> int:
+    from logo_train.predict import predict
+
+    for flag in ("top_k", "batch_size", "actors"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    predict(
+        args.model,
+        args.sources,
+        args.out,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        device=args.device,
+        split=args.split,
+        max_pixels=args.max_pixels,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from logo_train.predict import export_from
+
+    out = export_from(args.model, args.out, backbone=args.backbone)
+    print(f"exported model: {out}  (logo-train predict --model {out} ...)")
+    return 0
 
 
 def _data_overrides(args: argparse.Namespace, flags: dict, prefix: str) -> list[str]:
@@ -271,10 +342,13 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from logo_train.pipeline import benchmark_stage
 
-    cfg = config_from_args(args)
-    if args.run_dir:
-        cfg = load_config_of_run(args.run_dir, args.overrides)
-    folder = benchmark_stage(cfg)
+    if args.run_dir and args.config:
+        raise ValueError(
+            "give RUN_DIR or --config, not both: a run folder is benchmarked with its own "
+            "config.yaml (change it with --set)"
+        )
+    cfg = load_config_of_run(args.run_dir, args.overrides) if args.run_dir else None
+    folder = benchmark_stage(cfg or config_from_args(args))
     print(f"report folder: {folder}")
     return 0
 
@@ -348,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_report(args)
         if args.command == "audit":
             return _cmd_audit(args)
+        if args.command == "predict":
+            return predict_from_args(args)
+        if args.command == "export":
+            return _cmd_export(args)
         return _cmd_data(args)
     except (*USER_ERRORS, IngestError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -212,9 +213,26 @@ def _copy_suspected(cfg: Config, data: dict, folder: str) -> None:
             shutil.copyfile(src, join(folder, name))
 
 
+def export_best(folder: str) -> str:
+    """``<report>/model/``: the best backbone (chosen on validation) as a self-contained ONNX
+    model + model.json, with its test metrics; what ``logo-train predict`` takes."""
+    from logo_train.predict import export_model
+    from logo_train.report import best_entry, load
+
+    data, _ = load(folder)
+    best = best_entry(data)
+    metrics = {**best["metrics"], "split": data["split"], "samples": best["samples"]}
+    out = join(folder, "model")
+    with tempfile.TemporaryDirectory() as tmp:  # then copied: the report may be a URI
+        exported = export_model(best["checkpoint"], tmp, metrics=metrics)
+        for f in sorted(exported.iterdir()):
+            write_bytes(join(out, f.name), f.read_bytes())
+    return out
+
+
 def _print_summary(result: RunResult, folder: str) -> None:
     """The run's stage times and the benchmark table's headline columns."""
-    from logo_train.report import best_entry, load
+    from logo_train.report import best_entry, load, selected_on
 
     data, _ = load(folder)
     print("\n=== summary " + "=" * 68)
@@ -231,10 +249,12 @@ def _print_summary(result: RunResult, folder: str) -> None:
             f"{e['eager']['throughput_images_per_s']:9.0f} {e['flops'] / 1e6:8.1f}"
         )
     print(
-        f"best: {best_entry(data)['backbone']} ({data['split']} split, {len(data['classes'])} "
-        "classes)"
+        f"best: {best_entry(data)['backbone']} (chosen on {selected_on(data)} macro-F1; table: "
+        f"{data['split']} split, {len(data['classes'])} classes)"
     )
     print(f"report folder: {folder}  (benchmark.md, plots, suspected_labels.parquet)")
+    if Path(folder, "model").is_dir():
+        print(f"model: {join(folder, 'model')}  (logo-train predict --model {folder}/model ...)")
 
 
 def run(
@@ -250,8 +270,13 @@ def run(
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
     _write_config(cfg)
     timings: dict[str, float] = {}
-    with stage("data", timings):
-        uri, manifest = _data(cfg, overwrite_data, progress)
+    if "data" in stages:
+        with stage("data", timings):
+            uri, manifest = _data(cfg, overwrite_data, progress)
+    else:  # the shards the checkpoints were made on, or a refusal naming what changed
+        from logo_train.data.prepare import existing_data
+
+        uri, manifest = existing_data(cfg)
     result = RunResult(cfg.run_dir, uri, manifest, stage_seconds=timings)
     if "tune" in stages and (cfg.tune.enabled or stages == ("data", "tune")):
         with stage("tune", timings):
@@ -275,5 +300,6 @@ def run(
         result.report_dir = result.report_dir or report_dir(cfg)
         with stage("report", timings):
             write_report(result.report_dir)
+            export_best(result.report_dir)
         _print_summary(result, result.report_dir)
     return result

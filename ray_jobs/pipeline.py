@@ -4,7 +4,11 @@ path or s3:// / gs:// URI); the report to ``<output_dir>/<name>/report/``.
 
 ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml
 ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml \
-    --data s3://bucket/logos/        # an ImageFolder tree or a shards folder instead
+    --data s3://bucket/logos/shards  # a shards folder (local or a URI) instead
+
+``--data`` also takes an ImageFolder tree, but only as a local folder of the node the job's
+driver runs on (the ingest walks the local filesystem): ingest a tree once where it is on disk,
+``logo-train data ingest TREE s3://bucket/logos/shards``, then pass that URI.
 """
 
 import argparse

@@ -10,15 +10,23 @@ import sys
 from logo_train.cli import add_config_args, add_loss_arg, job_entry
 
 
-def main() -> None:
-    from logo_train.cli import _cmd_tune
-
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     add_config_args(parser)
     add_loss_arg(parser)
     parser.add_argument("--resume", metavar="EXPERIMENT", help="restore an interrupted search")
-    parser.add_argument("--no-progress", action="store_true", default=True)
-    code = _cmd_tune(parser.parse_args())
+    parser.add_argument(
+        "--progress", action="store_true", help="Ray Tune's live table (off: job logs are files)"
+    )
+    args = parser.parse_args(argv)
+    args.no_progress = not args.progress
+    return args
+
+
+def main() -> None:
+    from logo_train.cli import _cmd_tune
+
+    code = _cmd_tune(parse())
     if code:
         sys.exit(code)
 

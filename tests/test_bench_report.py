@@ -27,7 +27,16 @@ from logo_train.config import BenchmarkConfig
 from logo_train.data import synth
 from logo_train.data.augment import TransformSpec
 from logo_train.models import build_model, normalisation
-from logo_train.report import BENCHMARK_MD, BENCHMARK_PARQUET, COLUMNS, PLOTS, markdown, rows
+from logo_train.report import (
+    BENCHMARK_MD,
+    BENCHMARK_PARQUET,
+    COLUMNS,
+    PLOTS,
+    best_entry,
+    markdown,
+    rows,
+    selected_on,
+)
 
 
 class ByBrightness(torch.nn.Module):
@@ -193,6 +202,19 @@ def test_report_is_made_from_the_json_alone_and_matches_it(benchmark_data, capsy
     best = max(data["backbones"], key=lambda e: e["metrics"]["macro_f1"])
     assert f"**Best backbone: {best['backbone']}**" in text
     assert "report folder" in capsys.readouterr().out
+
+
+def test_the_best_backbone_is_chosen_on_validation_not_test(benchmark_data):
+    data, _, _ = benchmark_data
+    by_test = sorted(data["backbones"], key=lambda e: e["metrics"]["macro_f1"])
+    on_val = json.loads(json.dumps(data))
+    for e in on_val["backbones"]:  # validation ranks the test split's worst first
+        worst = e["backbone"] == by_test[0]["backbone"]
+        e["train"] = {"best_val_macro_f1": 0.9 if worst else 0.1}
+    assert selected_on(on_val) == "val" and selected_on(data) == "test"
+    assert best_entry(on_val)["backbone"] == by_test[0]["backbone"]
+    text = markdown(on_val)
+    assert f"**Best backbone: {by_test[0]['backbone']}** (chosen on val macro-F1 0.9000" in text
 
 
 def test_report_without_onnx_shows_a_dash_and_bad_path_errors(benchmark_data, tmp_path, capsys):

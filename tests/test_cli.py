@@ -70,27 +70,26 @@ def test_data_ingest_and_show(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_run_writes_config_and_reuses_data(tmp_path, capsys):
-    args = [
-        "run",
-        "--stages",
-        "data",
+def _tiny_run(tmp_path, *sets: str) -> list[str]:
+    """``--config quick.yaml --no-progress`` and ``--set`` for a few dozen images in tmp_path."""
+    fields = [
+        f"output_dir={tmp_path}",
+        "data.synth.images_per_class=6",
+        "data.synth.imbalance_ratio=2",
+        "data.synth.val_per_class=1",
+        "data.synth.test_per_class=1",
+        *sets,
+    ]
+    return [
         "--config",
         str(ROOT / "configs/quick.yaml"),
         "--no-progress",
-        "--set",
-        f"output_dir={tmp_path}",
-        "--set",
-        "data.synth.images_per_class=6",
-        "--set",
-        "data.synth.imbalance_ratio=2",
-        "--set",
-        "data.synth.val_per_class=1",
-        "--set",
-        "data.synth.test_per_class=1",
-        "--set",
-        "data.synth.image_size=24",
+        *[a for f in fields for a in ("--set", f)],
     ]
+
+
+def test_run_writes_config_and_reuses_data(tmp_path, capsys):
+    args = ["run", "--stages", "data", *_tiny_run(tmp_path, "data.synth.image_size=24")]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "[stage] data done in" in text
@@ -156,3 +155,35 @@ def test_loss_flag_selects_the_loss():
     assert config_from_args(args).train.loss == "ce_weighted"  # --set wins, as documented
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--loss", "focal"])
+
+
+def test_benchmark_refuses_a_run_folder_and_a_config_together(tmp_path, capsys):
+    """A run folder is benchmarked with its own config.yaml; --config beside it was ignored."""
+    (tmp_path / "config.yaml").write_text("name: x\n")
+    code = main(["benchmark", str(tmp_path), "--config", "configs/quick.yaml"])
+    assert code == 2
+    assert "give RUN_DIR or --config, not both" in capsys.readouterr().err
+
+
+def test_the_tune_job_shows_progress_only_when_asked():
+    from ray_jobs.tune import parse
+
+    assert parse([]).no_progress is True
+    assert parse(["--progress"]).no_progress is False
+
+
+def test_stages_without_data_use_the_shards_or_refuse_naming_the_field(tmp_path, capsys):
+    common = _tiny_run(tmp_path)
+    # no shards yet: the benchmark alone cannot invent them
+    assert main(["run", "--stages", "benchmark,report", *common]) == 2
+    assert "run the data stage first" in capsys.readouterr().err
+    assert main(["run", "--stages", "data", *common]) == 0
+    shards = sorted(p.name for p in (tmp_path / "quick/data").glob("*.parquet"))
+    capsys.readouterr()
+    # a synth parameter changed since: no silent re-render under old checkpoints
+    changed = _tiny_run(tmp_path, "data.synth.noise_rate=0.4")
+    assert main(["run", "--stages", "benchmark,report", *changed]) == 2
+    err = capsys.readouterr().err
+    assert "data.synth.noise_rate is 0.4 here, 0.2 in the shards" in err
+    assert sorted(p.name for p in (tmp_path / "quick/data").glob("*.parquet")) == shards
+    assert read_manifest(str(tmp_path / "quick/data")).params["noise_rate"] == 0.2

@@ -89,7 +89,7 @@ def messy_tree(tmp_path) -> tuple[Path, dict[str, str]]:
     expected["train/BMW/huge.png"] = "too_large"
     (tr / "BMW/labels.txt").write_text("BMW")
     expected["train/BMW/labels.txt"] = "unsupported_extension"
-    os.symlink(tmp_path / "does-not-exist.jpg", tr / "BMW/ghost.jpg")
+    os.symlink(tr / "BMW/does-not-exist.jpg", tr / "BMW/ghost.jpg")  # dangling, in the tree
     expected["train/BMW/ghost.jpg"] = "unreadable"
     (va / "BMW").mkdir(parents=True, exist_ok=True)
     (va / "BMW/leak.jpg").write_bytes(leaked)  # same bytes as a training image
@@ -243,3 +243,39 @@ def test_refuses_to_overwrite_without_flag(tmp_path):
         ingest(root, str(tmp_path / "out"), cfg, workers=1, overwrite=True, progress=False).rows
         == 1
     )
+
+
+def test_overwrite_deletes_only_what_a_manifest_lists(tmp_path):
+    root = tmp_path / "src"
+    save(root / "Kia" / "0.jpg", noise_image(), "JPEG")
+    cfg = IngestConfig(val_fraction=0, test_fraction=0)
+    # a user's folder of Parquet files, no manifest: refused even with overwrite, nothing lost
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sales-2025.parquet").write_bytes(b"PAR1 their data")
+    with pytest.raises(FileExistsError, match="has no manifest.json"):
+        ingest(root, str(theirs), cfg, workers=1, overwrite=True, progress=False)
+    assert (theirs / "sales-2025.parquet").read_bytes() == b"PAR1 their data"
+    # our shards folder: overwrite replaces our files and leaves a user's file beside them
+    out = tmp_path / "out"
+    ingest(root, str(out), cfg, workers=1, progress=False)
+    (out / "notes.parquet").write_bytes(b"keep me")
+    ingest(root, str(out), cfg, workers=1, overwrite=True, progress=False)
+    assert (out / "notes.parquet").read_bytes() == b"keep me"
+    assert sorted(p.name for p in out.glob("train-*.parquet")) == ["train-00000.parquet"]
+
+
+def test_links_out_of_the_root_are_rejected_not_followed(tmp_path):
+    root = tmp_path / "src"
+    save(root / "Kia" / "0.jpg", noise_image(), "JPEG")
+    save(root / "Kia" / "1.jpg", noise_image(), "JPEG")
+    secret = tmp_path / "elsewhere" / "private.jpg"
+    save(secret, noise_image(), "JPEG")
+    (root / "Kia" / "2.jpg").symlink_to(secret)
+    (root / "Kia" / "3.jpg").symlink_to(root / "Kia" / "0.jpg")  # inside the root: followed
+    cfg = IngestConfig(val_fraction=0, test_fraction=0)
+    manifest = ingest(root, str(tmp_path / "out"), cfg, workers=1, progress=False)
+    reasons = {r["path"]: r["reason"] for r in manifest.rejected}
+    assert reasons["Kia/2.jpg"] == "outside_root"
+    assert reasons["Kia/3.jpg"] == "duplicate"  # same bytes as 0.jpg
+    assert manifest.rows == 2 and manifest.files_seen == 4

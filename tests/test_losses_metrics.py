@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from logo_train.losses import WeightedCrossEntropy, build_loss, class_weights
-from logo_train.metrics import classification_metrics, confusion, per_class_metrics
+from logo_train.metrics import (
+    absent_classes,
+    classification_metrics,
+    confusion,
+    per_class_metrics,
+)
 
 
 def test_class_weights_follow_the_formula_and_have_mean_one():
@@ -44,12 +49,23 @@ def test_metrics_on_a_hand_computed_case():
     y_pred = [0, 0, 2, 1]
     m = classification_metrics(y_true=y_true, y_pred=y_pred, num_classes=3)
     assert m["accuracy"] == pytest.approx(0.75)
-    # precision: c0 2/2, c1 1/1, c2 0/1 -> mean 2/3; recall: c0 2/3, c1 1, c2 0 (no support)
-    assert m["macro_precision"] == pytest.approx(2 / 3)
-    assert m["macro_recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    # macro over the classes present (0 and 1): precision c0 2/2, c1 1/1; recall c0 2/3, c1 1.
+    # The wrong prediction of class 2 costs class 0 its recall, not class 2 a zero.
+    assert m["macro_precision"] == pytest.approx(1.0)
+    assert m["macro_recall"] == pytest.approx((2 / 3 + 1) / 2)
     f1_c0 = 2 * 1 * (2 / 3) / (1 + 2 / 3)
-    assert m["macro_f1"] == pytest.approx((f1_c0 + 1 + 0) / 3)
-    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+    assert m["macro_f1"] == pytest.approx((f1_c0 + 1) / 2)
+    assert m["balanced_accuracy"] == pytest.approx(m["macro_recall"])
+    assert absent_classes(y_true, 3) == [2]
+
+
+def test_a_class_absent_from_the_split_does_not_lower_macro_f1():
+    # perfect predictions on a split that has no row of class 3 (of 4)
+    y = [0, 1, 1, 2, 2, 2]
+    m = classification_metrics(y_true=y, y_pred=y, num_classes=4)
+    assert m["macro_f1"] == 1.0 and m["macro_recall"] == 1.0 and m["balanced_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="outside 0..3"):
+        classification_metrics(y_true=[0, 4], y_pred=[0, 0], num_classes=4)
 
 
 def test_precision_and_recall_are_not_swapped():

@@ -99,14 +99,27 @@ def eval_transform(spec: TransformSpec) -> A.Compose:
     return A.Compose([A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_LINEAR)])
 
 
+def decode_image(data: bytes) -> np.ndarray | None:
+    """Encoded JPEG/PNG bytes -> RGB uint8 HWC, or None when they do not decode."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
     out = []
     for data in images:
-        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if bgr is None:
+        rgb = decode_image(data)
+        if rgb is None:
             raise ValueError("could not decode an image in the batch (corrupt shard row?)")
-        out.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        out.append(rgb)
     return out
+
+
+def eval_inputs(images: list[bytes] | np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """The evaluation path, encoded images -> the model's float32 NCHW input: decode, resize to
+    ``image_size`` (any size and aspect is stretched to the square, as in training's crop) and
+    normalise. The benchmark, the audit's scoring and ``logo-train predict`` all call this."""
+    return to_tensor_batch(decode_batch(images), spec, train=False)
 
 
 def to_uint8_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:

@@ -169,7 +169,7 @@ def to_rgb(img: Image.Image, data: bytes) -> tuple[Image.Image, list[str]]:
 
 
 def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
-    """Open and fully decode; raises ``_Reject`` with a reason code."""
+    """Open and fully decode; raises ``Reject`` with a reason code."""
     try:
         with warnings.catch_warnings():
             # we enforce our own pixel limit below, PIL's warning would only repeat it
@@ -178,20 +178,22 @@ def decode(data: bytes, max_pixels: int) -> tuple[Image.Image, str]:
             fmt = img.format or ""
             width, height = img.size
             if width * height > max_pixels:
-                raise _Reject("too_large", f"{width}x{height} px is over max_pixels {max_pixels}")
+                raise Reject("too_large", f"{width}x{height} px is over max_pixels {max_pixels}")
             img.load()
-    except _Reject:
+    except Reject:
         raise
     except Image.DecompressionBombError as e:
-        raise _Reject("too_large", str(e)) from e
+        raise Reject("too_large", str(e)) from e
     except UnidentifiedImageError as e:
-        raise _Reject("not_an_image", "not a decodable image (wrong extension?)") from e
+        raise Reject("not_an_image", "not a decodable image (wrong extension?)") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise _Reject("corrupt", f"truncated or corrupt: {e}") from e
+        raise Reject("corrupt", f"truncated or corrupt: {e}") from e
     return img, fmt
 
 
-class _Reject(Exception):
+class Reject(Exception):
+    """A file that cannot become a row: ``reason`` (a code) and ``detail`` (for people)."""
+
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
         self.reason, self.detail = reason, detail
@@ -201,7 +203,22 @@ def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise _Reject("unreadable", f"{type(e).__name__}: {e.strerror or e}") from e
+        raise Reject("unreadable", f"{type(e).__name__}: {e.strerror or e}") from e
+
+
+def stored_bytes(data: bytes, max_pixels: int) -> bytes:
+    """What a shard stores for an image file's bytes: the original when it is 8-bit RGB JPEG or
+    PNG, else a PNG of its plain-RGB, upright conversion. Raises ``Reject``. Prediction on files
+    goes through this, so a file is seen exactly as its ingested row would be."""
+    if not data:
+        raise Reject("empty_file", "zero bytes")
+    img, fmt = decode(data, max_pixels)
+    rgb, conversions = to_rgb(img, data)
+    if not conversions and fmt in KEEP_FORMATS:
+        return data
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG", compress_level=3)
+    return buf.getvalue()
 
 
 def check_file(root: Path, entry: FileEntry, max_pixels: int) -> Checked:
@@ -213,13 +230,15 @@ def check_file(root: Path, entry: FileEntry, max_pixels: int) -> Checked:
         return Checked(entry, "outside_class_folder", "files must sit in a <class>/ folder")
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         return Checked(entry, "unsupported_extension", f"extension {path.suffix!r} is not an image")
+    if path.is_symlink() and not path.resolve().is_relative_to(root.resolve()):
+        return Checked(entry, "outside_root", f"a link to {path.resolve()}, outside {root}")
     try:
         data = _read(path)
         if not data:
-            raise _Reject("empty_file", "zero bytes")
+            raise Reject("empty_file", "zero bytes")
         img, fmt = decode(data, max_pixels)
         _, conversions = to_rgb(img, data)
-    except _Reject as r:
+    except Reject as r:
         return Checked(entry, r.reason, r.detail)
     if fmt not in KEEP_FORMATS:
         conversions.append(f"{fmt}->PNG")
@@ -231,13 +250,7 @@ def load_row_bytes(root: Path, checked: Checked, max_pixels: int) -> bytes:
     data = (root / checked.entry.rel).read_bytes()
     if hashlib.sha256(data).hexdigest() != checked.sha256:
         raise RuntimeError(f"{root / checked.entry.rel} changed while it was being ingested")
-    if not checked.conversions:
-        return data
-    img, _ = decode(data, max_pixels)
-    rgb, _ = to_rgb(img, data)
-    buf = io.BytesIO()
-    rgb.save(buf, format="PNG", compress_level=3)
-    return buf.getvalue()
+    return stored_bytes(data, max_pixels)
 
 
 # --- the whole tree ---------------------------------------------------------------------------

@@ -48,6 +48,35 @@ def shards_location(cfg: Config) -> str:
     return source if source != "synth" and _is_shards(source) else cfg.shards_uri
 
 
+def existing_data(cfg: Config) -> tuple[str, Manifest]:
+    """The run's shards as they are, for a run without the data stage. Refuses (naming the
+    fields) when they were made with other data parameters than ``cfg`` has: checkpoints
+    trained on them would otherwise be scored on a different test split."""
+    uri = shards_location(cfg)
+    if not _is_shards(uri):
+        raise FileNotFoundError(f"no shards at {uri}: run the data stage first (--stages data,...)")
+    manifest = read_manifest(uri)
+    if cfg.data.source == "synth" or uri == cfg.shards_uri:
+        section, ours = (
+            ("synth", asdict(cfg.data.synth))
+            if cfg.data.source == "synth"
+            else ("ingest", asdict(cfg.data.ingest))
+        )
+        differ = {
+            k: (manifest.params.get(k), v) for k, v in ours.items() if manifest.params.get(k) != v
+        }
+        if differ:
+            fields = ", ".join(
+                f"data.{section}.{k} is {new!r} here, {old!r} in the shards"
+                for k, (old, new) in differ.items()
+            )
+            raise ValueError(
+                f"the shards at {uri} do not match the config ({fields}): add the data stage "
+                "(--stages data,...) to re-make them, or set the fields back"
+            )
+    return uri, manifest
+
+
 def prepare_data(
     cfg: Config, *, overwrite: bool = False, progress: bool = True
 ) -> tuple[str, Manifest, bool]:

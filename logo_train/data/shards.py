@@ -77,24 +77,35 @@ def read_bytes(uri: str) -> bytes:
 
 
 def prepare_output(uri: str, overwrite: bool) -> None:
-    """Create the folder; refuse to mix with an earlier dataset unless ``overwrite``."""
+    """Create the folder; refuse to mix with an earlier dataset unless ``overwrite``.
+
+    Only what an earlier manifest of this project lists (its shard files and the manifest) is
+    ever deleted; a non-empty folder without a manifest is refused, whatever ``overwrite`` says:
+    its files are not ours to delete."""
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise FileExistsError(f"shards output {uri} is a file, expected a folder")
     if info.type == pafs.FileType.Directory:
-        old = [
-            f
-            for f in fs.get_file_info(pafs.FileSelector(path))
-            if f.base_name == MANIFEST or f.base_name.endswith(".parquet")
-        ]
-        if old and not overwrite:
+        present = fs.get_file_info(pafs.FileSelector(path))
+        if present and not exists(join(uri, MANIFEST)):
             raise FileExistsError(
-                f"{uri} already holds a dataset ({len(old)} shard/manifest files); "
-                "pass --overwrite to replace it or choose another folder"
+                f"{uri} is not empty ({len(present)} entries) and has no {MANIFEST}: not a "
+                "logo-train shards folder, so nothing in it is deleted; choose an empty or new "
+                "folder (or remove the leftovers of an interrupted run yourself)"
             )
-        for f in old:
-            fs.delete_file(f.path)
+        if present:
+            old = read_manifest(uri)
+            listed = [name for names in old.files.values() for name in names] + [MANIFEST]
+            if not overwrite:
+                raise FileExistsError(
+                    f"{uri} already holds a dataset ({len(listed) - 1} shard files); "
+                    "pass --overwrite to replace it or choose another folder"
+                )
+            for name in listed:
+                target = resolve(join(uri, name))[1]
+                if fs.get_file_info(target).type == pafs.FileType.File:
+                    fs.delete_file(target)
     fs.create_dir(path, recursive=True)
 
 

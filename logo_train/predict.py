@@ -1,0 +1,712 @@
+"""Use a trained model: export it as a self-contained folder, and predict the labels of image
+files, folders or shards with Ray Data batch inference.
+
+An exported model is a folder with ``model.onnx`` (logits for a float32 NCHW batch) and
+``model.json`` (class names, image size, mean/std, backbone, the run's test metrics): it needs
+neither the project's config nor the run folder, only ONNX Runtime.
+
+``predict`` reads every input, checks it as the ingest does (unreadable, empty, not an image,
+truncated, over ``max_pixels``: rejected with a reason, never a crash), then runs the
+evaluation path of training (``augment.eval_inputs``: decode, resize to the model's square
+input, normalise) and the model in a pool of Ray actors (ONNX Runtime on CPU, PyTorch on GPU).
+Rows written + rejected = files seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MODEL_JSON = "model.json"
+MODEL_ONNX = "model.onnx"
+EXPORT_FORMAT = "logo-train-model"
+EXPORT_VERSION = 1
+MAX_FILE_BYTES = 64 * 2**20
+"""Files larger than this are rejected unread ("too_large")."""
+
+
+class ModelError(ValueError):
+    """A model folder that cannot be used: names the file and what is wrong with it."""
+
+
+# --- the exported model ------------------------------------------------------------------------
+
+
+@dataclass
+class ExportedModel:
+    """``model.json`` of an exported model."""
+
+    backbone: str
+    class_names: list[str]
+    image_size: int
+    mean: list[float]
+    std: list[float]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The run's test metrics for this checkpoint (empty when exported outside a run)."""
+    source_checkpoint: str = ""
+    onnx: str = MODEL_ONNX
+    onnx_max_abs_diff: float = 0.0
+    """Largest |logit difference| of ONNX Runtime vs PyTorch, checked at export."""
+    format: str = EXPORT_FORMAT
+    format_version: int = EXPORT_VERSION
+    created: str = ""
+
+
+def export_model(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    metrics: dict[str, Any] | None = None,
+    exporter: str = "torchscript",
+    tolerance: float = 1e-3,
+) -> Path:
+    """Write ``out/model.onnx`` + ``out/model.json`` for a checkpoint folder; the ONNX logits are
+    checked against PyTorch on a random batch (raises when they differ by more than
+    ``tolerance``)."""
+    import torch
+
+    from logo_train import checkpoint as ckpt
+    from logo_train.bench import export_onnx, onnx_agreement, onnx_session
+
+    out = Path(out)
+    model, info = ckpt.load_model(checkpoint)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = export_onnx(model, info.image_size, out / MODEL_ONNX, exporter)
+    size = info.image_size
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    check = onnx_agreement(model, onnx_session(onnx_path, 1), x.numpy(), tolerance)
+    if not check["matches"]:
+        raise RuntimeError(
+            f"{onnx_path}: ONNX Runtime logits differ from PyTorch by {check['max_abs_diff']:.2g} "
+            f"(> {tolerance:g}); the export is not faithful"
+        )
+    meta = ExportedModel(
+        backbone=info.backbone,
+        class_names=list(info.class_names),
+        image_size=info.image_size,
+        mean=list(info.mean),
+        std=list(info.std),
+        metrics=dict(metrics or {}),
+        source_checkpoint=str(checkpoint),
+        onnx_max_abs_diff=check["max_abs_diff"],
+        created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    )
+    (out / MODEL_JSON).write_text(json.dumps(asdict(meta), indent=2))
+    return out
+
+
+def export_from(path: str | Path, out: str | Path, backbone: str | None = None) -> Path:
+    """``logo-train export``: a checkpoint folder, or a run folder's best backbone (chosen on
+    validation; ``backbone`` picks another), with the run's test metrics when it has them."""
+    from logo_train.data.shards import exists, join, read_bytes
+
+    p = Path(path)
+    if _is_checkpoint(p):
+        if backbone:
+            raise ValueError("--backbone goes with a run folder, not a checkpoint folder")
+        return export_model(p, out)
+    if (p / "report" / "benchmark.json").is_file():
+        from logo_train.report import best_entry, load
+
+        data, _ = load(p)
+        entries = {e["backbone"]: e for e in data["backbones"]}
+        entry = entries.get(backbone) if backbone else best_entry(data)
+        if entry is None:
+            raise ValueError(f"--backbone {backbone}: not in {p} (it has {sorted(entries)})")
+        metrics = {**entry["metrics"], "split": data["split"], "samples": entry["samples"]}
+        return export_model(entry["checkpoint"], out, metrics=metrics)
+    summary = join(str(p / "train"), "summary.json")
+    if exists(summary):  # trained, not benchmarked: no test metrics to carry
+        rows = {r["backbone"]: r for r in json.loads(read_bytes(summary))["results"]}
+        if not rows:
+            raise ValueError(f"{summary}: no trained backbone")
+        row = rows.get(backbone) if backbone else max(rows.values(), key=_val_f1)
+        if row is None:
+            raise ValueError(f"--backbone {backbone}: not in {summary} (it has {sorted(rows)})")
+        return export_model(row["checkpoint"], out)
+    raise ModelError(
+        f"{p}: not a checkpoint folder (state.pt) or a run folder (report/benchmark.json or "
+        "train/summary.json)"
+    )
+
+
+def _val_f1(row: dict) -> float:
+    return row["best_val_macro_f1"]
+
+
+def load_exported(folder: str | Path) -> ExportedModel:
+    """``model.json`` of an exported folder, checked against its ``model.onnx`` (inputs of the
+    stated image size, one logit per class) before any work; ``ModelError`` names the file."""
+    folder = Path(folder)
+    meta_path, onnx_path = folder / MODEL_JSON, folder / MODEL_ONNX
+    for path in (meta_path, onnx_path):
+        if not path.is_file():
+            raise ModelError(
+                f"{path}: missing (an exported model folder holds {MODEL_JSON} and {MODEL_ONNX})"
+            )
+    try:
+        raw = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{meta_path}: not valid JSON ({e})") from e
+    if raw.get("format") != EXPORT_FORMAT:
+        raise ModelError(
+            f"{meta_path}: field 'format' is {raw.get('format')!r}, not {EXPORT_FORMAT!r}"
+        )
+    needed = ("backbone", "class_names", "image_size", "mean", "std")
+    missing = [k for k in needed if k not in raw]
+    if missing:
+        raise ModelError(f"{meta_path}: missing field(s) {missing}")
+    known = set(ExportedModel.__dataclass_fields__)
+    meta = ExportedModel(**{k: v for k, v in raw.items() if k in known})
+    _check_onnx_shape(onnx_path, meta)
+    return meta
+
+
+def _check_onnx_shape(onnx_path: Path, meta: ExportedModel) -> None:
+    import onnxruntime as ort
+
+    try:
+        session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelError(f"{onnx_path}: not a loadable ONNX model ({e})") from e
+    shape = session.get_inputs()[0].shape
+    if list(shape[1:]) != [3, meta.image_size, meta.image_size]:
+        raise ModelError(
+            f"{onnx_path}: expects input {shape}, but {MODEL_JSON} says image_size "
+            f"{meta.image_size} (N x 3 x {meta.image_size} x {meta.image_size}): the files "
+            "come from different models"
+        )
+    logits = session.get_outputs()[0].shape
+    if logits[-1] != len(meta.class_names):
+        raise ModelError(
+            f"{onnx_path}: gives {logits[-1]} logits, {MODEL_JSON} names "
+            f"{len(meta.class_names)} classes"
+        )
+
+
+# --- which model ------------------------------------------------------------------------------
+
+
+@dataclass
+class ResolvedModel:
+    """What ``--model`` points at, made ready for prediction."""
+
+    meta: ExportedModel
+    onnx_dir: str
+    """An exported folder (ONNX Runtime on CPU)."""
+    checkpoint: str = ""
+    """The checkpoint folder, when there is one (PyTorch on GPU)."""
+    described_as: str = ""
+
+
+def _is_checkpoint(p: Path) -> bool:
+    from logo_train.checkpoint import STATE
+
+    return (p / STATE).is_file()
+
+
+def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
+    """A run folder (its report's ``model/``, else the best backbone's checkpoint), a checkpoint
+    folder, or an exported model folder. A checkpoint is exported into ``workdir`` first."""
+    from logo_train import checkpoint as ckpt
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"--model {p}: not found")
+    if (p / MODEL_ONNX).exists() or _exported_json(p):
+        return ResolvedModel(load_exported(p), str(p), described_as=f"exported model {p}")
+    if _is_checkpoint(p):
+        if not (p / ckpt.MODEL_JSON).is_file():
+            raise ModelError(
+                f"{p / ckpt.MODEL_JSON}: missing (a checkpoint holds state.pt and model.json)"
+            )
+        return _from_checkpoint(p, workdir, f"checkpoint {p}")
+    report = p / "report"
+    if (report / "model" / MODEL_JSON).exists():
+        return ResolvedModel(
+            load_exported(report / "model"),
+            str(report / "model"),
+            described_as=f"run {p}: exported best backbone {report / 'model'}",
+        )
+    if (report / "benchmark.json").is_file():
+        from logo_train.report import best_entry, load
+
+        data, _ = load(p)
+        best = best_entry(data)
+        return _from_checkpoint(
+            Path(best["checkpoint"]), workdir, f"run {p}: best backbone {best['backbone']}", best
+        )
+    raise ModelError(
+        f"--model {p}: not a run folder (report/benchmark.json), a checkpoint folder "
+        f"(state.pt + model.json) or an exported model folder ({MODEL_JSON} + {MODEL_ONNX})"
+    )
+
+
+def _exported_json(p: Path) -> bool:
+    try:
+        return json.loads((p / MODEL_JSON).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def _from_checkpoint(
+    checkpoint: Path, workdir: str | Path, described_as: str, entry: dict | None = None
+) -> ResolvedModel:
+    if not _is_checkpoint(checkpoint):
+        raise ModelError(f"{checkpoint / 'state.pt'}: missing (checkpoint moved or deleted?)")
+    out = Path(workdir) / "model"
+    export_model(checkpoint, out, metrics=(entry or {}).get("metrics"))
+    return ResolvedModel(load_exported(out), str(out), str(checkpoint), described_as)
+
+
+# --- which inputs -----------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """Every input of a prediction, in order: files (with the class named by the folder they
+    sit in, when any) and shard files (their rows are the inputs)."""
+
+    files: list[tuple[str, str]] = field(default_factory=list)
+    """(path, label) -- label '' when the file is not in a class folder of the model."""
+    shards: list[str] = field(default_factory=list)
+    shard_rows: int = 0
+    split: str = "test"
+
+    @property
+    def seen(self) -> int:
+        return len(self.files) + self.shard_rows
+
+
+def collect_inputs(sources: list[str], class_names: list[str], split: str = "test") -> Inputs:
+    """Files, folders (recursive, any layout) and shards folders / URIs. A file inside
+    ``<folder>/<class name>/...`` (case-insensitive) is labelled with that class. A source that
+    does not exist stops everything before any work, naming it."""
+    from logo_train.data.shards import exists, join, read_manifest, shard_uris
+
+    by_name = {c.lower(): c for c in class_names}
+    out = Inputs(split=split)
+    for source in sources:
+        if "://" in source or Path(source, "manifest.json").is_file():
+            if not exists(join(source, "manifest.json")):
+                raise FileNotFoundError(f"{source}: no manifest.json (not a shards folder)")
+            manifest = read_manifest(source)
+            if split not in manifest.counts:
+                raise ValueError(
+                    f"{source}: shards have no split {split!r} ({list(manifest.counts)})"
+                )
+            out.shards += shard_uris(source, split, manifest)
+            out.shard_rows += sum(manifest.counts[split].values())
+            continue
+        path = Path(source)
+        if path.is_file():
+            out.files.append((str(path), ""))
+        elif path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                rel = Path(dirpath).relative_to(path).parts
+                label = by_name.get(rel[0].lower(), "") if rel else ""
+                out.files += [(str(Path(dirpath) / f), label) for f in sorted(filenames)]
+        else:
+            raise FileNotFoundError(f"{source}: no such file or folder")
+    return out
+
+
+# --- the Ray Data stages ----------------------------------------------------------------------
+
+
+def read_files(batch: dict[str, np.ndarray], max_pixels: int) -> dict[str, list]:
+    """``map_batches``: path -> the bytes a shard would hold, or a reject reason."""
+    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
+
+    images, reasons, details = [], [], []
+    for path in batch["path"]:
+        data, reason, detail = b"", "", ""
+        try:
+            p = Path(path)
+            if p.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise Reject("unsupported_extension", f"extension {p.suffix!r} is not an image")
+            size = p.stat().st_size
+            if size > MAX_FILE_BYTES:
+                raise Reject("too_large", f"{size} bytes is over {MAX_FILE_BYTES}")
+            data = stored_bytes(p.read_bytes(), max_pixels)
+        except Reject as r:
+            reason, detail = r.reason, r.detail
+        except OSError as e:
+            reason, detail = "unreadable", f"{type(e).__name__}: {e.strerror or e}"
+        images.append(data)
+        reasons.append(reason)
+        details.append(detail)
+    return {**batch, "image": images, "reason": reasons, "detail": details}
+
+
+def read_shard_rows(batch: dict[str, np.ndarray], split: str) -> dict[str, list]:
+    """``map_batches``: shard URIs -> their rows (path = the row's source path or id)."""
+    import pyarrow.parquet as pq
+
+    from logo_train.data.shards import resolve
+
+    out: dict[str, list] = {k: [] for k in ("index", "path", "label", "image", "reason", "detail")}
+    for index, uri in zip(batch["index"], batch["shard"], strict=True):
+        fs, path = resolve(str(uri))
+        columns = ["image", "label_name", "id", "source_path"]
+        table = pq.read_table(path, filesystem=fs, columns=columns)
+        n = table.num_rows
+        sources = table["source_path"].to_pylist()
+        ids = table["id"].to_pylist()
+        out["index"] += [int(index) * 1_000_000 + i for i in range(n)]
+        out["path"] += [s or f"{uri}#{i}" for s, i in zip(sources, ids, strict=True)]
+        out["label"] += table["label_name"].to_pylist()
+        out["image"] += table["image"].to_pylist()
+        out["reason"] += [""] * n
+        out["detail"] += [""] * n
+    return out
+
+
+class Predictor:
+    """``map_batches`` actor: holds the model once, scores a batch of stored image bytes.
+    ONNX Runtime on CPU; PyTorch on GPU when a checkpoint is at hand. The model comes as bytes
+    (through Ray's object store), so an actor on another node needs no access to the driver's
+    files."""
+
+    def __init__(
+        self, meta: dict, onnx: bytes, torch_state: bytes, device: str, threads: int, top_k: int
+    ):
+        from logo_train.data.augment import TransformSpec
+        from logo_train.data.pipeline import one_opencv_thread
+
+        one_opencv_thread()
+        meta = ExportedModel(**meta)
+        self.classes = np.asarray(meta.class_names, dtype=object)
+        self.spec = TransformSpec(meta.image_size, tuple(meta.mean), tuple(meta.std))
+        self.top_k = min(top_k, len(meta.class_names))
+        if device == "cuda" and torch_state:
+            import io
+
+            import torch
+
+            from logo_train.models import build_model
+
+            model = build_model(meta.backbone, len(meta.class_names), meta.image_size)
+            model.load_state_dict(torch.load(io.BytesIO(torch_state), weights_only=True))
+            self.model = model.cuda().eval()
+            self.run = self._torch
+        else:
+            from logo_train.bench import onnx_session
+
+            self.session = onnx_session(onnx, threads)
+            self.run = lambda x: self.session.run(["logits"], {"image": x})[0]
+
+    def _torch(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(x).cuda()).float().cpu().numpy()
+
+    def _inputs(self, images: list[bytes], reasons: list[str], details: list[str]) -> tuple:
+        """The model input of the rows still in, marking rows that do not decode."""
+        from logo_train.data.augment import decode_image, eval_inputs
+
+        keep = [i for i, r in enumerate(reasons) if not r]
+        try:
+            return keep, eval_inputs([images[i] for i in keep], self.spec)
+        except ValueError:  # a row the ingest check passed but OpenCV cannot read
+            good = []
+            for i in keep:
+                if decode_image(images[i]) is None:
+                    reasons[i], details[i] = "corrupt", "OpenCV cannot decode it"
+                else:
+                    good.append(i)
+            return good, eval_inputs([images[i] for i in good], self.spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        n = len(batch["path"])
+        reasons, details = list(batch["reason"]), list(batch["detail"])
+        keep, x = self._inputs(list(batch["image"]), reasons, details)
+        k = self.top_k
+        top_idx = np.zeros((n, k), np.int64)
+        top_p = np.zeros((n, k), np.float32)
+        if keep:
+            logits = self.run(x).astype(np.float64)
+            logits -= logits.max(1, keepdims=True)
+            prob = np.exp(logits)
+            prob /= prob.sum(1, keepdims=True)
+            order = np.argsort(-prob, axis=1)[:, :k]
+            top_idx[keep] = order
+            top_p[keep] = np.take_along_axis(prob, order, 1)
+        out = {
+            "index": batch["index"],
+            "path": batch["path"],
+            "true_label": batch["label"],
+            "label": np.where(np.asarray(reasons) == "", self.classes[top_idx[:, 0]], ""),
+            "probability": top_p[:, 0],
+            "reason": np.asarray(reasons, dtype=object),
+            "detail": np.asarray(details, dtype=object),
+            "actor": np.full(n, os.getpid()),
+        }
+        for j in range(k):
+            out[f"top{j + 1}_label"] = self.classes[top_idx[:, j]]
+            out[f"top{j + 1}_probability"] = top_p[:, j]
+        return out
+
+
+# --- the whole prediction ---------------------------------------------------------------------
+
+
+@dataclass
+class PredictSummary:
+    model: str
+    backbone: str
+    out: str
+    rejected_file: str
+    seen: int
+    predicted: int
+    rejected: int
+    reasons: dict[str, int]
+    seconds: float
+    """Wall time of the Ray Data execution, start-up included."""
+    start_seconds: float
+    """Until the first batch came back (actors started, model loaded, first batch)."""
+    images_per_s: float
+    """Streaming rate after the first batch."""
+    actors_used: int = 0
+    labelled: int = 0
+    """Rows whose true class is known (class folders, shards): the metrics count these."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    unknown_labels: dict[str, int] = field(default_factory=dict)
+
+
+def predict(
+    model: str | Path,
+    sources: list[str],
+    out: str | Path,
+    *,
+    top_k: int = 3,
+    batch_size: int = 64,
+    actors: int = 1,
+    cpus_per_actor: float = 1.0,
+    device: str = "cpu",
+    split: str = "test",
+    max_pixels: int = 40_000_000,
+    progress: bool = True,
+    echo=print,
+) -> PredictSummary:
+    """Predict every input of ``sources`` with ``model`` into ``out`` (.csv or .parquet), the
+    rejected inputs into ``<out stem>.rejected<suffix>`` beside it."""
+    import pyarrow as pa
+    import ray
+
+    from logo_train.data.pipeline import configure_data_context
+    from logo_train.raysetup import init_ray
+
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"--out {out}: the file must end in .csv or .parquet")
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    with tempfile.TemporaryDirectory(prefix="logo-train-predict-") as workdir:
+        resolved = resolve_model(model, workdir)
+        meta = resolved.meta
+        inputs = collect_inputs(sources, meta.class_names, split)
+        if inputs.seen == 0:
+            raise ValueError(f"no input files under {sources}")
+        echo(
+            f"[predict] {resolved.described_as} ({meta.backbone}, {len(meta.class_names)} classes, "
+            f"{meta.image_size} px): {len(inputs.files)} file(s), {inputs.shard_rows} shard row(s)"
+        )
+        init_ray()
+        _check_cpus(actors, cpus_per_actor, device)
+        configure_data_context()
+        # our bar reports progress; Ray Data's periodic progress log lines would repeat it
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        ds = _dataset(inputs, max_pixels, actors)
+        ds = ds.map_batches(
+            Predictor,
+            fn_constructor_kwargs={
+                "meta": asdict(meta),
+                "onnx": Path(resolved.onnx_dir, MODEL_ONNX).read_bytes(),
+                "torch_state": _torch_state(resolved.checkpoint) if device == "cuda" else b"",
+                "device": device,
+                "threads": max(1, int(cpus_per_actor)),
+                "top_k": top_k,
+            },
+            batch_size=batch_size,
+            # a block at a time per actor, so a slow-starting actor still gets its share
+            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+            num_cpus=cpus_per_actor,
+            num_gpus=1 if device == "cuda" else 0,
+        )
+        start = time.perf_counter()
+        tables, first = [], None
+        bar = _progress(inputs.seen, progress)
+        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            if first is None:  # Ray Data is lazy: start-up (actors, model load) ends here
+                first = (time.perf_counter(), table.num_rows)
+            tables.append(table)
+            bar.update(table.num_rows)
+        bar.close()
+        seconds = (start, first, time.perf_counter())
+    result = pa.concat_tables(tables).sort_by("index") if tables else None
+    if result is None or result.num_rows != inputs.seen:
+        got = 0 if result is None else result.num_rows
+        raise RuntimeError(f"predict lost inputs: {inputs.seen} seen, {got} came back")
+    return _write(result, out, resolved, inputs, top_k, seconds, echo)
+
+
+def _check_cpus(actors: int, cpus_per_actor: float, device: str) -> None:
+    """Actors that take every CPU never start: Ray Data keeps CPU for its other operators, and
+    the run would wait forever (seen on 2 cores with one actor of 2 CPUs)."""
+    import ray
+
+    total = ray.cluster_resources().get("CPU", 0)
+    if device == "cpu" and actors * cpus_per_actor >= total:
+        raise ValueError(
+            f"--actors {actors} x --cpus-per-actor {cpus_per_actor:g} asks for every CPU of this "
+            f"Ray cluster ({total:g}): Ray Data would never start the actors; leave it some CPU "
+            f"(e.g. --actors {max(1, int(total) - 1)} --cpus-per-actor 1)"
+        )
+
+
+def _torch_state(checkpoint: str) -> bytes:
+    """The model weights of a checkpoint as bytes ('' without one: ONNX Runtime then)."""
+    if not checkpoint:
+        log.warning("no checkpoint behind this model: ONNX Runtime on CPU instead of the GPU")
+        return b""
+    import io
+
+    import torch
+
+    from logo_train.checkpoint import load_model
+
+    buf = io.BytesIO()
+    torch.save(load_model(checkpoint)[0].state_dict(), buf)
+    return buf.getvalue()
+
+
+def _dataset(inputs: Inputs, max_pixels: int, actors: int):
+    """One Ray Dataset of (index, path, label, image bytes, reason, detail) rows, in blocks of
+    at most 256 files and at least four per actor (so every actor gets work)."""
+    import ray
+
+    parts = []
+    if inputs.files:
+        items = [{"index": i, "path": p, "label": lab} for i, (p, lab) in enumerate(inputs.files)]
+        blocks = min(len(items), max(4 * actors, -(-len(items) // 256)))
+        parts.append(
+            ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+                read_files, fn_kwargs={"max_pixels": max_pixels}, batch_size=64
+            )
+        )
+    if inputs.shards:
+        offset = len(inputs.files) + 1
+        items = [{"index": offset + i, "shard": s} for i, s in enumerate(inputs.shards)]
+        parts.append(
+            ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                read_shard_rows, fn_kwargs={"split": inputs.split}, batch_size=1
+            )
+        )
+    return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="predict", disable=not enabled)
+
+
+def _write(table, out: Path, resolved: ResolvedModel, inputs: Inputs, top_k, seconds, echo):
+    import pyarrow.compute as pc
+
+    from logo_train.metrics import classification_metrics
+
+    start, first, end = seconds
+    first_at, first_rows = first or (end, 0)
+    steady = first is not None and end > first_at and table.num_rows > first_rows
+    ok = pc.equal(table["reason"], "")
+    rows = table.filter(ok)
+    rejected = table.filter(pc.invert(ok)).select(["path", "reason", "detail"])
+    columns = ["path", "label", "probability"]
+    for j in range(min(top_k, len(resolved.meta.class_names))):
+        columns += [f"top{j + 1}_label", f"top{j + 1}_probability"]
+    labelled = pc.not_equal(rows["true_label"], "")
+    has_labels = pc.any(labelled).as_py() or False
+    if has_labels:
+        columns.insert(1, "true_label")
+    rows = rows.select(columns)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rejected_file = out.with_name(f"{out.stem}.rejected{out.suffix}")
+    _write_table(rows, out)
+    _write_table(rejected, rejected_file)
+    summary = PredictSummary(
+        model=resolved.described_as,
+        backbone=resolved.meta.backbone,
+        out=str(out),
+        rejected_file=str(rejected_file),
+        seen=inputs.seen,
+        predicted=rows.num_rows,
+        rejected=rejected.num_rows,
+        reasons=dict(Counter(rejected["reason"].to_pylist())),
+        seconds=end - start,
+        start_seconds=(first_at if first else end) - start,
+        images_per_s=(table.num_rows - first_rows) / (end - first_at) if steady else 0.0,
+        actors_used=len(set(table["actor"].to_pylist())),
+    )
+    if has_labels:
+        index = {c: i for i, c in enumerate(resolved.meta.class_names)}
+        truth = rows.filter(labelled)
+        names = truth["true_label"].to_pylist()
+        known = [i for i, n in enumerate(names) if n in index]
+        summary.unknown_labels = dict(Counter(n for n in names if n not in index))
+        summary.labelled = len(known)
+        if known:
+            preds = truth["label"].to_pylist()
+            summary.metrics = classification_metrics(
+                y_true=[index[names[i]] for i in known],
+                y_pred=[index[preds[i]] for i in known],
+                num_classes=len(index),
+            )
+    for line in summary_lines(summary):
+        echo(line)
+    return summary
+
+
+def _write_table(table, path: Path) -> None:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    if path.suffix.lower() == ".parquet":
+        pq.write_table(table, path)
+    else:
+        pacsv.write_csv(table, path)
+
+
+def summary_lines(s: PredictSummary) -> list[str]:
+    lines = [
+        f"[predict] files seen {s.seen}: predicted {s.predicted}, rejected {s.rejected}"
+        + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.reasons.items()))})" if s.reasons else "")
+        + f"; {s.seconds:.1f} s ({s.start_seconds:.1f} s to the first batch, then "
+        f"{s.images_per_s:.0f} images/s on {s.actors_used} actor(s))",
+        f"[predict] predictions: {s.out}",
+    ]
+    if s.rejected:
+        lines.append(f"[predict] rejected, with reasons: {s.rejected_file}")
+    if s.metrics:
+        m = s.metrics
+        lines.append(
+            f"[predict] against the {s.labelled} labelled input(s): accuracy {m['accuracy']:.3f}, "
+            f"macro-F1 {m['macro_f1']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
+        )
+    if s.unknown_labels:
+        lines.append(f"[predict] labels the model does not know (not scored): {s.unknown_labels}")
+    return lines

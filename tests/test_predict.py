@@ -1,0 +1,210 @@
+"""logo-train predict / export: a model a user can point at files, folders and shards."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from torch import nn
+
+from logo_train import checkpoint as ckpt
+from logo_train.bench import predict as bench_predict
+from logo_train.cli import main as cli
+from logo_train.config import load_config
+from logo_train.data.augment import TransformSpec
+from logo_train.data.prepare import prepare_data
+from logo_train.data.shards import read_split
+from logo_train.models import build_model, normalisation
+from logo_train.predict import (
+    MODEL_JSON,
+    MODEL_ONNX,
+    ModelError,
+    collect_inputs,
+    export_model,
+    load_exported,
+    predict,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("predict")
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        [
+            f"output_dir={tmp}",
+            "data.synth.images_per_class=8",
+            "data.synth.imbalance_ratio=2",
+            "data.synth.val_per_class=1",
+            "data.synth.test_per_class=3",
+            "data.workers=1",
+        ],
+    )
+    uri, manifest, _ = prepare_data(cfg, progress=False)
+    return tmp, uri, manifest
+
+
+@pytest.fixture(scope="module")
+def checkpoint(shards):
+    """A resnet10t checkpoint with a random (not zero) classifier: predictions vary by image."""
+    tmp, _, manifest = shards
+    torch.manual_seed(0)
+    model = build_model("resnet10t", len(manifest.classes), 32)
+    nn.init.normal_(model.get_classifier().weight, std=0.5)
+    mean, std = normalisation(model)
+    info = ckpt.ModelInfo("resnet10t", len(manifest.classes), 32, mean, std, manifest.classes)
+    folder = tmp / "ckpt"
+    ckpt.save(folder, info=info, model=model, epoch=1, best_metric=0.0, history=[])
+    return folder
+
+
+def _write_test_split(uri, root: Path) -> tuple[list[bytes], list[str]]:
+    """The test split as <class>/<i>.png files; returns its images and class names in order."""
+    table = read_split(uri, "test", ["image", "label_name"])
+    images, names = table["image"].to_pylist(), table["label_name"].to_pylist()
+    for i, (img, name) in enumerate(zip(images, names, strict=True)):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / f"{i:04d}.png").write_bytes(img)
+    return images, names
+
+
+def test_files_get_the_benchmarks_predictions(local_ray, shards, checkpoint, tmp_path):
+    """Same preprocessing end to end: files written out of the test split, predicted through
+    Ray Data + ONNX Runtime, equal the benchmark's PyTorch predictions for those images."""
+    _, uri, manifest = shards
+    images, names = _write_test_split(uri, tmp_path / "crops")
+    model, info = ckpt.load_model(checkpoint)
+    spec = TransformSpec(32, tuple(info.mean), tuple(info.std))
+    expected = bench_predict(model, images, spec, torch.device("cpu"), batch=16)
+    assert len(set(expected.tolist())) > 1, "a model that predicts one class proves nothing"
+
+    out = tmp_path / "preds.csv"
+    summary = predict(checkpoint, [str(tmp_path / "crops")], out, top_k=3, progress=False)
+    table = pacsv.read_csv(out)
+    assert summary.seen == summary.predicted == table.num_rows == len(images)
+    assert summary.rejected == 0
+    by_path = dict(zip(table["path"].to_pylist(), table["label"].to_pylist(), strict=True))
+    for i, name in enumerate(names):
+        assert (
+            by_path[str(tmp_path / "crops" / name / f"{i:04d}.png")]
+            == (manifest.classes[expected[i]])
+        )
+    # top-k columns: top-1 is the label, probabilities fall, the labels came from class folders
+    assert table["top1_label"].to_pylist() == table["label"].to_pylist()
+    p = np.stack([table[f"top{j}_probability"].to_numpy() for j in (1, 2, 3)], 1)
+    assert np.all(p[:, 0] >= p[:, 1]) and np.all(p[:, 1] >= p[:, 2]) and np.all(p <= 1)
+    assert summary.labelled == len(images)
+    accuracy = np.mean([manifest.classes[e] == n for e, n in zip(expected, names, strict=True)])
+    assert summary.metrics["accuracy"] == pytest.approx(accuracy)
+
+
+def test_bad_inputs_are_counted_listed_and_never_crash(local_ray, shards, checkpoint, tmp_path):
+    _, uri, _ = shards
+    good = tmp_path / "mixed"
+    images, _ = _write_test_split(uri, good)
+    (good / "empty.png").write_bytes(b"")
+    (good / "readme.txt").write_text("not an image")
+    (good / "fake.jpg").write_bytes(b"not an image at all")
+    (good / "truncated.png").write_bytes(images[0][: len(images[0]) // 2])
+    big = good / "huge.png"
+    from PIL import Image
+
+    Image.new("RGB", (300, 300), (200, 10, 10)).save(big)
+    out = tmp_path / "preds.parquet"
+    summary = predict(checkpoint, [str(good)], out, top_k=2, max_pixels=200 * 200, progress=False)
+    rejected = pq.read_table(tmp_path / "preds.rejected.parquet").to_pylist()
+    reasons = {Path(r["path"]).name: r["reason"] for r in rejected}
+    assert reasons == {
+        "empty.png": "empty_file",
+        "readme.txt": "unsupported_extension",
+        "fake.jpg": "not_an_image",
+        "truncated.png": "corrupt",
+        "huge.png": "too_large",
+    }
+    rows = pq.read_table(out)
+    assert rows.num_rows == summary.predicted == len(images)
+    assert summary.predicted + summary.rejected == summary.seen == len(images) + 5
+    assert summary.reasons == {r: 1 for r in reasons.values()}
+    assert rows.column_names[:4] == ["path", "true_label", "label", "probability"]
+    assert "top2_label" in rows.column_names and "top3_label" not in rows.column_names
+
+
+def test_the_exported_folder_alone_predicts(local_ray, shards, checkpoint, tmp_path):
+    """Export, delete the checkpoint, predict from shards: the exported folder is enough."""
+    tmp, uri, manifest = shards
+    copy = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, copy)
+    exported = export_model(copy, tmp_path / "model", metrics={"macro_f1": 0.5})
+    meta = json.loads((exported / MODEL_JSON).read_text())
+    assert meta["class_names"] == manifest.classes and meta["image_size"] == 32
+    assert meta["metrics"] == {"macro_f1": 0.5} and meta["onnx_max_abs_diff"] < 1e-3
+    shutil.rmtree(copy)
+    out = tmp_path / "from_shards.csv"
+    summary = predict(exported, [uri], out, progress=False)
+    assert summary.predicted == manifest.split_rows("test") == summary.labelled
+    assert set(pacsv.read_csv(out)["true_label"].to_pylist()) <= set(manifest.classes)
+    assert 0 <= summary.metrics["macro_f1"] <= 1
+
+
+def summary_classes(out: Path) -> list[str]:
+    return sorted(set(pacsv.read_csv(out)["true_label"].to_pylist()))
+
+
+def test_predict_with_two_actors_keeps_every_row_once(local_ray, shards, checkpoint, tmp_path):
+    _, uri, _ = shards
+    images, _ = _write_test_split(uri, tmp_path / "crops")
+    out = tmp_path / "preds.csv"
+    summary = predict(
+        checkpoint,
+        [str(tmp_path / "crops")],
+        out,
+        actors=2,
+        cpus_per_actor=0.5,
+        batch_size=4,
+        progress=False,
+    )
+    paths = pacsv.read_csv(out)["path"].to_pylist()
+    assert len(paths) == len(set(paths)) == len(images) == summary.predicted
+    assert summary.actors_used == 2
+    inputs = collect_inputs([str(tmp_path / "crops")], summary_classes(out))
+    assert paths == [p for p, _ in inputs.files], "rows come back in input order"
+
+
+def test_a_broken_model_folder_stops_before_any_work(shards, checkpoint, tmp_path):
+    assert cli(["export", str(checkpoint), str(tmp_path / "model")]) == 0
+    exported = tmp_path / "model"
+    assert load_exported(exported).backbone == "resnet10t"
+    assert cli(["export", str(checkpoint), str(tmp_path / "m2"), "--backbone", "swin_nano"]) == 2
+    (exported / MODEL_ONNX).rename(tmp_path / "moved.onnx")
+    with pytest.raises(ModelError, match=r"model\.onnx: missing"):
+        load_exported(exported)
+    # model.json of a 48 px model beside a 32 px ONNX file
+    (tmp_path / "moved.onnx").rename(exported / MODEL_ONNX)
+    meta = json.loads((exported / MODEL_JSON).read_text())
+    (exported / MODEL_JSON).write_text(json.dumps({**meta, "image_size": 48}))
+    with pytest.raises(ModelError, match=r"model\.onnx: expects input .* image_size 48"):
+        load_exported(exported)
+    del meta["class_names"]
+    (exported / MODEL_JSON).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"model\.json: missing field\(s\) \['class_names'\]"):
+        load_exported(exported)
+    # through the CLI: exit code 2, one line naming the file, no output written
+    out = tmp_path / "preds.csv"
+    assert cli(["predict", "--model", str(exported), "--out", str(out), str(tmp_path)]) == 2
+    assert not out.exists()
+    assert cli(["predict", "--model", str(tmp_path / "nope"), "--out", str(out), "x"]) == 2
+    assert cli(["predict", "--model", str(checkpoint), "--out", str(tmp_path / "p.txt"), "x"]) == 2
