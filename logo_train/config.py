@@ -256,7 +256,8 @@ class TrainConfig:
     """Render the augmented passes of the train split once, before training, into Ray's object
     store, and let every backbone of the run train on them (epoch e on pass e): max(epochs)
     passes instead of one per epoch of every backbone, and no rendering beside the training.
-    Needs passes x train images x 3 x image_size^2 bytes of object store (quick: ~0.4 GB)."""
+    Needs passes x train images x 3 x image_size^2 bytes of object store (quick: ~0.4 GB).
+    A run of one backbone (a Tune trial) streams either way: nothing to share."""
     checkpoints_to_keep: int = 2
     """Latest Ray checkpoints kept for resume (each backbone's best is kept apart)."""
     max_failures: int = 2

@@ -225,7 +225,7 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
     if not p.exists():
         raise ModelError(f"--model {p}: not found")
     if (p / MODEL_ONNX).exists() or _exported_json(p):
-        return ResolvedModel(load_exported(p), str(p), described_as=f"exported model {p}")
+        return _exported(p, f"exported model {p}")
     if _is_checkpoint(p):
         if not (p / ckpt.MODEL_JSON).is_file():
             raise ModelError(
@@ -234,11 +234,7 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
         return _from_checkpoint(p, workdir, f"checkpoint {p}")
     report = p / "report"
     if (report / "model" / MODEL_JSON).exists():
-        return ResolvedModel(
-            load_exported(report / "model"),
-            str(report / "model"),
-            described_as=f"run {p}: exported best backbone {report / 'model'}",
-        )
+        return _exported(report / "model", f"run {p}: exported best backbone {report / 'model'}")
     if (report / "benchmark.json").is_file():
         from logo_train.report import best_entry, load
 
@@ -251,6 +247,14 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
         f"--model {p}: not a run folder (report/benchmark.json), a checkpoint folder "
         f"(state.pt + model.json) or an exported model folder ({MODEL_JSON} + {MODEL_ONNX})"
     )
+
+
+def _exported(folder: Path, described_as: str) -> ResolvedModel:
+    """An exported folder; its source checkpoint too when it is still there (for the GPU)."""
+    meta = load_exported(folder)
+    source = meta.source_checkpoint
+    checkpoint = source if source and _is_checkpoint(Path(source)) else ""
+    return ResolvedModel(meta, str(folder), checkpoint, described_as)
 
 
 def _exported_json(p: Path) -> bool:
@@ -340,7 +344,7 @@ def read_files(batch: dict[str, np.ndarray], max_pixels: int) -> dict[str, list]
             size = p.stat().st_size
             if size > MAX_FILE_BYTES:
                 raise Reject("too_large", f"{size} bytes is over {MAX_FILE_BYTES}")
-            data = stored_bytes(p.read_bytes(), max_pixels)
+            data = stored_bytes(p.read_bytes(), max_pixels, full_decode=False)
         except Reject as r:
             reason, detail = r.reason, r.detail
         except OSError as e:

@@ -595,9 +595,10 @@ def train_backbones(
     # one pass of the train split per epoch of every backbone, streamed as one; or, with
     # train.shared_passes, max(epochs) passes rendered now and read by every backbone
     epochs = [c.train.epochs for c in configs.values()]
-    passes = max(epochs) if tc.shared_passes else sum(epochs)
+    shared = tc.shared_passes and len(configs) > 1  # one backbone: stream, rendering overlaps
+    passes = max(epochs) if shared else sum(epochs)
     datasets = train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=tc.seed)
-    if tc.shared_passes:
+    if shared:
         datasets["train"] = _render_passes(datasets["train"], passes, manifest, echo)
     run_dir = _absolute(cfg.run_dir)
     name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -621,7 +622,7 @@ def train_backbones(
         "cache_val": small_eval_split(manifest, "val", cfg.model.image_size),
         "eval_batch_size": tc.eval_batch_size,
         "fit_started": time.time(),
-        "shared_passes": tc.shared_passes,
+        "shared_passes": shared,
     }
     resources = {"CPU": tc.cpus_per_worker}
     if tc.use_gpu:

@@ -279,3 +279,20 @@ def test_links_out_of_the_root_are_rejected_not_followed(tmp_path):
     assert reasons["Kia/2.jpg"] == "outside_root"
     assert reasons["Kia/3.jpg"] == "duplicate"  # same bytes as 0.jpg
     assert manifest.rows == 2 and manifest.files_seen == 4
+
+
+def test_stored_bytes_fast_path_keeps_plain_files_and_still_rejects_broken_ones(tmp_path):
+    from logo_train.data.ingest import Reject, stored_bytes
+
+    png = save(tmp_path / "a.png", noise_image(), "PNG")
+    jpg = save(tmp_path / "a.jpg", noise_image(), "JPEG")
+    for data in (png, jpg):  # plain 8-bit RGB: the original bytes, decoded or not
+        assert stored_bytes(data, 10**6, full_decode=False) == data == stored_bytes(data, 10**6)
+    rgba = save(tmp_path / "b.png", noise_image(mode="RGBA"), "PNG")
+    assert stored_bytes(rgba, 10**6, full_decode=False) == stored_bytes(rgba, 10**6) != rgba
+    for broken in (png[: len(png) // 2], jpg[: len(jpg) - 20]):
+        with pytest.raises(Reject) as e:
+            stored_bytes(broken, 10**6, full_decode=False)
+        assert e.value.reason == "corrupt"
+    with pytest.raises(Reject, match="over max_pixels"):
+        stored_bytes(png, 100, full_decode=False)

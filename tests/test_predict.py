@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import torch
+from PIL import Image
 from torch import nn
 
 from logo_train import checkpoint as ckpt
@@ -120,9 +121,10 @@ def test_bad_inputs_are_counted_listed_and_never_crash(local_ray, shards, checkp
     (good / "readme.txt").write_text("not an image")
     (good / "fake.jpg").write_bytes(b"not an image at all")
     (good / "truncated.png").write_bytes(images[0][: len(images[0]) // 2])
+    jpeg = good / "cut.jpg"
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(jpeg, quality=90)
+    jpeg.write_bytes(jpeg.read_bytes()[:-40])
     big = good / "huge.png"
-    from PIL import Image
-
     Image.new("RGB", (300, 300), (200, 10, 10)).save(big)
     out = tmp_path / "preds.parquet"
     summary = predict(checkpoint, [str(good)], out, top_k=2, max_pixels=200 * 200, progress=False)
@@ -133,12 +135,13 @@ def test_bad_inputs_are_counted_listed_and_never_crash(local_ray, shards, checkp
         "readme.txt": "unsupported_extension",
         "fake.jpg": "not_an_image",
         "truncated.png": "corrupt",
+        "cut.jpg": "corrupt",
         "huge.png": "too_large",
     }
     rows = pq.read_table(out)
     assert rows.num_rows == summary.predicted == len(images)
-    assert summary.predicted + summary.rejected == summary.seen == len(images) + 5
-    assert summary.reasons == {r: 1 for r in reasons.values()}
+    assert summary.predicted + summary.rejected == summary.seen == len(images) + 6
+    assert summary.reasons == {**{r: 1 for r in reasons.values()}, "corrupt": 2}
     assert rows.column_names[:4] == ["path", "true_label", "label", "probability"]
     assert "top2_label" in rows.column_names and "top3_label" not in rows.column_names
 

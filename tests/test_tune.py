@@ -200,7 +200,8 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
         assert time.time() < deadline, "no trial ended in time:\n" + "".join(lines[-30:])
     rest, _ = proc.communicate(timeout=180)
     out = "".join(lines) + rest
-    experiment = next((tmp_path / "tiny/tune").glob("resnet10t-*"))
+    proxy = yaml.safe_load(config.read_text())["tune"]["proxy_backbone"]
+    experiment = next((tmp_path / "tiny/tune").glob(f"{proxy}-*"))
     assert proc.returncode != 0, out[-3000:]
     finished = {t: e for t, e in _trial_epochs(experiment).items() if e == [1, 2]}
     assert len(finished) == 1, (_trial_epochs(experiment), out[-3000:])
