@@ -80,7 +80,7 @@ def main() -> None:
         )
         wall = time.perf_counter() - start
         resolved = resolve_model(args.model, tmp)
-        threads = max(1, int(args.actors * args.cpus_per_actor))
+        threads = args.actors * max(1, int(args.cpus_per_actor))  # as many as predict runs
         session = onnx_session(Path(resolved.onnx_dir) / MODEL_ONNX, threads)
         cfg = BenchmarkConfig(throughput_batch=args.batch_size, throughput_runs=20)
         bare = speed(

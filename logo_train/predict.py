@@ -355,6 +355,32 @@ def read_files(batch: dict[str, np.ndarray], max_pixels: int) -> dict[str, list]
     return {**batch, "image": images, "reason": reasons, "detail": details}
 
 
+def preprocess(batch: dict[str, np.ndarray], spec) -> dict[str, Any]:
+    """``map_batches`` (tasks, beside the model's actors): stored bytes -> ``pixels``, the
+    evaluation path's uint8 NCHW (``augment.eval_uint8``); a row OpenCV cannot decode is
+    rejected here. Rejected rows get zeros, the model skips them."""
+    from logo_train.data.augment import decode_image, eval_uint8
+    from logo_train.data.pipeline import one_opencv_thread
+
+    one_opencv_thread()
+    images = list(batch["image"])
+    reasons, details = list(batch["reason"]), list(batch["detail"])
+    keep = [i for i, r in enumerate(reasons) if not r]
+    try:
+        pixels = eval_uint8([images[i] for i in keep], spec) if keep else None
+    except ValueError:  # a file the ingest check passed that OpenCV cannot read
+        for i in [i for i in keep if decode_image(images[i]) is None]:
+            reasons[i], details[i] = "corrupt", "OpenCV cannot decode it"
+        keep = [i for i, r in enumerate(reasons) if not r]
+        pixels = eval_uint8([images[i] for i in keep], spec) if keep else None
+    size = spec.image_size
+    out = np.zeros((len(images), 3, size, size), np.uint8)
+    if keep:
+        out[keep] = pixels
+    rest = {k: v for k, v in batch.items() if k != "image"}
+    return {**rest, "pixels": out, "reason": reasons, "detail": details}
+
+
 def read_shard_rows(batch: dict[str, np.ndarray], split: str) -> dict[str, list]:
     """``map_batches``: shard URIs -> their rows (path = the row's source path or id)."""
     import pyarrow.parquet as pq
@@ -388,9 +414,7 @@ class Predictor:
         self, meta: dict, onnx: bytes, torch_state: bytes, device: str, threads: int, top_k: int
     ):
         from logo_train.data.augment import TransformSpec
-        from logo_train.data.pipeline import one_opencv_thread
 
-        one_opencv_thread()
         meta = ExportedModel(**meta)
         self.classes = np.asarray(meta.class_names, dtype=object)
         self.spec = TransformSpec(meta.image_size, tuple(meta.mean), tuple(meta.std))
@@ -418,26 +442,13 @@ class Predictor:
         with torch.inference_mode():
             return self.model(torch.from_numpy(x).cuda()).float().cpu().numpy()
 
-    def _inputs(self, images: list[bytes], reasons: list[str], details: list[str]) -> tuple:
-        """The model input of the rows still in, marking rows that do not decode."""
-        from logo_train.data.augment import decode_image, eval_inputs
-
-        keep = [i for i, r in enumerate(reasons) if not r]
-        try:
-            return keep, eval_inputs([images[i] for i in keep], self.spec)
-        except ValueError:  # a row the ingest check passed but OpenCV cannot read
-            good = []
-            for i in keep:
-                if decode_image(images[i]) is None:
-                    reasons[i], details[i] = "corrupt", "OpenCV cannot decode it"
-                else:
-                    good.append(i)
-            return good, eval_inputs([images[i] for i in good], self.spec)
-
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from logo_train.data.augment import normalise
+
         n = len(batch["path"])
-        reasons, details = list(batch["reason"]), list(batch["detail"])
-        keep, x = self._inputs(list(batch["image"]), reasons, details)
+        reasons, details = batch["reason"], batch["detail"]
+        keep = [i for i, r in enumerate(reasons) if not r]
+        x = normalise(batch["pixels"][keep], self.spec.mean, self.spec.std)
         k = self.top_k
         top_idx = np.zeros((n, k), np.int64)
         top_p = np.zeros((n, k), np.float32)
@@ -455,8 +466,8 @@ class Predictor:
             "true_label": batch["label"],
             "label": np.where(np.asarray(reasons) == "", self.classes[top_idx[:, 0]], ""),
             "probability": top_p[:, 0],
-            "reason": np.asarray(reasons, dtype=object),
-            "detail": np.asarray(details, dtype=object),
+            "reason": reasons,
+            "detail": details,
             "actor": np.full(n, os.getpid()),
         }
         for j in range(k):
@@ -511,6 +522,7 @@ def predict(
     import pyarrow as pa
     import ray
 
+    from logo_train.data.augment import TransformSpec
     from logo_train.data.pipeline import configure_data_context
     from logo_train.raysetup import init_ray
 
@@ -534,7 +546,11 @@ def predict(
         configure_data_context()
         # our bar reports progress; Ray Data's periodic progress log lines would repeat it
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        ds = _dataset(inputs, max_pixels, actors)
+        spec = TransformSpec(meta.image_size, tuple(meta.mean), tuple(meta.std))
+        # decode + resize in tasks, pipelined with the model; not fused into the actors
+        ds = _dataset(inputs, max_pixels, actors).map_batches(
+            preprocess, fn_kwargs={"spec": spec}, batch_size=batch_size, num_cpus=0.5
+        )
         ds = ds.map_batches(
             Predictor,
             fn_constructor_kwargs={

@@ -182,7 +182,8 @@ def test_predict_with_two_actors_keeps_every_row_once(local_ray, shards, checkpo
     )
     paths = pacsv.read_csv(out)["path"].to_pylist()
     assert len(paths) == len(set(paths)) == len(images) == summary.predicted
-    assert summary.actors_used == 2
+    # which actor gets which block is Ray's scheduling: the first actor up may take them all
+    assert summary.actors_used in (1, 2)
     inputs = collect_inputs([str(tmp_path / "crops")], summary_classes(out))
     assert paths == [p for p, _ in inputs.files], "rows come back in input order"
 

@@ -115,11 +115,17 @@ def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def eval_uint8(images: list[bytes] | np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """The evaluation path's first half, encoded images -> uint8 NCHW: decode and resize to
+    ``image_size`` (any size and aspect is stretched to the square, as in training's crop)."""
+    return to_uint8_batch(decode_batch(images), spec, train=False)
+
+
 def eval_inputs(images: list[bytes] | np.ndarray, spec: TransformSpec) -> np.ndarray:
-    """The evaluation path, encoded images -> the model's float32 NCHW input: decode, resize to
-    ``image_size`` (any size and aspect is stretched to the square, as in training's crop) and
-    normalise. The benchmark, the audit's scoring and ``logo-train predict`` all call this."""
-    return to_tensor_batch(decode_batch(images), spec, train=False)
+    """The evaluation path, encoded images -> the model's float32 NCHW input: ``eval_uint8``
+    then ``normalise``. The benchmark and the audit call this; ``logo-train predict`` calls its
+    two halves in two pipeline stages (decode in tasks, normalise beside the model)."""
+    return normalise(eval_uint8(images, spec), spec.mean, spec.std)
 
 
 def to_uint8_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:
