@@ -7,11 +7,13 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup run test lint
 
-# --no-compile: byte-compiling every installed module (torch, ray, ...) took half of the
-# install's 2 min 16 s on the 2-core laptop; Python compiles what it imports on first use.
+# No --no-compile: it would halve the install (2 min 16 s -> 1 min 9 s here), but where
+# PYTHONDONTWRITEBYTECODE=1 is set (the project machines) no .pyc is ever written then, and
+# every Ray process compiles torch, timm and Ray from source at start-up (a fresh-clone run's
+# tune stage 200 s instead of ~100 s, docs/benchmarks.md).
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $(STAMP)
 
 setup: $(STAMP)
