@@ -216,12 +216,12 @@ def _copy_suspected(cfg: Config, data: dict, folder: str) -> None:
 def export_best(folder: str) -> str:
     """``<report>/model/``: the best backbone (chosen on validation) as a self-contained ONNX
     model + model.json, with its test metrics; what ``logo-train predict`` takes."""
-    from logo_train.predict import export_model
+    from logo_train.predict import entry_metrics, export_model
     from logo_train.report import best_entry, load
 
     data, _ = load(folder)
     best = best_entry(data)
-    metrics = {**best["metrics"], "split": data["split"], "samples": best["samples"]}
+    metrics = entry_metrics(data, best)
     out = join(folder, "model")
     with tempfile.TemporaryDirectory() as tmp:  # then copied: the report may be a URI
         exported = export_model(best["checkpoint"], tmp, metrics=metrics)

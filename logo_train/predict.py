@@ -124,14 +124,14 @@ def export_from(path: str | Path, out: str | Path, backbone: str | None = None) 
         entry = entries.get(backbone) if backbone else best_entry(data)
         if entry is None:
             raise ValueError(f"--backbone {backbone}: not in {p} (it has {sorted(entries)})")
-        metrics = {**entry["metrics"], "split": data["split"], "samples": entry["samples"]}
-        return export_model(entry["checkpoint"], out, metrics=metrics)
+        return export_model(entry["checkpoint"], out, metrics=entry_metrics(data, entry))
     summary = join(str(p / "train"), "summary.json")
     if exists(summary):  # trained, not benchmarked: no test metrics to carry
         rows = {r["backbone"]: r for r in json.loads(read_bytes(summary))["results"]}
         if not rows:
             raise ValueError(f"{summary}: no trained backbone")
-        row = rows.get(backbone) if backbone else max(rows.values(), key=_val_f1)
+        best = max(rows.values(), key=lambda r: r["best_val_macro_f1"])
+        row = rows.get(backbone) if backbone else best
         if row is None:
             raise ValueError(f"--backbone {backbone}: not in {summary} (it has {sorted(rows)})")
         return export_model(row["checkpoint"], out)
@@ -141,8 +141,9 @@ def export_from(path: str | Path, out: str | Path, backbone: str | None = None) 
     )
 
 
-def _val_f1(row: dict) -> float:
-    return row["best_val_macro_f1"]
+def entry_metrics(data: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    """A benchmark.json entry's test metrics as model.json carries them (with split, samples)."""
+    return {**entry["metrics"], "split": data["split"], "samples": entry["samples"]}
 
 
 def load_exported(folder: str | Path) -> ExportedModel:
@@ -241,7 +242,10 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
         data, _ = load(p)
         best = best_entry(data)
         return _from_checkpoint(
-            Path(best["checkpoint"]), workdir, f"run {p}: best backbone {best['backbone']}", best
+            Path(best["checkpoint"]),
+            workdir,
+            f"run {p}: best backbone {best['backbone']}",
+            entry_metrics(data, best),
         )
     raise ModelError(
         f"--model {p}: not a run folder (report/benchmark.json), a checkpoint folder "
@@ -265,12 +269,12 @@ def _exported_json(p: Path) -> bool:
 
 
 def _from_checkpoint(
-    checkpoint: Path, workdir: str | Path, described_as: str, entry: dict | None = None
+    checkpoint: Path, workdir: str | Path, described_as: str, metrics: dict | None = None
 ) -> ResolvedModel:
     if not _is_checkpoint(checkpoint):
         raise ModelError(f"{checkpoint / 'state.pt'}: missing (checkpoint moved or deleted?)")
     out = Path(workdir) / "model"
-    export_model(checkpoint, out, metrics=(entry or {}).get("metrics"))
+    export_model(checkpoint, out, metrics=metrics)
     return ResolvedModel(load_exported(out), str(out), str(checkpoint), described_as)
 
 
