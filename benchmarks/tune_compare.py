@@ -1,13 +1,15 @@
 """TPE + ASHA against random search without early stopping, same trial budget and seed.
 
-    python benchmarks/tune_compare.py [--trials 12] [--epochs 6] [--set KEY=VALUE ...]
-                                      [--out benchmarks/results]
+    python benchmarks/tune_compare.py [--trials 12] [--epochs N] [--backbone B]
+                                      [--set KEY=VALUE ...] [--out benchmarks/results]
 
 Both searches run ``logo_train.tune.search`` (Ray Tune trials = Ray Train runs) over the config's
-space (penalty_weight log-uniform, class_weight_power uniform) on resnet10t, on the quick
-profile's embedded dataset (20% symmetric noise) unless overridden. Then the best config of each
-search and the untuned defaults are trained once more at full length and scored on the clean test
-split. Written: ``tune_compare.json`` and ``tune_compare.md`` (the table for docs/benchmarks.md).
+space (penalty_weight log-uniform, class_weight_power uniform) on the quick profile's tuning
+proxy (``tune.proxy_backbone``) or ``--backbone``, on the quick profile's embedded dataset (20%
+symmetric noise) unless overridden; a trial runs at most ``--epochs`` (default: the backbone's
+epochs in the profile's recipe). Then the best config of each search and the untuned defaults
+are trained once more with the profile's recipe and scored on the clean test split. Written:
+``tune_compare.json`` and ``tune_compare.md`` (the table for docs/benchmarks.md).
 Compute is counted in trial-epochs (the target: TPE + ASHA reaches the random search's best
 val macro-F1, within 0.02, with <= 60% of its trial-epochs); wall times are given too.
 """
@@ -34,7 +36,6 @@ from logo_train.train import train_backbone
 from logo_train.tune import apply_params, search
 
 ROOT = Path(__file__).resolve().parents[1]
-BACKBONE = "resnet10t"
 
 
 def clean_test_macro_f1(checkpoint: str, uri: str) -> float:
@@ -57,20 +58,23 @@ def strategy(cfg: Config, name: str, search_alg: str, early_stopping: bool) -> C
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--trials", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=6, help="most epochs per trial (= full run)")
+    p.add_argument("--epochs", type=int, default=0, help="most epochs per trial (0: the recipe's)")
+    p.add_argument("--backbone", default="", help="default: the profile's tune.proxy_backbone")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     p.add_argument(
         "--train-random-best", action="store_true", help="also re-train the random search's best"
     )
     args = p.parse_args()
+    profile = load_config(ROOT / "configs/quick.yaml", args.overrides)
+    backbone = args.backbone or profile.tune.proxy_backbone or profile.model.backbones[0]
+    epochs = args.epochs or profile.for_backbone(backbone).train.epochs
     cfg = load_config(
         ROOT / "configs/quick.yaml",
         [
             "name=tune-compare",
-            f"model.backbones=[{BACKBONE}]",
-            f"train.epochs={args.epochs}",
-            f"tune.epochs={args.epochs}",
+            f"model.backbones=[{backbone}]",
+            f"tune.epochs={epochs}",
             f"tune.num_samples={args.trials}",
             "tune.reduction_factor=3",
             "tune.grace_period=1",
@@ -83,7 +87,7 @@ def main() -> None:
     for name, alg, asha in (("tpe_asha", "tpe", True), ("random", "random", False)):
         scfg = strategy(cfg, name, alg, asha)
         start = time.perf_counter()
-        result = search(scfg, BACKBONE, uri, manifest)
+        result = search(scfg, backbone, uri, manifest)
         searches[name] = result
         rows[name] = {
             "search": f"{alg}{' + ASHA' if asha else ''}",
@@ -103,9 +107,9 @@ def main() -> None:
         finals["best of random"] = searches["random"].best_params
     scores = {}
     for label, params in finals.items():
-        base = dataclasses.replace(cfg, name=f"{cfg.name}-final").for_backbone(BACKBONE)
+        base = dataclasses.replace(cfg, name=f"{cfg.name}-final").for_backbone(backbone)
         fcfg = apply_params(base, params)
-        trained = train_backbone(fcfg, BACKBONE, uri, manifest)
+        trained = train_backbone(fcfg, backbone, uri, manifest)
         scores[label] = {
             "params": params
             or {
@@ -122,14 +126,14 @@ def main() -> None:
     # issue 12's target: within 0.02 of random search's best at <= 60% of its trial-epochs
     met = tpe["best_val_macro_f1"] >= rnd["best_val_macro_f1"] - 0.02 and ratio <= 0.6
     result = {
-        "backbone": BACKBONE,
+        "backbone": backbone,
         "data": {
             "train_images": manifest.split_rows("train"),
             "noise_rate": cfg.data.synth.noise_rate,
             "image_size": cfg.model.image_size,
         },
         "trials": args.trials,
-        "max_epochs": args.epochs,
+        "max_epochs": epochs,
         "seed": cfg.tune.seed,
         "searches": rows,
         "trial_epoch_ratio": ratio,

@@ -301,6 +301,13 @@ def audit(
     return result
 
 
+def _audit_with_threads(threads: int, *args, **kwargs) -> AuditResult:
+    """``audit`` with ``threads`` torch threads (a reused Ray worker keeps the thread count of
+    the task that started it)."""
+    torch.set_num_threads(threads)
+    return audit(*args, **kwargs)
+
+
 def audit_on_ray(
     checkpoint: str,
     shards_uri: str,
@@ -310,13 +317,15 @@ def audit_on_ray(
     num_gpus: float = 0.0,
     batch_size: int = 256,
 ) -> AuditResult:
-    """``audit`` as a Ray task with the training workers' resources, so on a cluster it runs on
-    a (GPU) worker node next to the checkpoint's storage, not on the head node."""
+    """``audit`` as a Ray task with ``num_cpus`` CPUs (as many torch threads) and ``num_gpus``
+    GPUs, so on a cluster it runs on a (GPU) worker node next to the checkpoint's storage, not
+    on the head node."""
     import ray
 
-    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(audit)
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_audit_with_threads)
     return ray.get(
         task.remote(
+            max(1, int(num_cpus)),
             checkpoint,
             shards_uri,
             out_uri,

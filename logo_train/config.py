@@ -251,7 +251,8 @@ class TrainConfig:
     channels_last: bool = True
     """channels_last (NHWC) memory format, on GPU and CPU."""
     shuffle_buffer: int = 512
-    """Rows in each worker's local shuffle buffer (file order is shuffled too)."""
+    """Rows in each worker's local shuffle buffer (seeded), on top of the shuffle every pass
+    gets: a new file order and the rows of each shard in a new order, both from ``seed``."""
     shared_passes: bool = False
     """Render the augmented passes of the train split once, before training, into Ray's object
     store, and let every backbone of the run train on them (epoch e on pass e): max(epochs)
@@ -265,6 +266,9 @@ class TrainConfig:
     autoscale: bool = False
     """The cluster adds nodes on demand: skip the check that workers fit the current cluster."""
     seed: int = 0
+    """Seed of the model's initialisation, the training stream (file and row order,
+    augmentation) and the shuffle buffer: on CPU with one worker, the same config gives the same
+    per-epoch metrics (docs/training.md, "Reproducibility")."""
     per_backbone: dict[str, dict[str, float]] = field(default_factory=dict)
     """The recipe per backbone: ``train.*`` fields (``RECIPE_FIELDS``) that differ for one
     backbone, e.g. ``{swin_nano: {lr: 0.0005, epochs: 16}}``; tuned parameters apply on top."""

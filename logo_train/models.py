@@ -183,7 +183,26 @@ def build_model(
         _POST_BUILD[spec.family](model, image_size)
     if not (pretrained or pretrained_file):
         _zero_init_classifier(model)
+        if spec.family in ("mobilenetv2", "efficientnetv2"):
+            _zero_init_residuals(model)
     return model
+
+
+def _zero_init_residuals(model: nn.Module) -> None:
+    """Every residual block of a mobile network starts as the identity: the last batch norm of
+    its branch gets gamma 0, as timm does for ResNets (``zero_init_last``) and Goyal et al.
+    (2017) recommend; timm's MobileNetV2 / EfficientNetV2 blocks do not. From random init at
+    32 px, in process: efficientnetv2_nano clean-test macro-F1 0.33 -> 0.44 in 6 epochs,
+    mobilenetv2_050 0.56 in 10 epochs against 0.42 in 16 without (docs/benchmarks.md)."""
+    from timm.models._efficientnet_blocks import EdgeResidual, InvertedResidual
+
+    for block in model.modules():
+        if not getattr(block, "has_skip", False):
+            continue
+        if isinstance(block, InvertedResidual):
+            nn.init.zeros_(block.bn3.weight)
+        elif isinstance(block, EdgeResidual):
+            nn.init.zeros_(block.bn2.weight)
 
 
 def _zero_init_classifier(model: nn.Module) -> None:

@@ -186,6 +186,7 @@ def _run_batches(shard, batch_size: int, tc, device) -> _Prefetch:
             batch_size=batch_size,
             drop_last=True,
             local_shuffle_buffer_size=tc.shuffle_buffer or None,
+            local_shuffle_seed=tc.seed if tc.shuffle_buffer else None,
             device=device,
         )
     )
@@ -568,6 +569,7 @@ def train_backbones(
     tensorboard_uri: str | None = None,
     callbacks: list | None = None,
     echo=None,
+    datasets: dict[str, Any] | None = None,
 ) -> tuple[list[BackboneResult], dict[str, str]]:
     """Train every backbone of ``configs`` (backbone -> its config), in order, in **one** Ray
     Train run: one worker group, one Ray Data pipeline, so Ray's start-up is paid once.
@@ -576,6 +578,8 @@ def train_backbones(
     checkpoint is ``<run>/<backbone>/best``. A Tune trial passes its own ``name`` (stable across
     a restore, so the run resumes from its checkpoint), ``storage_path``, ``tensorboard_uri``
     and ``callbacks`` (``TuneReportCallback``). ``echo`` gets one line per epoch.
+    ``datasets``: passes rendered before (``shared_datasets``), read by every backbone from the
+    first; the search renders its trials' passes once this way.
 
     Returns the trained backbones and the failed or untrained ones (backbone -> error): a
     backbone that raises is recorded and retried from the last checkpoint up to
@@ -584,22 +588,21 @@ def train_backbones(
 
     cfg = _check_same_scaling(configs)
     tc = cfg.train
-    params, mean, std = {}, None, None
-    for backbone in configs:
-        model = build_model(backbone, len(manifest.classes), cfg.model.image_size)
-        params[backbone] = count_parameters(model)
-        mean, std = normalisation(model)
-        del model
-    # uint8 out of Ray Data, normalised per backbone on the worker: mean/std do not matter here
-    specs = transform_specs(cfg.model.image_size, cfg.augment, mean, std)
+    params = {
+        b: count_parameters(build_model(b, len(manifest.classes), cfg.model.image_size))
+        for b in configs
+    }
     # one pass of the train split per epoch of every backbone, streamed as one; or, with
     # train.shared_passes, max(epochs) passes rendered now and read by every backbone
     epochs = [c.train.epochs for c in configs.values()]
-    shared = tc.shared_passes and len(configs) > 1  # one backbone: stream, rendering overlaps
-    passes = max(epochs) if shared else sum(epochs)
-    datasets = train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=tc.seed)
-    if shared:
-        datasets["train"] = _render_passes(datasets["train"], passes, manifest, echo)
+    shared = datasets is not None or (tc.shared_passes and len(configs) > 1)
+    if datasets is None:
+        # one backbone streams: its rendering overlaps its training
+        datasets = (
+            shared_datasets(cfg, shards_uri, manifest, max(epochs), echo)
+            if shared
+            else _datasets(cfg, shards_uri, manifest, sum(epochs))
+        )
     run_dir = _absolute(cfg.run_dir)
     name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
     storage_path = storage_path or join(run_dir, "train")
@@ -659,19 +662,32 @@ def train_backbones(
     return [_backbone_result(j, params[j.backbone]) for j in done], failures
 
 
-def _render_passes(dataset, passes: int, manifest: Manifest, echo) -> Any:
-    """``train.shared_passes``: every augmented pass rendered now, with the whole machine, into
-    Ray's object store (``materialize``); the backbones then read them without rendering."""
+def _datasets(cfg: Config, shards_uri: str, manifest: Manifest, passes: int) -> dict[str, Any]:
+    """Train (``passes`` augmented passes, lazy) and val datasets for ``cfg``'s backbones."""
+    # uint8 out of Ray Data, normalised per backbone on the worker: mean/std do not matter here
+    model = build_model(cfg.model.backbones[0], len(manifest.classes), cfg.model.image_size)
+    specs = transform_specs(cfg.model.image_size, cfg.augment, *normalisation(model))
+    return train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=cfg.train.seed)
+
+
+def shared_datasets(
+    cfg: Config, shards_uri: str, manifest: Manifest, passes: int, echo=None, prefix="train"
+) -> dict[str, Any]:
+    """``train.shared_passes``: ``passes`` augmented passes of the train split rendered now,
+    with the whole machine, into Ray's object store (``materialize``); every backbone of a
+    run, or every trial of a search, then reads them from the first without rendering."""
     start = time.perf_counter()
-    dataset = dataset.materialize()
+    datasets = _datasets(cfg, shards_uri, manifest, passes)
+    datasets["train"] = datasets["train"].materialize()
     if echo:
         rows = passes * manifest.split_rows("train")
         echo(
-            f"[train] {passes} augmented passes of the train split rendered once for every "
-            f"backbone: {rows} images, {dataset.size_bytes() / 2**20:.0f} MiB in Ray's object "
-            f"store, {time.perf_counter() - start:.0f} s"
+            f"[{prefix}] {passes} augmented passes of the train split rendered once: "
+            f"{rows} images, "
+            f"{datasets['train'].size_bytes() / 2**20:.0f} MiB in Ray's object store, "
+            f"{time.perf_counter() - start:.0f} s"
         )
-    return dataset
+    return datasets
 
 
 def _backbone_result(job: Job, params: int) -> BackboneResult:

@@ -167,9 +167,11 @@ def check_trial_resources(cfg: Config) -> None:
 # --- the trial --------------------------------------------------------------------------------
 
 
-def _trial(config: dict[str, Any], *, context: dict[str, Any]) -> None:
+def _trial(
+    config: dict[str, Any], *, context: dict[str, Any], datasets: dict[str, Any] | None = None
+) -> None:
     """One Tune trial: a Ray Train run of ``context["backbone"]`` with the sampled ``config``
-    (Tune's name for the parameters) applied."""
+    (Tune's name for the parameters) applied; on the search's shared passes when given."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -189,13 +191,30 @@ def _trial(config: dict[str, Any], *, context: dict[str, Any]) -> None:
         storage_path=join(context["path"], "runs"),
         tensorboard_uri=join(context["path"], f"tensorboard/{trial_id}"),
         callbacks=[TuneReportCallback()],
+        datasets=datasets,
     )
 
 
-def _trainable(context: dict[str, Any]):
+def _trainable(context: dict[str, Any], echo=print):
+    """The trial function with its resources; with ``train.shared_passes`` the trials' passes
+    are rendered here, once for the whole search (every trial reads the same augmented
+    passes: one rendering instead of one per trial, and trials compared on the same data)."""
     from ray import tune
 
-    fn = tune.with_parameters(_trial, context=context)
+    from logo_train.train import shared_datasets
+
+    cfg = config_from_dict(context["config"])
+    datasets = None
+    if cfg.train.shared_passes:
+        datasets = shared_datasets(
+            cfg,
+            context["shards_uri"],
+            Manifest.from_json(context["manifest"]),
+            context["epochs"],
+            echo=echo,
+            prefix="tune",
+        )
+    fn = tune.with_parameters(_trial, context=context, datasets=datasets)
     # Tune refuses an all-zero request; a trial that takes no CPU asks for a little memory
     return tune.with_resources(fn, {"CPU": context["trial_cpus"], "memory": TRIAL_MEMORY})
 
@@ -300,7 +319,7 @@ def search(
     )
     echo(f"[tune] experiment: {path}  (tensorboard --logdir {path})")
     tuner = tune.Tuner(
-        _trainable(context),
+        _trainable(context, echo),
         param_space=search_space(t.space),
         tune_config=_tune_config(cfg, concurrency),
         run_config=tune.RunConfig(
@@ -328,7 +347,7 @@ def resume(path: str, echo=print) -> SearchResult:
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"{path}: Ray Tune finds no experiment state to restore")
     context = json.loads(read_bytes(join(path, CONTEXT)))
-    tuner = tune.Tuner.restore(path, _trainable(context), resume_unfinished=True)
+    tuner = tune.Tuner.restore(path, _trainable(context, echo), resume_unfinished=True)
     return _finish(tuner, context, echo)
 
 

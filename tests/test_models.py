@@ -43,6 +43,27 @@ def test_forward_backward_at_quick_size(name):
     assert sum(float(g.abs().sum()) for g in grads) > 0
 
 
+@pytest.mark.parametrize("name", ["mobilenetv2_050", "efficientnetv2_nano", "mobilenetv2_100"])
+def test_mobile_residual_blocks_start_as_the_identity(name):
+    """Random init zeroes the last norm of every residual branch (timm does it for ResNets only):
+    each block with a skip passes its input through unchanged until it learns."""
+    torch.manual_seed(0)
+    model = build_model(name, 28, 32).eval()
+    blocks = [m for m in model.modules() if getattr(m, "has_skip", False)]
+    blocks = [b for b in blocks if type(b).__name__ in ("InvertedResidual", "EdgeResidual")]
+    assert len(blocks) >= 5
+    for block in blocks:
+        x = torch.randn(2, block.conv_pwl.out_channels, 8, 8)  # a skip: in == out channels
+        assert torch.allclose(block(x), x)
+    # and they can learn: the zeroed weights get gradients (once the zero-initialised
+    # classifier has moved, as after the first step)
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
+    model.train()
+    model(torch.randn(4, 3, 32, 32)).sum().backward()
+    zeroed = [getattr(b, "bn3", None) or b.bn2 for b in blocks]
+    assert all(float(bn.weight.grad.abs().sum()) > 0 for bn in zeroed)
+
+
 def test_unknown_backbone_lists_the_known_ones():
     with pytest.raises(ValueError, match="resnet50") as err:
         get_spec("resnet5O")
