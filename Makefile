@@ -12,6 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 # set (the project machines) no .pyc would ever be written, and every Ray process would compile
 # torch, timm and Ray from source at start-up (a fresh-clone run's tune stage 200 s instead of
 # ~100 s, docs/benchmarks.md). -x: torch's Python 3.12-only test helper, which pip skips too.
+$(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]'
 	$(VENV)/bin/python -m compileall -q -j 0 -x 'py312' $(VENV)/lib logo_train
