@@ -220,8 +220,15 @@ def device_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def _folder_mb(path: str | Path) -> float:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+def _folder_mb(uri: str | Path) -> float:
+    """Size of a folder's files (a local path or a URI), MiB."""
+    from pyarrow import fs as pafs
+
+    from logo_train.data.shards import resolve
+
+    fs, path = resolve(str(uri))
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    return sum(i.size for i in infos if i.type == pafs.FileType.File) / 2**20
 
 
 def benchmark_checkpoint(
@@ -369,8 +376,9 @@ def summary_line(entry: dict[str, Any]) -> str:
     return line
 
 
-def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1))
-    return path
+def write_json(data: dict[str, Any], uri: str | Path) -> str:
+    """``data`` as JSON at ``uri`` (a local path or a URI)."""
+    from logo_train.data.shards import write_bytes
+
+    write_bytes(str(uri), json.dumps(data, indent=1).encode())
+    return str(uri)

@@ -66,7 +66,13 @@ def save(
 
 
 def load_state(directory: str | Path) -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
+    """``state.pt`` of a checkpoint folder (a local path or a URI)."""
+    import io
+
+    from logo_train.data.shards import join, read_bytes
+
+    data = read_bytes(join(str(directory), STATE))
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 HISTORY_JSON = "history.json"
@@ -84,7 +90,10 @@ def run_history(run_path: str) -> list[dict[str, float]]:
 
 
 def load_info(directory: str | Path) -> ModelInfo:
-    return ModelInfo(**json.loads((Path(directory) / MODEL_JSON).read_text()))
+    """``model.json`` of a checkpoint folder (a local path or a URI)."""
+    from logo_train.data.shards import join, read_bytes
+
+    return ModelInfo(**json.loads(read_bytes(join(str(directory), MODEL_JSON))))
 
 
 def load_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:

@@ -20,10 +20,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-from logo_train.config import Config, load_config
+from logo_train.config import STAGES, Config, load_config
 from logo_train.losses import LOSSES
-
-STAGES_DEFAULT = ("data", "tune", "train", "audit", "benchmark", "report")
 
 # CLI flag -> config key; the flags are shorthands for --set, so validation is the config's.
 SYNTH_FLAGS = {
@@ -114,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
     run.add_argument(
         "--stages",
-        default=",".join(STAGES_DEFAULT),
+        default=",".join(STAGES),
         help="comma-separated stages to run, in pipeline order (default: all; tune runs when "
         "tune.enabled)",
     )
@@ -354,11 +352,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def load_config_of_run(run_dir: str, overrides: list[str]) -> Config:
-    """The config a run folder was made with (its config.yaml), plus overrides."""
-    from pathlib import Path
+    """The config a run folder (a local path or a URI) was made with (its config.yaml), plus
+    overrides."""
+    from logo_train.data.shards import is_file, join
 
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    path = join(run_dir, "config.yaml")
+    if not is_file(path):
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a logo-train run folder)")
     return load_config(path, overrides)
 

@@ -345,6 +345,9 @@ def _default_space() -> dict[str, SearchParam]:
 
 
 # train.* fields a search may set (numbers that change the optimisation, not the plumbing)
+STAGES = ("data", "tune", "train", "audit", "benchmark", "report")
+"""The pipeline's stages, in order (``logo-train run --stages``)."""
+
 RECIPE_FIELDS = (
     "epochs",
     "lr",
@@ -654,13 +657,16 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a YAML profile (or the defaults), apply ``KEY=VALUE`` overrides, validate."""
+    """Read a YAML profile (or the defaults; a local path or a URI such as a run folder's
+    ``s3://…/config.yaml``), apply ``KEY=VALUE`` overrides, validate."""
+    from logo_train.data.shards import is_file, read_bytes
+
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
+        path = str(path)
+        if not is_file(path):
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(read_bytes(path).decode())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"config file {path}: top level must be a mapping")
         data = loaded or {}

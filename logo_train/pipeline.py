@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from logo_train.audit import AuditResult
-from logo_train.config import Config, dump_config
+from logo_train.config import STAGES, Config, dump_config
 from logo_train.data.prepare import prepare_data
 from logo_train.data.preview import CONTACT_SHEET, summary_table
 from logo_train.data.shards import Manifest, join, resolve, write_bytes
@@ -105,16 +103,20 @@ def audit_dir(cfg: Config, backbone: str) -> str:
 def _audit(cfg: Config, uri: str, training: list[BackboneResult]) -> dict[str, AuditResult]:
     """The label audit of every trained backbone, each as a Ray task, one after another;
     ``<run dir>/audit/<backbone>/suspected_labels.parquet`` and ``.png``. On GPU a task takes
-    one GPU; on CPU the cluster's CPUs up to 4 (its torch threads: the stage runs alone, and
-    2 threads audit ~1.5x faster than 1 on a 2-core machine)."""
+    one GPU; on a fixed CPU cluster the largest node's CPUs up to 4 (its torch threads: the
+    stage runs alone, and 2 threads audit ~1.5x faster than 1 on a 2-core machine); with
+    ``train.autoscale`` one worker's CPUs, which the node types are sized for."""
     import ray
 
     from logo_train.audit import audit_on_ray
 
     tc = cfg.train
     num_cpus = min(tc.cpus_per_worker, 1.0)
-    if not tc.use_gpu:
-        num_cpus = max(1, min(int(ray.cluster_resources().get("CPU", 1)), 4))
+    if not (tc.use_gpu or tc.autoscale):
+        # one task runs on one node: the largest node's CPUs (a task asking for the cluster's
+        # total would never be scheduled on a cluster of small nodes)
+        nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+        num_cpus = max(1, min(int(max(nodes, default=1.0)), 4))
     audits = {}
     for result in training:
         audits[result.backbone] = audit_on_ray(
@@ -138,9 +140,6 @@ def train_stage(cfg: Config, progress: bool = True) -> RunResult:
 def tune_stage(cfg: Config, progress: bool = True) -> RunResult:
     """``logo-train tune``: shards (made or reused) and the search(es) ``tune.scope`` asks for."""
     return run(cfg, progress=progress, stages=("data", "tune"))
-
-
-STAGES = ("data", "tune", "train", "audit", "benchmark", "report")
 
 
 def report_dir(cfg: Config) -> str:
@@ -211,13 +210,14 @@ def benchmark_stage(
 def _copy_suspected(cfg: Config, data: dict, folder: str) -> None:
     """The best backbone's suspected-label list and contact sheet, into the report folder."""
     from logo_train.audit import SUSPECTED_PARQUET, SUSPECTED_PNG
+    from logo_train.data.shards import is_file, read_bytes
     from logo_train.report import best_entry
 
     best = best_entry(data)["backbone"]
     for name in (SUSPECTED_PARQUET, SUSPECTED_PNG):
         src = join(audit_dir(cfg, best), name)
-        if "://" not in src and Path(src).is_file():
-            shutil.copyfile(src, join(folder, name))
+        if is_file(src):
+            write_bytes(join(folder, name), read_bytes(src))
 
 
 def export_best(folder: str) -> str:
@@ -260,7 +260,9 @@ def _print_summary(result: RunResult, folder: str) -> None:
         f"{data['split']} split, {len(data['classes'])} classes)"
     )
     print(f"report folder: {folder}  (benchmark.md, plots, suspected_labels.parquet)")
-    if Path(folder, "model").is_dir():
+    from logo_train.data.shards import is_dir
+
+    if is_dir(join(folder, "model")):
         print(f"model: {join(folder, 'model')}  (logo-train predict --model {folder}/model ...)")
 
 

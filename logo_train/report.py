@@ -59,15 +59,21 @@ def _cell(fmt: str, value: Any) -> str:
     return fmt.format(value)
 
 
-def load(path: str | Path) -> tuple[dict[str, Any], Path]:
-    """benchmark.json from a run folder, its report folder, or the file itself."""
-    path = Path(path)
-    for candidate in (path, path / BENCHMARK_JSON, path / REPORT_DIR / BENCHMARK_JSON):
-        if candidate.is_file():
-            return json.loads(candidate.read_text()), candidate.parent
+def load(path: str | Path) -> tuple[dict[str, Any], str]:
+    """benchmark.json from a run folder, its report folder, or the file itself (a local path or
+    a URI); returns the data and the folder (URI) holding it."""
+    from logo_train.data.shards import is_file, join, parent, read_bytes
+
+    uri = str(path).rstrip("/")
+    candidates = [join(uri, BENCHMARK_JSON), join(join(uri, REPORT_DIR), BENCHMARK_JSON)]
+    if uri.endswith(".json"):
+        candidates.insert(0, uri)
+    for candidate in candidates:
+        if is_file(candidate):
+            return json.loads(read_bytes(candidate)), parent(candidate)
     raise FileNotFoundError(
-        f"no {BENCHMARK_JSON} in {path} or {path / REPORT_DIR} (run the benchmark stage first: "
-        "logo-train run --stages benchmark,report, or logo-train benchmark)"
+        f"no {BENCHMARK_JSON} in {uri} or {join(uri, REPORT_DIR)} (run the benchmark stage "
+        "first: logo-train run --stages benchmark,report, or logo-train benchmark)"
     )
 
 
@@ -171,14 +177,19 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: str | Path) -> Path:
-    """Regenerate benchmark.md, benchmark.parquet and the plots from benchmark.json."""
+def write_report(path: str | Path) -> str:
+    """Regenerate benchmark.md, benchmark.parquet and the plots from benchmark.json (a local
+    folder or a URI: every file goes through the same pyarrow filesystem)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from logo_train.data.shards import join, write_bytes
+
     data, folder = load(path)
-    (folder / BENCHMARK_MD).write_text(markdown(data))
-    pq.write_table(pa.Table.from_pylist(rows(data)), folder / BENCHMARK_PARQUET)
+    write_bytes(join(folder, BENCHMARK_MD), markdown(data).encode())
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows(data)), sink)
+    write_bytes(join(folder, BENCHMARK_PARQUET), sink.getvalue().to_pybytes())
     plot_all(data, folder)
     return folder
 
@@ -195,7 +206,11 @@ def _plt():
     return plt
 
 
-def plot_all(data: dict[str, Any], folder: Path) -> None:
+def plot_all(data: dict[str, Any], folder: str) -> None:
+    import io
+
+    from logo_train.data.shards import join, write_bytes
+
     plt = _plt()
     for key, fn in (
         ("bars", _bars),
@@ -205,8 +220,10 @@ def plot_all(data: dict[str, Any], folder: Path) -> None:
         ("per_class", _per_class),
     ):
         fig = fn(data, plt)
-        fig.savefig(folder / PLOTS[key], dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
+        write_bytes(join(str(folder), PLOTS[key]), png.getvalue())
 
 
 def _bars(data, plt):

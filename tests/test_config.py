@@ -14,7 +14,7 @@ from logo_train.config import (
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("profile", ["quick", "full"])
+@pytest.mark.parametrize("profile", ["quick", "full", "reference"])
 def test_profiles_load_and_round_trip(profile):
     cfg = load_config(ROOT / "configs" / f"{profile}.yaml")
     assert cfg.name == profile
@@ -36,7 +36,7 @@ def test_profiles_set_every_field_explicitly():
                 out.add(prefix + k)
         return out
 
-    for profile in ("quick", "full"):
+    for profile in ("quick", "full", "reference"):
         data = yaml.safe_load((ROOT / "configs" / f"{profile}.yaml").read_text())
         assert keys(data) == keys(defaults), profile
 

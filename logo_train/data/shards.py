@@ -63,6 +63,23 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def is_file(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (a local path or a URI)."""
+    if "://" not in uri:
+        return os.path.dirname(os.path.abspath(uri))
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
