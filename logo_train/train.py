@@ -664,9 +664,9 @@ def train_backbones(
 
 def _datasets(cfg: Config, shards_uri: str, manifest: Manifest, passes: int) -> dict[str, Any]:
     """Train (``passes`` augmented passes, lazy) and val datasets for ``cfg``'s backbones."""
-    # uint8 out of Ray Data, normalised per backbone on the worker: mean/std do not matter here
-    model = build_model(cfg.model.backbones[0], len(manifest.classes), cfg.model.image_size)
-    specs = transform_specs(cfg.model.image_size, cfg.augment, *normalisation(model))
+    # uint8 out of Ray Data, normalised per backbone on the worker (its own mean/std): the
+    # specs' mean/std are never applied here, so no model is built for them
+    specs = transform_specs(cfg.model.image_size, cfg.augment, (0.0,) * 3, (1.0,) * 3)
     return train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=cfg.train.seed)
 
 
