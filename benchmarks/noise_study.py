@@ -9,11 +9,18 @@ model of each run is scored. ``trust_penalty`` runs once per ``--penalty-weights
 the one with the best *validation* macro-F1 (clean validation split) is reported; the test
 split is only ever used for the reported numbers.
 
-Written: ``noise_study.json`` (every run, with its history) and ``noise_study.md`` (the table):
-clean-test macro-F1 and balanced accuracy; for noisy data, how well each score finds the
-flipped training labels: AUROC and precision at k = number of flips, for the trust head, the
-per-sample loss, and (with ``pip install cleanlab``, ``--cleanlab-folds K``) cleanlab's
-``find_label_issues`` on K-fold out-of-sample probabilities of the ``ce_weighted`` model.
+With ``--clean-modes drop,relabel`` every ``trust_penalty`` run is followed by a cleaning round
+per mode (``logo_train.clean``, the pipeline's ``train.clean``: act on the labels its audit
+suspects, train the same backbone again on what is left); with ``--cleanlab-folds K`` (and
+``pip install cleanlab``) cleanlab's ``CleanLearning`` is the peer: K-fold out-of-sample
+probabilities of ``ce_weighted`` models, its label issues pruned, the same backbone trained
+again with ``ce_weighted``. ``--seeds 0,1,2`` repeats everything per seed (data and training).
+
+Written: ``noise_study.json`` (every run, with its history) and ``noise_study.md`` (the tables):
+clean-test macro-F1 and balanced accuracy, mean and spread over seeds; for noisy data, how well
+each score finds the flipped training labels (AUROC and precision at k = number of flips) and
+how much of what noise costs ``ce_weighted`` each method wins back. ``--recipe quick`` trains
+with the quick profile's data and backbone recipe (configs/quick.yaml) instead of the study's.
 
 Training runs in one process (``logo_train.local``, the same model/loss/step code as the Ray
 workers): the study trains dozens of models and is meant for one GPU. The shards are rendered
@@ -32,45 +39,56 @@ import numpy as np
 import torch
 
 from logo_train.audit import detection_metrics, score_split
-from logo_train.config import Config, load_config
+from logo_train.config import CleanConfig, Config, config_from_dict, config_to_dict, load_config
 from logo_train.data.shards import exists, join, read_manifest, read_split
 from logo_train.local import evaluate_split, fit_local, model_transform_specs
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_ORDER = ["ce", "ce_weighted", "trust_penalty"]
 SETTINGS = [(0.0, "symmetric"), (0.2, "symmetric"), (0.4, "symmetric"), (0.2, "pairs")]
+CLEANLEARNING = "cleanlab CleanLearning"
 
 
 def setting_name(rate: float, kind: str) -> str:
     return f"noise{int(round(100 * rate))}-{kind}"
 
 
-def base_config(args: argparse.Namespace) -> Config:
+def base_config(args: argparse.Namespace, seed: int) -> Config:
+    """The study's config for ``seed``: ``--recipe study`` (the flags below) or ``quick``
+    (configs/quick.yaml's data and ``--backbone``'s recipe; only noise and seed change)."""
+    common = [
+        f"output_dir={args.work_dir}",
+        "name=noise-study",
+        f"data.synth.seed={seed}",
+        f"train.seed={seed}",
+    ]
+    if args.recipe == "quick":
+        cfg = load_config(ROOT / "configs/quick.yaml", common)
+        return cfg.for_backbone(args.backbone)
     return load_config(
         ROOT / "configs/quick.yaml",
-        [
-            f"output_dir={args.work_dir}",
-            "name=noise-study",
+        common
+        + [
             f"model.image_size={args.image_size}",
             f"data.synth.image_size={args.image_size}",
             f"data.synth.images_per_class={args.images_per_class}",
             f"data.synth.imbalance_ratio={args.imbalance}",
             f"data.synth.difficulty={args.difficulty}",
-            f"data.synth.seed={args.seed}",
             f"train.epochs={args.epochs}",
             f"train.batch_size={args.batch_size}",
             f"train.lr={args.lr}",
             f"train.trust_warmup_epochs={args.trust_warmup}",
             f"train.trust_rescale={args.trust_rescale}",
-            f"train.seed={args.seed}",
         ],
     )
 
 
-def make_data(cfg: Config, data_dir: str) -> dict[str, str]:
+def make_data(cfg: Config, data_dir: str, names: list[str]) -> dict[str, str]:
     uris = {}
     for rate, kind in SETTINGS:
         name = setting_name(rate, kind)
+        if name not in names:
+            continue
         uri = join(data_dir, name)
         if not exists(join(uri, "manifest.json")):
             from logo_train.data.synth import generate  # needs the artwork packages
@@ -83,8 +101,6 @@ def make_data(cfg: Config, data_dir: str) -> dict[str, str]:
 
 
 def with_train(cfg: Config, **fields) -> Config:
-    from logo_train.config import config_from_dict, config_to_dict
-
     d = config_to_dict(cfg)
     d["train"].update(fields)
     return config_from_dict(d)
@@ -93,8 +109,9 @@ def with_train(cfg: Config, **fields) -> Config:
 def train_scores(model, cfg: Config, backbone: str, uri: str, manifest, device):
     """Audit scores (trust, loss, probabilities) of every training row, and which are flipped."""
     _, spec = model_transform_specs(cfg, backbone, len(manifest.classes))
-    scores, table = score_split(model, uri, spec, device, ["image", "label", "is_noisy"], 512)
-    return scores, np.asarray(table["is_noisy"].to_pylist(), bool)
+    columns = ["image", "label", "is_noisy", "clean_label"]
+    scores, table = score_split(model, uri, spec, device, columns, 512)
+    return scores, table
 
 
 def _fit(cfg, backbone, uri, manifest, args, **kwargs):
@@ -104,144 +121,314 @@ def _fit(cfg, backbone, uri, manifest, args, **kwargs):
     )  # fmt: skip
 
 
-def run_one(cfg, backbone, uri, manifest, args, label: str) -> dict:
-    start = time.perf_counter()
-    fit = _fit(cfg, backbone, uri, manifest, args, eval_every=args.eval_every)
-    device = next(fit.model.parameters()).device
+def _scored(fit, cfg, backbone, uri, manifest, label: str, start: float, **extra) -> dict:
     test = evaluate_split(fit.classifier, cfg, backbone, uri, manifest, "test")
-    val = fit.history[-1]["val_macro_f1"]
-    scores, is_noisy = train_scores(fit.model, cfg, backbone, uri, manifest, device)
-    out = {
+    return {
         "run": label,
         "loss": cfg.train.loss,
         "penalty_weight": cfg.train.penalty_weight if cfg.train.loss == "trust_penalty" else None,
-        "val_macro_f1": val,
+        "val_macro_f1": fit.history[-1]["val_macro_f1"],
         "test_macro_f1": test["macro_f1"],
         "test_balanced_accuracy": test["balanced_accuracy"],
         "test_accuracy": test["accuracy"],
         "seconds": time.perf_counter() - start,
         "history": fit.history,
+        **extra,
     }
+
+
+def _print(out: dict) -> None:
+    print(
+        f"  {out['run']:<44} val F1 {out['val_macro_f1']:.3f}  test F1 "
+        f"{out['test_macro_f1']:.3f}  bal.acc {out['test_balanced_accuracy']:.3f}  "
+        + (f"AUROC trust {out['detect_trust']['auroc']:.3f} " if "detect_trust" in out else "")
+        + (f"AUROC loss {out['detect_loss']['auroc']:.3f} " if "detect_loss" in out else "")
+        + (f"{out['clean_line']} " if "clean_line" in out else "")
+        + f"({out['seconds']:.0f} s)",
+        flush=True,
+    )
+
+
+def run_one(cfg, backbone, uri, manifest, args, label: str) -> list[dict]:
+    """One run with ``cfg``'s loss; for ``trust_penalty`` with ``--clean-modes``, a cleaning
+    round per mode after it. Returns the run and its cleaning rounds."""
+    start = time.perf_counter()
+    fit = _fit(cfg, backbone, uri, manifest, args, eval_every=args.eval_every)
+    device = next(fit.model.parameters()).device
+    out = _scored(fit, cfg, backbone, uri, manifest, label, start)
+    scores, table = train_scores(fit.model, cfg, backbone, uri, manifest, device)
+    is_noisy = np.asarray(table["is_noisy"].to_pylist(), bool)
     if is_noisy.any():
         out["detect_loss"] = detection_metrics(is_noisy, scores.loss)
         if scores.has_trust:
             out["detect_trust"] = detection_metrics(is_noisy, 1.0 - scores.trust)
             out["mean_trust_clean"] = float(scores.trust[~is_noisy].mean())
             out["mean_trust_flipped"] = float(scores.trust[is_noisy].mean())
-    print(
-        f"  {label:<36} val F1 {val:.3f}  test F1 {test['macro_f1']:.3f}  "
-        f"bal.acc {test['balanced_accuracy']:.3f}  "
-        + (f"AUROC trust {out['detect_trust']['auroc']:.3f} " if "detect_trust" in out else "")
-        + (f"AUROC loss {out['detect_loss']['auroc']:.3f} " if "detect_loss" in out else "")
-        + f"({out['seconds']:.0f} s)",
-        flush=True,
+    _print(out)
+    runs = [out]
+    if cfg.train.loss == "trust_penalty":
+        from logo_train.clean import CleaningError
+
+        for mode in [m for m in args.clean_modes.split(",") if m]:
+            try:
+                runs.append(
+                    clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table)
+                )
+            except CleaningError as e:  # the pipeline would stop here: round 1's model stays
+                print(f"  {label} + {mode}: refused ({e}); round 1's model stands", flush=True)
+                refused = {k: v for k, v in out.items() if not k.startswith("detect")}
+                runs.append(
+                    {**refused, "run": f"{label} + {mode}", "clean_mode": mode,
+                     "cleaning": {"refused": str(e)}}
+                )  # fmt: skip
+    return runs
+
+
+def clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table) -> dict:
+    """``logo_train.clean`` on the run's audit scores, then the same backbone and recipe again
+    on the rows left (relabelled ones with their new label)."""
+    from logo_train.clean import plan_cleaning
+
+    start = time.perf_counter()
+    given = np.asarray(table["label"].to_pylist(), np.int64)
+    truth = np.asarray(table["clean_label"].to_pylist(), np.int64)
+    noisy = given != truth
+    # 'relabel/trust': trust below 0.5 alone; 'relabel/any': that or any disagreement;
+    # plain 'relabel': the --clean-* flags (default: train.clean's rule)
+    base, _, rule = mode.partition("/")
+    clean_cfg = CleanConfig(
+        mode=base,
+        given_prob=0.0 if rule else args.clean_given_prob,
+        threshold=0.5 if rule else args.clean_threshold,
+        disagree=rule == "any" or (not rule and args.clean_disagree == "true"),
+        fraction=args.clean_fraction,
+        relabel_confidence=args.relabel_confidence,
+        max_fraction=args.clean_max_fraction,
     )
+    given_prob = scores.probabilities[np.arange(len(given)), given]
+    plan = plan_cleaning(
+        given, given_prob, scores.trust, scores.predicted, scores.probabilities.max(1),
+        scores.suspicion(), clean_cfg, list(manifest.classes), cfg.train.batch_size,
+    )  # fmt: skip
+    keep = np.flatnonzero(plan.keep)
+    fit = _fit(
+        cfg, backbone, uri, manifest, args,
+        eval_every=args.eval_every, train_indices=keep, train_labels=plan.labels,
+    )  # fmt: skip
+    relabelled = plan.action == "relabelled"
+    counts = {
+        "dropped": plan.dropped,
+        "relabelled": plan.relabelled,
+        "flipped_acted_on": int((plan.suspected & noisy).sum()),
+        "clean_acted_on": int((plan.suspected & ~noisy).sum()),
+        "relabelled_right": int((relabelled & (plan.labels == truth)).sum()),
+        "wrong_left": int((plan.labels[keep] != truth[keep]).sum()),
+        "rule": plan.rule,
+    }
+    out = _scored(
+        fit, cfg, backbone, uri, manifest, f"{label} + {mode}", start,
+        clean_mode=mode, cleaning=counts,
+        clean_line=f"{mode}: -{plan.dropped} ~{plan.relabelled}, {counts['wrong_left']} wrong left",
+    )  # fmt: skip
+    _print(out)
     return out
 
 
-def cleanlab_fold(cfg, backbone, uri, manifest, args, fold: int) -> tuple[list, np.ndarray]:
-    """Train ``ce_weighted`` on all folds but ``fold``; its probabilities on the held-out rows."""
-    table = read_split(uri, "train", ["label"])
-    folds = np.random.default_rng(args.seed).permutation(table.num_rows) % args.cleanlab_folds
-    fit = _fit(
-        cfg, backbone, uri, manifest, args,
-        eval_every=cfg.train.epochs, train_indices=np.flatnonzero(folds != fold),
-    )  # fmt: skip
-    device = next(fit.model.parameters()).device
-    scores, _ = train_scores(fit.model, cfg, backbone, uri, manifest, device)
-    held = np.flatnonzero(folds == fold)
-    return held.tolist(), scores.probabilities[held]
+def cleanlearning_run(cfg, backbone, uri, manifest, args, label: str) -> dict:
+    """cleanlab's ``CleanLearning`` around the same backbone: K-fold out-of-sample
+    probabilities of ``ce_weighted`` models, the label issues they show pruned, the backbone
+    trained again (``ce_weighted``) on the rest."""
+    from cleanlab.classification import CleanLearning
 
-
-def cleanlab_row(uri: str, folds: list[tuple[list, np.ndarray]], args, seconds: float) -> dict:
-    """cleanlab.find_label_issues on the K-fold out-of-sample probabilities."""
-    from cleanlab.filter import find_label_issues
-    from cleanlab.rank import get_label_quality_scores
-
+    start = time.perf_counter()
+    c = with_train(cfg, loss="ce_weighted")
     table = read_split(uri, "train", ["label", "is_noisy"])
     labels = np.asarray(table["label"].to_pylist(), np.int64)
     is_noisy = np.asarray(table["is_noisy"].to_pylist(), bool)
-    probs = np.zeros((len(labels), folds[0][1].shape[1]), np.float32)
-    for held, p in folds:
-        probs[held] = p
-    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
-    quality = get_label_quality_scores(labels, probs, method="self_confidence")
-    k = int(is_noisy.sum())
-    hits = int(is_noisy[ranked[:k]].sum())
-    detect = detection_metrics(is_noisy, -quality)
-    out = {
-        "run": f"cleanlab ({args.cleanlab_folds}-fold ce_weighted)",
-        "issues_found": len(ranked),
-        "issues_found_recall": float(is_noisy[ranked].sum() / max(k, 1)),
-        "detect_cleanlab": {**detect, "precision_at_k": hits / k if k else math.nan},
-        "seconds": seconds,
-    }
-    print(
-        f"  {out['run']:<28} AUROC {detect['auroc']:.3f}  precision@k {hits / max(k, 1):.3f}"
-        f"  issues found {len(ranked)}",
-        flush=True,
+    clf = LocalModel(config_to_dict(c), backbone, uri, args.device, args.loader_workers)
+    # n_jobs 1: cleanlab's own process pool fails inside the study's spawned workers
+    learner = CleanLearning(
+        clf,
+        seed=c.train.seed,
+        cv_n_folds=args.cleanlab_folds,
+        find_label_issues_kwargs={"n_jobs": 1},
     )
+    learner.fit(np.arange(len(labels))[:, None], labels)
+    issues = learner.get_label_issues()
+    flagged = issues["is_label_issue"].to_numpy()
+    quality = issues["label_quality"].to_numpy()
+    detect = detection_metrics(is_noisy, -quality) if is_noisy.any() else {}
+    out = _scored(
+        learner.clf.fit_, c, backbone, uri, manifest, label, start,
+        cleanlab_issues=int(flagged.sum()), cleanlab_issues_flipped=int((flagged & is_noisy).sum()),
+        detect_cleanlab=detect,
+        clean_line=f"pruned {int(flagged.sum())} ({int((flagged & is_noisy).sum())} flipped)",
+    )  # fmt: skip
+    out["loss"] = CLEANLEARNING
+    _print(out)
     return out
 
 
+try:
+    from sklearn.base import BaseEstimator, ClassifierMixin
+except ImportError:  # pragma: no cover - scikit-learn is a dependency
+    BaseEstimator = ClassifierMixin = object
+
+
+class LocalModel(ClassifierMixin, BaseEstimator):
+    """``fit_local`` behind scikit-learn's interface, for cleanlab: ``X`` holds indices of the
+    train split's rows (one column), ``y`` their labels; ``predict_proba`` scores those rows
+    with the eval transform."""
+
+    def __init__(self, config=None, backbone="resnet10t", uri="", device=None, loader_workers=1):
+        self.config = config
+        self.backbone = backbone
+        self.uri = uri
+        self.device = device
+        self.loader_workers = loader_workers
+
+    def fit(self, X, y):
+        cfg = config_from_dict(self.config)
+        manifest = read_manifest(self.uri)
+        rows = np.asarray(X).reshape(-1).astype(np.int64)
+        labels = np.asarray(read_split(self.uri, "train", ["label"])["label"].to_pylist())
+        labels[rows] = np.asarray(y)
+        self.classes_ = np.arange(len(manifest.classes))
+        self.fit_ = fit_local(
+            cfg, self.backbone, self.uri, manifest, device=self.device, echo=None,
+            loader_workers=self.loader_workers, eval_every=cfg.train.epochs,
+            train_indices=rows, train_labels=labels,
+        )  # fmt: skip
+        return self
+
+    def predict_proba(self, X):
+        cfg = config_from_dict(self.config)
+        manifest = read_manifest(self.uri)
+        device = next(self.fit_.model.parameters()).device
+        scores, _ = train_scores(
+            self.fit_.classifier, cfg, self.backbone, self.uri, manifest, device
+        )
+        return scores.probabilities[np.asarray(X).reshape(-1).astype(np.int64)]
+
+    def predict(self, X):
+        return self.predict_proba(X).argmax(1)
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+
+def _fmt(x) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def _method(r: dict) -> str:
+    if r["loss"] == CLEANLEARNING:
+        return CLEANLEARNING
+    name = r["loss"] + (f" (pw {r['penalty_weight']:g})" if r["penalty_weight"] is not None else "")
+    return name + (f" + {r['clean_mode']}" if r.get("clean_mode") else "")
+
+
+def _mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f}"
+
+
 def markdown(results: dict, args: argparse.Namespace) -> str:
+    seeds = sorted({int(k) for s in results["settings"].values() for k in s["seeds"]})
     lines = [
-        f"Backbone {args.backbone}, {args.image_size} px, imbalance {args.imbalance:g}:1, "
-        f"{args.epochs} epochs (final model), batch {args.batch_size}, lr {args.lr:g}, "
-        f"trust_rescale {args.trust_rescale}, "
-        f"seed {args.seed}; trust_penalty's penalty_weight chosen from "
-        f"{args.penalty_weights} by clean-validation macro-F1. Device: {results['device']}.",
+        f"Recipe {args.recipe}: {results['recipe']}. Seeds {seeds} (data and training; "
+        "mean ± standard deviation over the seeds a setting ran with). Device: "
+        f"{results['device']}. trust_penalty's penalty_weight chosen from "
+        f"{args.penalty_weights} by clean-validation macro-F1; the cleaning rounds follow that "
+        "run.",
         "",
-        "| noise | loss | test macro-F1 | test bal. acc | AUROC trust | AUROC loss "
-        "| P@k trust | P@k loss | k |",
+        "| noise | method | seeds | test macro-F1 | test bal. acc | acted on (really wrong) "
+        "| wrong labels left | AUROC trust | P@k trust |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-
-    def fmt(x):
-        return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
+    summary: dict[str, dict[str, list[float]]] = {}
     for name, s in results["settings"].items():
-        for r in s["runs"]:
-            dt, dl = r.get("detect_trust", {}), r.get("detect_loss", {})
-            loss = r["loss"] + (
-                f" (pw {r['penalty_weight']:g})" if r["penalty_weight"] is not None else ""
+        methods: dict[str, list[dict]] = {}
+        for per_seed in s["seeds"].values():
+            for r in per_seed["best"].values():
+                methods.setdefault(_method_key(r), []).append(r)
+        summary[name] = {m: [r["test_macro_f1"] for r in rs] for m, rs in methods.items()}
+        for m in sorted(methods, key=_method_order):
+            rs = methods[m]
+            refused = sum(1 for r in rs if "refused" in r.get("cleaning", {}))
+            c = [r["cleaning"] for r in rs if r.get("cleaning") and "refused" not in r["cleaning"]]
+            acted = (
+                f"{np.mean([x['dropped'] + x['relabelled'] for x in c]):.0f} "
+                f"({np.mean([x['flipped_acted_on'] for x in c]):.0f})"
+                if c
+                else (
+                    f"{np.mean([r['cleanlab_issues'] for r in rs]):.0f} "
+                    f"({np.mean([r['cleanlab_issues_flipped'] for r in rs]):.0f})"
+                    if "cleanlab_issues" in rs[0]
+                    else "–"
+                )
             )
+            left = f"{np.mean([x['wrong_left'] for x in c]):.0f}" if c else "–"
+            if refused:
+                acted += f"; refused in {refused} seed(s): round 1 stands"
+            dt = [r["detect_trust"] for r in rs if "detect_trust" in r]
             lines.append(
-                f"| {name} | {loss} | {fmt(r['test_macro_f1'])} "
-                f"| {fmt(r['test_balanced_accuracy'])} | {fmt(dt.get('auroc'))} "
-                f"| {fmt(dl.get('auroc'))} | {fmt(dt.get('precision_at_k'))} "
-                f"| {fmt(dl.get('precision_at_k'))} | {dl.get('k', '–')} |"
+                f"| {name} | {_method(rs[0])} | {len(rs)} "
+                f"| {_mean_spread([r['test_macro_f1'] for r in rs])} "
+                f"| {_mean_spread([r['test_balanced_accuracy'] for r in rs])} | {acted} | {left} "
+                f"| {_fmt(np.mean([d['auroc'] for d in dt]) if dt else None)} "
+                f"| {_fmt(np.mean([d['precision_at_k'] for d in dt]) if dt else None)} |"
             )
-        if s.get("cleanlab"):
-            c = s["cleanlab"]["detect_cleanlab"]
-            lines.append(
-                f"| {name} | {s['cleanlab']['run']} | – | – | – | {fmt(c['auroc'])} (cleanlab) "
-                f"| – | {fmt(c['precision_at_k'])} (cleanlab) | {c['k']} |"
-            )
-    lines += ["", "Trust penalty vs ce_weighted (clean-test macro-F1, points):", ""]
-    clean = results["settings"].get(setting_name(0.0, "symmetric"))
-    clean_cw = (
-        clean["best"]["ce_weighted"]["test_macro_f1"]
-        if clean and "ce_weighted" in clean["best"]
-        else args.clean_reference
-    )
-    for name, s in results["settings"].items():
-        if not {"ce_weighted", "trust_penalty"} <= set(s["best"]):
+    lines += ["", "Won back (of what noise costs ce_weighted: clean-trained minus noisy-trained "
+              "clean-test macro-F1, means over seeds):", ""]  # fmt: skip
+    clean = summary.get(setting_name(0.0, "symmetric"), {}).get("ce_weighted")
+    clean_cw = float(np.mean(clean)) if clean else args.clean_reference
+    for name, methods in summary.items():
+        if "ce_weighted" not in methods or name == setting_name(0.0, "symmetric"):
+            if name == setting_name(0.0, "symmetric") and "ce_weighted" in methods:
+                cw = float(np.mean(methods["ce_weighted"]))
+                lines.append(
+                    f"- {name}: "
+                    + ", ".join(
+                        f"{m} {100 * (float(np.mean(v)) - cw):+.1f} points vs ce_weighted"
+                        for m, v in methods.items()
+                        if m != "ce_weighted"
+                    )
+                )
             continue
-        cw = s["best"]["ce_weighted"]["test_macro_f1"]
-        tp = s["best"]["trust_penalty"]["test_macro_f1"]
-        line = f"- {name}: {100 * (tp - cw):+.1f}"
-        if clean_cw is not None and name != setting_name(0.0, "symmetric") and clean_cw > cw:
-            line += (
-                f"; noise costs ce_weighted {100 * (clean_cw - cw):.1f} points, trust_penalty "
-                f"wins back {100 * (tp - cw) / (clean_cw - cw):.0f}% of that"
-            )
-        lines.append(line)
+        cw = float(np.mean(methods["ce_weighted"]))
+        if clean_cw is None or clean_cw <= cw:
+            continue
+        cost = clean_cw - cw
+        parts = [
+            f"{m} {100 * (float(np.mean(v)) - cw) / cost:.0f}%"
+            for m, v in methods.items()
+            if m not in ("ce", "ce_weighted")
+        ]
+        lines.append(
+            f"- {name}: noise costs ce_weighted {100 * cost:.1f} points; " + ", ".join(parts)
+        )
     return "\n".join(lines) + "\n"
+
+
+def _method_key(r: dict) -> str:
+    if r["loss"] == CLEANLEARNING:
+        return CLEANLEARNING
+    return r["loss"] + (f" + {r['clean_mode']}" if r.get("clean_mode") else "")
+
+
+def _method_order(m: str) -> tuple:
+    base = m.split(" + ")[0]
+    return (LOSS_ORDER.index(base) if base in LOSS_ORDER else len(LOSS_ORDER), m)
+
+
+# --- driver -----------------------------------------------------------------------------------
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--recipe", choices=["study", "quick"], default="study")
     p.add_argument("--backbone", default="resnet10t")
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
@@ -257,14 +444,33 @@ def main() -> None:
     p.add_argument("--images-per-class", type=int, default=300)
     p.add_argument("--imbalance", type=float, default=20.0)
     p.add_argument("--difficulty", type=float, default=0.5)
-    p.add_argument("--penalty-weights", default="0.5,1,2")
+    p.add_argument(
+        "--penalty-weights", default=None, help="comma list (default: the recipe's value)"
+    )
+    p.add_argument("--losses", default="ce,ce_weighted,trust_penalty")
     p.add_argument("--settings", default="all", help="comma list of setting names, or all")
     p.add_argument(
         "--runs", default="all", help="only these runs: 'setting:loss[:penalty_weight]',..."
     )
+    p.add_argument(
+        "--clean-modes",
+        default="",
+        help="cleaning rounds after trust_penalty: drop, relabel (the --clean-* rule); "
+        "'/trust' after one: trust < 0.5 alone, '/any': that or any disagreement",
+    )
+    p.add_argument("--clean-threshold", type=float, default=CleanConfig.threshold)
+    p.add_argument("--clean-given-prob", type=float, default=CleanConfig.given_prob)
+    p.add_argument(
+        "--clean-disagree",
+        choices=["true", "false"],
+        default="true" if CleanConfig.disagree else "false",
+    )
+    p.add_argument("--clean-fraction", type=float, default=CleanConfig.fraction)
+    p.add_argument("--relabel-confidence", type=float, default=CleanConfig.relabel_confidence)
+    p.add_argument("--clean-max-fraction", type=float, default=0.7)
     p.add_argument("--cleanlab-settings", default="all", help="comma list, or all")
-    p.add_argument("--cleanlab-folds", type=int, default=0, help="0: no cleanlab row")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cleanlab-folds", type=int, default=0, help="0: no CleanLearning row")
+    p.add_argument("--seeds", default="0", help="comma list")
     p.add_argument(
         "--clean-reference",
         type=float,
@@ -282,53 +488,102 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = p.parse_args()
 
-    cfg = base_config(args)
-    uris = make_data(cfg, args.data_dir or f"{args.work_dir}/data")
+    seeds = [int(x) for x in args.seeds.split(",")]
+    wanted = (
+        [setting_name(r, k) for r, k in SETTINGS]
+        if args.settings == "all"
+        else args.settings.split(",")
+    )
+    uris = {
+        seed: make_data(base_config(args, seed), _data_dir(args, seed), wanted) for seed in seeds
+    }
     if args.data_only:
         return
-    wanted = list(uris) if args.settings == "all" else args.settings.split(",")
+    cfg0 = base_config(args, seeds[0])
+    if args.penalty_weights is None:
+        args.penalty_weights = f"{cfg0.train.penalty_weight:g}"
     weights = [float(w) for w in args.penalty_weights.split(",")]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    results = {"args": vars(args), "device": _device_name(device), "settings": {}}
+    tc = cfg0.train
+    results = {
+        "args": vars(args),
+        "device": _device_name(device),
+        "recipe": (
+            f"{args.backbone}, {cfg0.model.image_size} px, {cfg0.data.synth.images_per_class} "
+            f"images in the head class, imbalance {cfg0.data.synth.imbalance_ratio:g}:1, "
+            f"difficulty {cfg0.data.synth.difficulty:g}, {tc.epochs} epochs (final model), "
+            f"{tc.optimizer} lr {tc.lr:g}, batch {tc.batch_size}, augment "
+            f"{cfg0.augment.strength:g}, trust warm-up {tc.trust_warmup_epochs}"
+        ),
+        "settings": {},
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     use_cleanlab = args.cleanlab_folds > 1 and _has_cleanlab()
     jobs = []
-    for name in wanted:
-        manifest = read_manifest(uris[name])
-        print(
-            f"{name}: {manifest.split_rows('train')} train rows, "
-            f"{manifest.noisy_counts.get('train', 0)} flipped",
-            flush=True,
-        )
-        trains = [{"loss": "ce"}, {"loss": "ce_weighted"}] + [
-            {"loss": "trust_penalty", "penalty_weight": w} for w in weights
-        ]
-        jobs += [(name, "run", t) for t in trains if _selected(args.runs, name, t)]
-        cleanlab_here = args.cleanlab_settings == "all" or name in args.cleanlab_settings
-        if use_cleanlab and cleanlab_here and manifest.noisy_counts.get("train", 0):
-            jobs += [(name, "fold", k) for k in range(args.cleanlab_folds)]
+    losses = args.losses.split(",")
+    for seed in seeds:
+        for name in wanted:
+            manifest = read_manifest(uris[seed][name])
+            print(
+                f"seed {seed} {name}: {manifest.split_rows('train')} train rows, "
+                f"{manifest.noisy_counts.get('train', 0)} flipped",
+                flush=True,
+            )
+            trains = [{"loss": loss} for loss in losses if loss != "trust_penalty"]
+            if "trust_penalty" in losses:
+                trains += [{"loss": "trust_penalty", "penalty_weight": w} for w in weights]
+            jobs += [(name, seed, "run", t) for t in trains if _selected(args.runs, name, t)]
+            cleanlab_here = args.cleanlab_settings == "all" or name in args.cleanlab_settings
+            if use_cleanlab and cleanlab_here:
+                jobs.append((name, seed, "cleanlearning", {}))
+    # the long ones first: a cleaning run trains 1 + modes models, CleanLearning folds + 1
+    jobs.sort(key=lambda j: -_job_cost(j, args))
     start = time.perf_counter()
     done = _execute(jobs, uris, args, out / "noise_study_runs.jsonl")
     for name in wanted:
-        runs = sorted(
-            (r for (n, kind, _), r in done if n == name and kind == "run"),
-            key=lambda r: (LOSS_ORDER.index(r["loss"]), r["penalty_weight"] or 0),
-        )
-        best = {r["loss"]: r for r in runs if r["loss"] != "trust_penalty"}
-        trust_runs = [r for r in runs if r["loss"] == "trust_penalty"]
-        if trust_runs:
-            best["trust_penalty"] = max(trust_runs, key=lambda r: r["val_macro_f1"])
-        setting = {"runs": runs, "best": best}
-        folds = [r for (n, kind, _), r in done if n == name and kind == "fold"]
-        if folds:
-            setting["cleanlab"] = cleanlab_row(uris[name], folds, args, 0.0)
+        setting = {"seeds": {}}
+        for seed in seeds:
+            runs = [r for (n, sd, _, _), rs in done if n == name and sd == seed for r in rs]
+            if not runs:
+                continue
+            best = {}
+            for r in runs:
+                key = _method_key(r)
+                if r["loss"] == "trust_penalty":  # penalty_weight by clean validation
+                    if key not in best or r["val_macro_f1"] > best[key]["val_macro_f1"]:
+                        best[key] = r
+                else:
+                    best[key] = r
+            # the cleaning rounds of the chosen trust_penalty run only
+            chosen_pw = best.get("trust_penalty", {}).get("penalty_weight")
+            for key in [k for k in best if k.startswith("trust_penalty + ")]:
+                matching = [
+                    r for r in runs if _method_key(r) == key and r["penalty_weight"] == chosen_pw
+                ]
+                if matching:
+                    best[key] = matching[0]
+            setting["seeds"][str(seed)] = {"runs": runs, "best": best}
         results["settings"][name] = setting
     results["wall_seconds"] = time.perf_counter() - start
     (out / "noise_study.json").write_text(json.dumps(results, indent=2, default=float))
     table = markdown(results, args)
     (out / "noise_study.md").write_text(table)
     print(table)
+
+
+def _data_dir(args, seed: int) -> str:
+    root = args.data_dir or f"{args.work_dir}/data-{args.recipe}"
+    return f"{root}/seed{seed}"
+
+
+def _job_cost(job, args) -> int:
+    _, _, kind, spec = job
+    if kind == "cleanlearning":
+        return args.cleanlab_folds + 1
+    if spec.get("loss") == "trust_penalty":
+        return 1 + len([m for m in args.clean_modes.split(",") if m])
+    return 1
 
 
 def _has_cleanlab() -> bool:
@@ -340,16 +595,16 @@ def _has_cleanlab() -> bool:
     return True
 
 
-def _job(job, uris: dict[str, str], args: argparse.Namespace):
-    name, kind, spec = job
+def _job(job, uris: dict[int, dict[str, str]], args: argparse.Namespace):
+    name, seed, kind, spec = job
     torch.set_num_threads(max(1, args.threads))
-    cfg = base_config(args)
-    uri = uris[name]
+    cfg = base_config(args, seed)
+    uri = uris[seed][name]
     manifest = read_manifest(uri)
-    if kind == "fold":
-        c = with_train(cfg, loss="ce_weighted")
-        return job, cleanlab_fold(c, args.backbone, uri, manifest, args, spec)
-    label = f"{name} {spec['loss']}" + (
+    if kind == "cleanlearning":
+        label = f"s{seed} {name} {CLEANLEARNING} ({args.cleanlab_folds}-fold)"
+        return job, [cleanlearning_run(cfg, args.backbone, uri, manifest, args, label)]
+    label = f"s{seed} {name} {spec['loss']}" + (
         f" pw={spec['penalty_weight']:g}" if "penalty_weight" in spec else ""
     )
     return job, run_one(with_train(cfg, **spec), args.backbone, uri, manifest, args, label)
@@ -370,10 +625,10 @@ def _execute(jobs, uris, args, jsonl: Path):
     Each finished run is appended to ``jsonl`` at once, so an interrupted study keeps them."""
 
     def keep(result):
-        (job, value) = result
-        if job[1] == "run":
-            with jsonl.open("a") as f:
-                f.write(json.dumps({"setting": job[0], **value}, default=float) + "\n")
+        (name, seed, _, _), runs = result
+        with jsonl.open("a") as f:
+            for r in runs:
+                f.write(json.dumps({"setting": name, "seed": seed, **r}, default=float) + "\n")
         return result
 
     if args.parallel <= 1:

@@ -6,7 +6,8 @@ label and the margin (given label's logit minus the best other logit). Samples a
 trust (lowest first) or, without a trust head, by loss (highest first), and written as
 
 * ``suspected_labels.parquet``: every training row, ranked (rank 1 = most suspect): id, source
-  path, given and predicted label, trust, loss, margin, ``suspected``; plus ``is_noisy`` and the
+  path, given and predicted label, trust, loss, margin, ``confidence`` (the probability of the
+  predicted label), ``suspected``; plus ``is_noisy`` and the
   true label where the data knows them (the embedded dataset);
 * ``suspected_labels.png``: a contact sheet of the top 64 with given vs predicted label;
 * ``audit_summary.json``: counts and, where the truth is known, how well each score finds the
@@ -184,6 +185,7 @@ def _rank_table(
         "trust": scores.trust.astype(np.float32),
         "loss": scores.loss.astype(np.float32),
         "margin": scores.margin.astype(np.float32),
+        "confidence": scores.probabilities.max(1).astype(np.float32),
         "suspected": suspected,
     }
     if "is_noisy" in table.column_names:

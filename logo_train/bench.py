@@ -239,8 +239,12 @@ def benchmark_checkpoint(
     device: str | None = None,
     history: list[dict[str, float]] | None = None,
     eval_batch_size: int = 256,
+    real: Any = None,
+    real_sheet_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Every number of the benchmark for one checkpoint folder (one entry of benchmark.json)."""
+    """Every number of the benchmark for one checkpoint folder (one entry of benchmark.json).
+    ``real``: a ``real_eval.RealSet`` scored beside the split (its mistakes' contact sheet
+    written to ``real_sheet_uri``)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = max(1, int(cfg.num_cpus))
     torch.set_num_threads(threads)
@@ -265,6 +269,8 @@ def benchmark_checkpoint(
         / 2**20,
         "device": device_info(dev),
     }
+    if real is not None:
+        entry["real"] = _real_entry(model, real, spec, dev, eval_batch_size, real_sheet_uri)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     entry["eager"] = speed(eager_forward(model, dev), info.image_size, cfg, sync)
     entry["onnx"] = None
@@ -277,6 +283,20 @@ def benchmark_checkpoint(
         for h in history
     ]
     return entry
+
+
+def _real_entry(model, real, spec, device, batch_size: int, sheet_uri: str | None) -> dict:
+    """The real-photo score of one model (``logo_train.real_eval``), at most 200 mistakes
+    listed; the contact sheet of its mistakes at ``sheet_uri``."""
+    from logo_train.data.shards import write_bytes
+    from logo_train.real_eval import mistakes_sheet, score_real
+
+    result = score_real(model, real, spec, device, batch_size)
+    if sheet_uri and result["mistakes"]:
+        write_bytes(sheet_uri, mistakes_sheet(real, result, Path(sheet_uri).stem))
+        result["mistakes_png"] = sheet_uri
+    result["mistakes"] = result["mistakes"][:200]
+    return result
 
 
 def _onnx(model, image_size, table, spec, cfg: BenchmarkConfig, threads: int) -> dict:
@@ -325,15 +345,38 @@ def benchmark_run(
     eval_batch_size: int = 256,
     on_ray: bool = True,
     echo=print,
+    real_eval: str = "",
+    out_uri: str | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark.json for ``training`` (rows of ``train/summary.json``): each
-    checkpoint in a Ray task with ``cfg.num_cpus`` / ``num_gpus`` (or in-process)."""
+    checkpoint in a Ray task with ``cfg.num_cpus`` / ``num_gpus`` (or in-process). With
+    ``real_eval`` (``data.real_eval``) every model is also scored on those real photos, the
+    contact sheets of its mistakes written to ``out_uri``."""
+    from logo_train.data.shards import join
+
+    real = real_ref = None
+    if real_eval:
+        from logo_train.real_eval import load_real_set
+
+        real = load_real_set(real_eval, read_manifest(shards_uri).classes)
+        for line in real.lines():
+            echo(line)
+        real_ref = real
+        if on_ray:
+            import ray
+
+            real_ref = ray.put(real)  # once, not once per task
     entries = []
     for row in training:
+        label = ckpt.run_label(row["backbone"], row.get("round", 1))
         kwargs = {
             "device": "cuda" if cfg.num_gpus > 0 else "cpu",
             "history": _run_history(row["run_path"]),
             "eval_batch_size": eval_batch_size,
+            "real": real_ref,
+            "real_sheet_uri": join(out_uri, f"real_mistakes_{label}.png")
+            if (real is not None and out_uri)
+            else None,
         }
         start = time.perf_counter()
         if on_ray:
@@ -348,12 +391,18 @@ def benchmark_run(
             for k in ("best_val_macro_f1", "best_epoch", "epochs", "seconds", "train_images_per_s")
             if k in row
         }
-        if audits and row["backbone"] in audits:
-            entry["audit"] = audits[row["backbone"]]
+        entry["round"] = row.get("round", 1)
+        entry["label"] = label
+        if row.get("cleaning"):
+            entry["cleaning"] = row["cleaning"]
+        if audits and entry["label"] in audits:
+            entry["audit"] = audits[entry["label"]]
         entries.append(entry)
         echo("[benchmark] " + summary_line(entry) + f"  ({time.perf_counter() - start:.0f} s)")
     manifest = read_manifest(shards_uri)
+    extra = {"real_eval": real.summary()} if real is not None else {}
     return {
+        **extra,
         "run": run_name,
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "split": cfg.split,
@@ -371,6 +420,8 @@ def summary_line(entry: dict[str, Any]) -> str:
         f"{entry['backbone']:<22} macro-F1 {m['macro_f1']:.3f}  acc {m['accuracy']:.3f}  "
         f"p50 {e['latency_ms_p50']:.2f} ms  {e['throughput_images_per_s']:.0f} img/s"
     )
+    if entry.get("real"):
+        line += f"  | real photos top-1 {entry['real']['top1']:.3f}"
     if o:
         line += f"  | ONNX p50 {o['latency_ms_p50']:.2f} ms (max |diff| {o['max_abs_diff']:.1e})"
     return line

@@ -117,3 +117,9 @@ def load_trust_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:
         model = TrustModel(model, info.num_classes, dim)
         model.trust_head.load_state_dict(head_state)
     return model.eval(), info
+
+
+def run_label(backbone: str, round: int = 1) -> str:
+    """How a run's tables name a model: ``resnet10t`` for round 1 (the given labels),
+    ``resnet10t-round2`` for a cleaning round's retraining."""
+    return backbone if round <= 1 else f"{backbone}-round{round}"

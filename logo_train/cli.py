@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--stages",
         default=",".join(STAGES),
         help="comma-separated stages to run, in pipeline order (default: all; tune runs when "
-        "tune.enabled)",
+        "tune.enabled, clean when train.clean.mode is not none)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -24,6 +24,7 @@ SearchKind = Literal["loguniform", "uniform", "int", "choice"]
 SearchAlgorithm = Literal["tpe", "random"]
 TuneScope = Literal["shared", "per_backbone"]
 OnnxExporter = Literal["torchscript", "dynamo"]
+CleanMode = Literal["none", "drop", "relabel"]
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
@@ -126,6 +127,10 @@ class DataConfig:
     """Rows per Parquet file."""
     workers: int = 0
     """Processes used to render / decode; 0 means one per CPU core."""
+    real_eval: str = ""
+    """An ImageFolder of real labelled photos (``<root>/<class>/*.jpg``, a local folder), scored
+    by the benchmark for every backbone beside the test split; empty = none
+    (``logo_train.real_eval``)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
 
@@ -201,6 +206,57 @@ class AugmentConfig:
 
 
 @dataclass(kw_only=True)
+class CleanConfig:
+    """The cleaning round (``train.clean``): after the audit, act on the labels it suspects and
+    train the same backbone again, with the same recipe, on what is left (docs/labels.md)."""
+
+    mode: CleanMode = "none"
+    """'none'; 'drop' the suspected labels' rows; 'relabel' them with the model's prediction
+    where its probability is at least ``relabel_confidence`` (the others are dropped)."""
+    given_prob: float = 0.1
+    """A label is suspected when the audited model gives it less than this probability (its
+    loss is above -log of it). On clean data this flags 1-2% of the rows, spread over the
+    classes; with wrong labels, nine in ten of the rows it flags are wrong (docs/labels.md)."""
+    threshold: float = 0.0
+    """...or when its trust is below this (0 = not by trust: the trust head's low values
+    gather in the tail classes of clean data, 0.5 flagged 91% of one class there)..."""
+    disagree: bool = False
+    """...or when the model predicts another class (catches most wrong labels, but also every
+    in-sample mistake: 3% of clean data)."""
+    fraction: float = 0.0
+    """> 0: act on this share of the training rows, the most suspect first, instead of
+    ``given_prob`` / ``threshold`` / ``disagree``."""
+    relabel_confidence: float = 0.5
+    """mode 'relabel': the model's probability of its prediction needed to change a label."""
+    max_fraction: float = 0.4
+    """A round that would drop or change more than this share of the rows stops (naming the
+    field): the audit is then not to be trusted that far."""
+    rounds: int = 1
+    """Cleaning rounds: each audits the last model, cleans and trains again."""
+    backbones: list[str] = field(default_factory=list)
+    """Backbones to clean and train again; empty = the one with the best validation
+    macro-F1 after training (the one the audit's list comes from)."""
+
+    def __post_init__(self) -> None:
+        p = "train.clean."
+        _check(0 <= self.given_prob < 1, p + "given_prob", self.given_prob, "0..<1")
+        _check(0 <= self.threshold <= 1, p + "threshold", self.threshold, "0..1")
+        _check(0 <= self.fraction < 1, p + "fraction", self.fraction, "0..<1")
+        _check(
+            0 <= self.relabel_confidence <= 1,
+            p + "relabel_confidence",
+            self.relabel_confidence,
+            "0..1",
+        )
+        _check(0 < self.max_fraction < 1, p + "max_fraction", self.max_fraction, "0..<1")
+        _check(self.rounds >= 1, p + "rounds", self.rounds, ">= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "none"
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     """Ray Train: optimisation, loss, workers and checkpoints."""
 
@@ -272,6 +328,8 @@ class TrainConfig:
     per_backbone: dict[str, dict[str, float]] = field(default_factory=dict)
     """The recipe per backbone: ``train.*`` fields (``RECIPE_FIELDS``) that differ for one
     backbone, e.g. ``{swin_nano: {lr: 0.0005, epochs: 16}}``; tuned parameters apply on top."""
+    clean: CleanConfig = field(default_factory=CleanConfig)
+    """The cleaning round after the audit (the pipeline's ``clean`` stage)."""
 
     def __post_init__(self) -> None:
         p = "train."
@@ -345,7 +403,7 @@ def _default_space() -> dict[str, SearchParam]:
 
 
 # train.* fields a search may set (numbers that change the optimisation, not the plumbing)
-STAGES = ("data", "tune", "train", "audit", "benchmark", "report")
+STAGES = ("data", "tune", "train", "audit", "clean", "benchmark", "report")
 """The pipeline's stages, in order (``logo-train run --stages``)."""
 
 RECIPE_FIELDS = (
@@ -499,6 +557,13 @@ class Config:
                         overrides[key],
                         f"a field of {list(RECIPE_FIELDS)}",
                     )
+        for backbone in self.train.clean.backbones:
+            _check(
+                backbone in self.model.backbones,
+                "train.clean.backbones",
+                self.train.clean.backbones,
+                f"names from model.backbones {self.model.backbones}",
+            )
         proxy = self.tune.proxy_backbone
         if proxy:  # any registered backbone can stand in for the others
             from logo_train.models import BACKBONES, check_image_size

@@ -123,17 +123,26 @@ def fit_local(
     loader_workers: int = 1,
     eval_every: int = 1,
     train_indices: np.ndarray | None = None,
+    train_labels: np.ndarray | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> LocalFit:
     """Train ``backbone`` on the shards' train split (or its rows ``train_indices``) for
     ``cfg.train.epochs`` epochs (global batch ``cfg.train.batch_size``), validating every
-    ``eval_every`` epochs and at the end."""
+    ``eval_every`` epochs and at the end. ``train_labels`` (one per row of the whole split)
+    replace the split's labels (a cleaning round's relabelled set)."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = len(manifest.classes)
     train_spec, eval_spec = model_transform_specs(cfg, backbone, num_classes)
     train_set = ShardDataset(shards_uri, "train", train_spec, train=True)
+    if train_labels is not None:
+        if len(train_labels) != len(train_set.labels):
+            raise ValueError(
+                f"train_labels has {len(train_labels)} labels, the train split of "
+                f"{shards_uri} {len(train_set.labels)} rows"
+            )
+        train_set.labels = np.asarray(train_labels, np.int64)
     labels = train_set.labels
     if train_indices is not None:
         labels = labels[train_indices]

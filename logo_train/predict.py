@@ -117,10 +117,10 @@ def export_from(path: str | Path, out: str | Path, backbone: str | None = None) 
             raise ValueError("--backbone goes with a run folder, not a checkpoint folder")
         return export_model(p, out)
     if (p / "report" / "benchmark.json").is_file():
-        from logo_train.report import best_entry, load
+        from logo_train.report import best_entry, load, name
 
         data, _ = load(p)
-        entries = {e["backbone"]: e for e in data["backbones"]}
+        entries = {name(e): e for e in data["backbones"]}
         entry = entries.get(backbone) if backbone else best_entry(data)
         if entry is None:
             raise ValueError(f"--backbone {backbone}: not in {p} (it has {sorted(entries)})")
@@ -237,14 +237,14 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
     if (report / "model" / MODEL_JSON).exists():
         return _exported(report / "model", f"run {p}: exported best backbone {report / 'model'}")
     if (report / "benchmark.json").is_file():
-        from logo_train.report import best_entry, load
+        from logo_train.report import best_entry, load, name
 
         data, _ = load(p)
         best = best_entry(data)
         return _from_checkpoint(
             Path(best["checkpoint"]),
             workdir,
-            f"run {p}: best backbone {best['backbone']}",
+            f"run {p}: best backbone {name(best)}",
             entry_metrics(data, best),
         )
     raise ModelError(

@@ -30,7 +30,7 @@ PLOTS = {
 
 # (column name with unit, how to get it from a benchmark.json entry, format)
 COLUMNS: list[tuple[str, Any, str]] = [
-    ("backbone", lambda e: e["backbone"], "{}"),
+    ("backbone", lambda e: name(e), "{}"),
     ("params (M)", lambda e: e["params"] / 1e6, "{:.2f}"),
     ("MFLOPs / image", lambda e: e["flops"] / 1e6, "{:.1f}"),
     ("weights (MB)", lambda e: e["weights_mb"], "{:.2f}"),
@@ -46,6 +46,31 @@ COLUMNS: list[tuple[str, Any, str]] = [
     ("ONNX Runtime p95 (ms, batch 1)", lambda e: _onnx(e, "latency_ms_p95"), "{:.2f}"),
     ("ONNX Runtime throughput (images/s)", lambda e: _onnx(e, "throughput_images_per_s"), "{:.1f}"),
 ]
+
+
+def name(entry: dict[str, Any]) -> str:
+    """A table's name of an entry: the backbone, ``-round2`` after it for a cleaning round."""
+    return entry.get("label") or entry["backbone"]
+
+
+REAL_COLUMNS: list[tuple[str, Any, str]] = [
+    ("real photos top-1", lambda e: _real(e, "top1"), "{:.3f}"),
+    ("real photos top-3", lambda e: _real(e, "top3"), "{:.3f}"),
+]
+"""After macro F1, in a run with ``data.real_eval``."""
+
+
+def columns(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """The table's columns for ``data``: ``COLUMNS``, with the real-photo ones when scored."""
+    if not any(e.get("real") for e in data["backbones"]):
+        return COLUMNS
+    at = [name for name, _, _ in COLUMNS].index("macro F1") + 1
+    return COLUMNS[:at] + REAL_COLUMNS + COLUMNS[at:]
+
+
+def _real(entry: dict[str, Any], key: str) -> float:
+    real = entry.get("real")
+    return float(real[key]) if real else float("nan")
 
 
 def _onnx(entry: dict[str, Any], key: str) -> float:
@@ -79,7 +104,7 @@ def load(path: str | Path) -> tuple[dict[str, Any], str]:
 
 def rows(data: dict[str, Any]) -> list[dict[str, Any]]:
     """The table as rows of {column: value}, in benchmark order."""
-    return [{name: get(e) for name, get, _ in COLUMNS} for e in data["backbones"]]
+    return [{name: get(e) for name, get, _ in columns(data)} for e in data["backbones"]]
 
 
 def best_entry(data: dict[str, Any]) -> dict[str, Any]:
@@ -107,7 +132,7 @@ def markdown(data: dict[str, Any]) -> str:
     dev = first["device"]
     cfg = data.get("benchmark_config", {})
     where = dev.get("gpu") or f"{dev['cpu']} ({dev['cpu_count']} logical CPUs)"
-    head = [name for name, _, _ in COLUMNS]
+    head = [name for name, _, _ in columns(data)]
     lines = [
         f"# Benchmark: {data['run']}",
         "",
@@ -122,7 +147,7 @@ def markdown(data: dict[str, Any]) -> str:
         "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
     ]
     for e in entries:
-        lines.append("| " + " | ".join(_cell(fmt, get(e)) for _, get, fmt in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(fmt, get(e)) for _, get, fmt in columns(data)) + " |")
     best = best_entry(data)
     lines += [
         "",
@@ -135,7 +160,7 @@ def markdown(data: dict[str, Any]) -> str:
         "(CPU execution provider) on the same exported model; throughput: images/s at batch "
         f"{first['eager']['throughput_batch']}. '–': not measured (ONNX Runtime runs on CPU only).",
         "",
-        f"**Best backbone: {best['backbone']}** (chosen on {selected_on(data)} macro-F1"
+        f"**Best backbone: {name(best)}** (chosen on {selected_on(data)} macro-F1"
         + (f" {best['train']['best_val_macro_f1']:.4f}" if selected_on(data) == "val" else "")
         + f"; {data['split']} macro F1 {best['metrics']['macro_f1']:.4f}).",
     ]
@@ -154,7 +179,9 @@ def markdown(data: dict[str, Any]) -> str:
             f"ONNX Runtime vs PyTorch logits: largest |difference| {worst:.2e} "
             f"({'within' if ok else 'OUTSIDE'} the tolerance {checks[0]['onnx']['tolerance']:g})."
         )
-    lines += ["", f"## Per class: {best['backbone']} (sorted by training images)", ""]
+    lines += _cleaning_lines(entries)
+    lines += _real_lines(data, best)
+    lines += ["", f"## Per class: {name(best)} (sorted by training images)", ""]
     lines += [
         "| class | training images | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|---:|",
@@ -167,7 +194,7 @@ def markdown(data: dict[str, Any]) -> str:
         )
     lines += ["", "## Plots", ""]
     lines += [f"![{key}]({name})" for key, name in PLOTS.items()]
-    audits = {e["backbone"]: e["audit"] for e in entries if e.get("audit")}
+    audits = {name(e): e["audit"] for e in entries if e.get("audit")}
     if audits:
         lines += ["", "## Suspected wrong labels", ""]
         for backbone, a in audits.items():
@@ -175,6 +202,98 @@ def markdown(data: dict[str, Any]) -> str:
                 f"- {backbone}: {a.get('suspected', '?')} suspected — {a.get('parquet', '')}"
             )
     return "\n".join(lines) + "\n"
+
+
+def _cleaning_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """'Cleaning round': each cleaned model beside its round 1 (validation and test macro-F1,
+    what the round did to the labels and, on the embedded data, how many were really wrong)."""
+    cleaned = [e for e in entries if e.get("cleaning")]
+    if not cleaned:
+        return []
+    first = {e["backbone"]: e for e in entries if e.get("round", 1) <= 1}
+    lines = [
+        "",
+        "## Cleaning round",
+        "",
+        "The audit's suspected labels were dropped or relabelled and the same backbone trained "
+        "again with the same recipe (`train.clean`); round 1 trained on the labels as given.",
+        "",
+        "| model | training rows | dropped | relabelled | wrong labels left | val macro F1 "
+        "| test macro F1 |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def row(e: dict[str, Any], c: dict[str, Any]) -> str:
+        left = c.get("flipped_after", c.get("flipped_before"))
+        return (
+            f"| {name(e)} | {c.get('rows_after', c.get('rows_before', '?'))} "
+            f"| {c.get('dropped', 0)} | {c.get('relabelled', 0)} "
+            f"| {'?' if left is None else left} "
+            f"| {e['train'].get('best_val_macro_f1', float('nan')):.4f} "
+            f"| {e['metrics']['macro_f1']:.4f} |"
+        )
+
+    shown: set[int] = set()
+    for e in cleaned:
+        c = e["cleaning"]
+        before = first.get(e["backbone"])
+        if before is not None and id(before) not in shown:
+            shown.add(id(before))
+            lines.append(
+                row(
+                    before,
+                    {"rows_after": c["rows_before"], "flipped_before": c.get("flipped_before")},
+                )
+            )
+        lines.append(row(e, c))
+    for e in entries:
+        c = e.get("cleaning")
+        if c and "flipped_acted_on" in c:
+            lines.append("")
+            lines.append(
+                f"{name(e)}: rule {c['rule']}; of the {c['dropped'] + c['relabelled']} labels "
+                f"acted on, {c['flipped_acted_on']} were really wrong"
+                + (
+                    f" ({c['relabelled_right']} of {c['relabelled']} relabelled to the true class)."
+                    if c["relabelled"]
+                    else "."
+                )
+            )
+    return lines
+
+
+def _real_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
+    """'Real photos': what ``data.real_eval`` held, and the best model's score per class."""
+    real = data.get("real_eval")
+    if not real or not best.get("real"):
+        return []
+    r = best["real"]
+    lines = [
+        "",
+        "## Real photos",
+        "",
+        f"{real['images']} real photos from `{real['root']}` (`data.real_eval`), through the "
+        f"same evaluation path: **{name(best)} top-1 {r['top1']:.3f}, top-3 {r['top3']:.3f}** "
+        f"(chance {r['chance']:.3f}); the table's 'real photos' columns give every model's.",
+    ]
+    if real.get("unknown_classes"):
+        lines.append(
+            "Folders that match no class of the run, not scored: "
+            + ", ".join(f"{k} ({v} files)" for k, v in sorted(real["unknown_classes"].items()))
+            + "."
+        )
+    if real.get("rejected"):
+        lines.append(
+            f"{len(real['rejected'])} file(s) not scored: "
+            + ", ".join(f"{x['path']} ({x['reason']})" for x in real["rejected"][:20])
+            + "."
+        )
+    lines += ["", "| class | photos | top-1 | top-3 |", "|---|---:|---:|---:|"]
+    for c in sorted(r["per_class"], key=lambda c: -c["images"]):
+        lines.append(f"| {c['class']} | {c['images']} | {c['top1']:.3f} | {c['top3']:.3f} |")
+    if r.get("mistakes_png"):
+        lines += ["", f"Its mistakes: ![real photo mistakes]({r['mistakes_png'].split('/')[-1]})"]
+    return lines
 
 
 def write_report(path: str | Path) -> str:
@@ -237,7 +356,7 @@ def _bars(data, plt):
         ("MFLOPs / image", lambda e: e["flops"] / 1e6),
         ("ONNX Runtime p50 (ms)", lambda e: _onnx(e, "latency_ms_p50")),
     ]
-    names = [e["backbone"] for e in data["backbones"]]
+    names = [name(e) for e in data["backbones"]]
     fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
     for ax, (title, get) in zip(axes.flat, metrics, strict=True):
         values = [get(e) for e in data["backbones"]]
@@ -256,7 +375,7 @@ def _scatter(data, plt):
         f1 = e["metrics"]["macro_f1"]
         ax.scatter(e["eager"]["latency_ms_p50"], f1, marker="o", color="tab:blue")
         ax.annotate(
-            e["backbone"],
+            name(e),
             (e["eager"]["latency_ms_p50"], f1),
             fontsize=8,
             textcoords="offset points",
@@ -284,14 +403,10 @@ def _curves(data, plt):
         colour = f"C{i % 10}"
         epochs = [r["epoch"] for r in h]
         loss_ax.plot(
-            epochs, [r["train_loss"] for r in h], "-", color=colour, label=f"{e['backbone']} train"
+            epochs, [r["train_loss"] for r in h], "-", color=colour, label=f"{name(e)} train"
         )
-        loss_ax.plot(
-            epochs, [r["val_loss"] for r in h], "--", color=colour, label=f"{e['backbone']} val"
-        )
-        f1_ax.plot(
-            epochs, [r["val_macro_f1"] for r in h], "-o", ms=3, color=colour, label=e["backbone"]
-        )
+        loss_ax.plot(epochs, [r["val_loss"] for r in h], "--", color=colour, label=f"{name(e)} val")
+        f1_ax.plot(epochs, [r["val_macro_f1"] for r in h], "-o", ms=3, color=colour, label=name(e))
     from matplotlib.ticker import MaxNLocator
 
     for ax in (loss_ax, f1_ax):
@@ -316,7 +431,7 @@ def _confusion(data, plt):
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"{best['backbone']}: confusion matrix, rows normalised ({data['split']})")
+    ax.set_title(f"{name(best)}: confusion matrix, rows normalised ({data['split']})")
     fig.colorbar(image, ax=ax, label="share of the true class")
     fig.tight_layout()
     return fig
@@ -335,6 +450,6 @@ def _per_class(data, plt):
     twin = ax.twinx()
     twin.plot(range(len(names)), [counts.get(n, 0) for n in names], "k.-", label="training images")
     twin.set_ylabel("training images (given labels)")
-    ax.set_title(f"{best['backbone']}: per-class F1, classes sorted by training-set size")
+    ax.set_title(f"{name(best)}: per-class F1, classes sorted by training-set size")
     fig.tight_layout()
     return fig

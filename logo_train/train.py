@@ -477,10 +477,19 @@ class BackboneResult:
     time: dict[str, float] = field(default_factory=dict)
     """Where the time went: group start, set-up, first-batch wait, validation, checkpoints,
     steady-state images/s and the fixed cost outside steady-state training."""
+    round: int = 1
+    """1 = trained on the given labels; 2, 3, ...: a cleaning round's retraining."""
+    cleaning: dict[str, Any] = field(default_factory=dict)
+    """A cleaning round's counts (``clean.write_cleaning``'s summary); empty in round 1."""
+
+    @property
+    def label(self) -> str:
+        """How tables name this model: the backbone, with the cleaning round after round 1."""
+        return ckpt.run_label(self.backbone, self.round)
 
     def line(self) -> str:
         return (
-            f"{self.backbone:<22} val macro-F1 {self.best_val_macro_f1:.3f} "
+            f"{self.label:<22} val macro-F1 {self.best_val_macro_f1:.3f} "
             f"(best epoch {self.best_epoch}/{self.epochs})  "
             f"{self.train_images_per_s:6.0f} img/s  data wait {100 * self.data_wait_fraction:4.1f}%"
             f"  {self.seconds:5.0f} s  checkpoint: {self.checkpoint}"
@@ -605,7 +614,8 @@ def train_backbones(
         )
     run_dir = _absolute(cfg.run_dir)
     name = name or f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    storage_path = storage_path or join(run_dir, "train")
+    # Ray Train takes a URI or an absolute path (a relative one is not a valid URI)
+    storage_path = _absolute(storage_path) if storage_path else join(run_dir, "train")
     run_uri = join(storage_path, name)
     jobs = [
         _job(
@@ -613,7 +623,9 @@ def train_backbones(
             backbone,
             manifest,
             run_uri,
-            tensorboard_uri or join(run_dir, f"tensorboard/{name}/{backbone}"),
+            _absolute(tensorboard_uri)
+            if tensorboard_uri
+            else join(run_dir, f"tensorboard/{name}/{backbone}"),
         )
         for backbone, bcfg in configs.items()
     ]

@@ -1,6 +1,7 @@
 """Pipeline job: the whole ``logo-train run`` on the cluster — data, tuning, training of every
-backbone, label audit, benchmark, report. Results go to the config's ``output_dir`` (a local
-path or s3:// / gs:// URI); the report to ``<output_dir>/<name>/report/``.
+backbone, label audit, cleaning round (``train.clean``), benchmark, report. Results go to the
+config's ``output_dir`` (a local path or s3:// / gs:// URI); the report to
+``<output_dir>/<name>/report/``.
 
 ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml
 ray job submit --working-dir . -- python -m ray_jobs.pipeline --config configs/full.yaml \

@@ -1,5 +1,6 @@
 """Train job: every backbone of the config with Ray Train (DDP), one summary line each, then
-the label audit of each (runs/<name>/audit/<backbone>/suspected_labels.parquet).
+the label audit of each (runs/<name>/audit/<backbone>/suspected_labels.parquet) and, with
+``train.clean.mode``, the cleaning round (runs/<name>/clean/<backbone>/round2/).
 
 ray job submit --working-dir . -- python -m ray_jobs.train --config configs/full.yaml
 """

@@ -73,6 +73,7 @@ def _tiny(tmp_path: Path) -> list[str]:
         "--set", "augment.strength=0", "--set", "train.batch_size=32",
         "--set", "train.num_workers=2", "--set", "train.cpus_per_worker=0.5",
         "--set", "train.torch_threads=1", "--set", "train.per_backbone={}",
+        "--set", "train.clean.mode=none",  # the cleaning round: tests/test_clean.py
     ]  # fmt: skip
 
 

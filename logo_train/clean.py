@@ -1,0 +1,345 @@
+"""The cleaning round: act on what the label audit found, then train again.
+
+``plan_cleaning`` decides, per training row, whether its label is kept, dropped or changed to
+the audited model's prediction (``train.clean``); ``write_cleaned_shards`` writes the train
+split that is left as a new shards folder (val and test copied unchanged) with a
+``cleaning.parquet`` that lists every row's action. The pipeline's ``clean`` stage then trains
+the same backbone, with the same recipe, on that folder (``logo_train.pipeline``).
+
+A round that would empty a class or act on more than ``train.clean.max_fraction`` of the rows
+stops with a message naming the field; classes left with fewer rows than one batch needs are
+reported, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from logo_train.config import CleanConfig
+from logo_train.data.shards import (
+    SPLITS,
+    Manifest,
+    iter_batches,
+    join,
+    prepare_output,
+    read_bytes,
+    read_manifest,
+    resolve,
+    shard_schema,
+    write_bytes,
+    write_manifest,
+)
+
+KEPT, DROPPED, RELABELLED = "kept", "dropped", "relabelled"
+CLEANING_PARQUET = "cleaning.parquet"
+CLEANING_JSON = "cleaning.json"
+
+
+class CleaningError(ValueError):
+    """A cleaning round that would remove too much (a whole class, too many rows)."""
+
+
+@dataclass
+class CleanPlan:
+    """Per training row (aligned with the audit's rows): the action and the label to train on."""
+
+    mode: str
+    action: np.ndarray
+    """'kept' / 'dropped' / 'relabelled' per row."""
+    labels: np.ndarray
+    """The label each kept or relabelled row trains on (the given one, or the prediction)."""
+    suspected: np.ndarray
+    """Rows the rule selected: each is dropped or relabelled."""
+    rule: str
+    """The selection rule, in words."""
+    counts_before: list[int]
+    counts_after: list[int]
+    thin_classes: list[str] = field(default_factory=list)
+    """Classes the round shrank to less than half their rows, or below one batch (reported;
+    they are trained on as they are)."""
+
+    @property
+    def keep(self) -> np.ndarray:
+        return self.action != DROPPED
+
+    @property
+    def dropped(self) -> int:
+        return int((self.action == DROPPED).sum())
+
+    @property
+    def relabelled(self) -> int:
+        return int((self.action == RELABELLED).sum())
+
+    def line(self) -> str:
+        n = len(self.action)
+        return (
+            f"{self.mode}: {self.dropped} of {n} rows dropped, {self.relabelled} relabelled "
+            f"({self.rule})"
+        )
+
+
+def select_suspected(
+    given: np.ndarray,
+    given_prob: np.ndarray,
+    trust: np.ndarray,
+    predicted: np.ndarray,
+    suspicion: np.ndarray,
+    cfg: CleanConfig,
+) -> tuple[np.ndarray, str]:
+    """Which rows' labels a round acts on, and the rule in words: the ``cfg.fraction`` most
+    suspect rows (by ``suspicion``), else the given label's probability below
+    ``cfg.given_prob``, trust below ``cfg.threshold`` (rows without a trust score: never by
+    trust) or, with ``cfg.disagree``, a prediction other than the given label."""
+    n = len(given)
+    if cfg.fraction > 0:
+        k = int(round(cfg.fraction * n))
+        chosen = np.zeros(n, bool)
+        chosen[np.argsort(-np.asarray(suspicion), kind="stable")[:k]] = True
+        return chosen, f"the {k} most suspect rows (train.clean.fraction {cfg.fraction:g})"
+    chosen = np.asarray(given_prob) < cfg.given_prob
+    rules = [f"p(given label) < {cfg.given_prob:g}"] if cfg.given_prob > 0 else []
+    if cfg.threshold > 0:
+        chosen |= np.nan_to_num(np.asarray(trust, np.float64), nan=1.0) < cfg.threshold
+        rules.append(f"trust < {cfg.threshold:g}")
+    if cfg.disagree:
+        chosen |= np.asarray(predicted) != np.asarray(given)
+        rules.append("the model predicts another class")
+    return chosen, " or ".join(rules) or "nothing (train.clean: no rule set)"
+
+
+def plan_cleaning(
+    given: np.ndarray,
+    given_prob: np.ndarray,
+    trust: np.ndarray,
+    predicted: np.ndarray,
+    confidence: np.ndarray,
+    suspicion: np.ndarray,
+    cfg: CleanConfig,
+    class_names: Sequence[str],
+    batch_size: int = 1,
+) -> CleanPlan:
+    """What a round does to each training row (``cfg.mode`` 'drop' or 'relabel').
+
+    ``given_prob``: the audited model's probability of the given label; ``trust``: the trust
+    head's score of it (NaN without one); ``predicted`` and ``confidence``: the model's class
+    and its probability; ``suspicion``: the audit's
+    ranking score (higher = more suspect). Raises ``CleaningError`` (naming the field) when the
+    round would act on more than ``cfg.max_fraction`` of the rows or leave a class without a
+    row."""
+    if cfg.mode == "none":
+        raise ValueError("train.clean.mode is 'none': nothing to plan")
+    given = np.asarray(given, np.int64)
+    predicted = np.asarray(predicted, np.int64)
+    num_classes = len(class_names)
+    chosen, rule = select_suspected(given, given_prob, trust, predicted, suspicion, cfg)
+    action = np.full(len(given), KEPT, dtype=object)
+    labels = given.copy()
+    if cfg.mode == "relabel":
+        change = chosen & (predicted != given) & (np.asarray(confidence) >= cfg.relabel_confidence)
+        labels[change] = predicted[change]
+        action[change] = RELABELLED
+        action[chosen & ~change] = DROPPED
+        rule += f"; relabelled where the prediction's probability >= {cfg.relabel_confidence:g}"
+    else:
+        action[chosen] = DROPPED
+    acted = int(chosen.sum())
+    if acted > cfg.max_fraction * len(given):
+        raise CleaningError(
+            f"the cleaning round would act on {acted} of {len(given)} training rows "
+            f"({acted / max(len(given), 1):.0%}, rule: {rule}), more than "
+            f"train.clean.max_fraction = {cfg.max_fraction:g}: the audit is not to be trusted "
+            "that far (raise train.clean.max_fraction, or lower train.clean.fraction / "
+            "train.clean.given_prob)"
+        )
+    before = np.bincount(given, minlength=num_classes)
+    after = np.bincount(labels[action != DROPPED], minlength=num_classes)
+    emptied = [class_names[c] for c in range(num_classes) if before[c] > 0 and after[c] == 0]
+    if emptied:
+        raise CleaningError(
+            f"the cleaning round would leave class(es) {emptied} without a training row "
+            f"(rule: {rule}): lower train.clean.given_prob or train.clean.fraction, or set "
+            "train.clean.mode: none"
+        )
+    thin = [
+        class_names[c]
+        for c in range(num_classes)
+        if 0 < after[c] < before[c]
+        and (after[c] < before[c] / 2 or after[c] < batch_size <= before[c])
+    ]
+    return CleanPlan(
+        mode=cfg.mode,
+        action=action.astype(str),
+        labels=labels,
+        suspected=chosen,
+        rule=rule,
+        counts_before=before.tolist(),
+        counts_after=after.tolist(),
+        thin_classes=thin,
+    )
+
+
+def plan_from_audit(
+    ranked: pa.Table, manifest: Manifest, cfg: CleanConfig, batch_size: int
+) -> tuple[CleanPlan, pa.Table]:
+    """``plan_cleaning`` for an audit's ranked table (``suspected_labels.parquet``); returns the
+    plan and the table (rows in the audit's order) the plan is aligned with."""
+    classes = list(manifest.classes)
+    index = {name: i for i, name in enumerate(classes)}
+    given = np.asarray([index[n] for n in ranked["given_label"].to_pylist()], np.int64)
+    predicted = np.asarray([index[n] for n in ranked["predicted_label"].to_pylist()], np.int64)
+    trust = np.asarray(ranked["trust"].to_numpy(zero_copy_only=False), np.float64)
+    if "confidence" in ranked.column_names:
+        confidence = np.asarray(ranked["confidence"].to_numpy(zero_copy_only=False))
+    else:  # an audit from before the column existed: no relabelling by confidence
+        confidence = np.zeros(len(given))
+    given_prob = np.exp(-np.asarray(ranked["loss"].to_numpy(zero_copy_only=False), np.float64))
+    suspicion = -np.asarray(ranked["rank"].to_numpy(zero_copy_only=False), np.float64)
+    plan = plan_cleaning(
+        given, given_prob, trust, predicted, confidence, suspicion, cfg, classes, batch_size
+    )
+    return plan, ranked
+
+
+def cleaning_table(ranked: pa.Table, plan: CleanPlan, class_names: Sequence[str]) -> pa.Table:
+    """The audit's ranked list with what the round did to each row: ``action`` and
+    ``train_label`` (the label round 2 trained on; empty for dropped rows)."""
+    train_label = [
+        "" if a == DROPPED else class_names[int(c)]
+        for a, c in zip(plan.action, plan.labels, strict=True)
+    ]
+    return ranked.append_column("action", pa.array(plan.action.tolist())).append_column(
+        "train_label", pa.array(train_label)
+    )
+
+
+def write_cleaned_shards(
+    shards_uri: str,
+    out_uri: str,
+    ids: Sequence[str],
+    plan: CleanPlan,
+    *,
+    rows_per_shard: int = 1000,
+    overwrite: bool = True,
+) -> Manifest:
+    """A shards folder at ``out_uri``: the train split of ``shards_uri`` with the plan applied
+    (rows matched by ``id``; dropped rows left out, relabelled rows with their new label and,
+    on the embedded data, ``is_noisy`` recomputed), val and test copied unchanged."""
+    manifest = read_manifest(shards_uri)
+    prepare_output(out_uri, overwrite=overwrite)
+    by_id = {str(i): k for k, i in enumerate(ids)}
+    if len(by_id) != len(ids):
+        raise ValueError(f"the audit of {shards_uri} lists a row id twice")
+    classes = list(manifest.classes)
+    schema = shard_schema(manifest.has_truth)
+    files: dict[str, list[str]] = {s: [] for s in SPLITS}
+    counts = {s: dict(manifest.counts.get(s, {})) for s in SPLITS}
+    noisy = dict(manifest.noisy_counts)
+    train_counts = dict.fromkeys(classes, 0)
+    train_noisy, seen, pending = 0, 0, []
+
+    def flush(last: bool = False) -> None:
+        nonlocal pending
+        while pending and (last or sum(t.num_rows for t in pending) >= rows_per_shard):
+            table = pa.concat_tables(pending)
+            head, pending = table.slice(0, rows_per_shard), [table.slice(rows_per_shard)]
+            name = f"train-{len(files['train']):05d}.parquet"
+            _write_shard(join(out_uri, name), head, schema)
+            files["train"].append(name)
+            pending = [t for t in pending if t.num_rows]
+
+    for batch in iter_batches(shards_uri, "train", None, batch_size=rows_per_shard):
+        table = pa.Table.from_batches([batch])
+        rows = []
+        for i in table["id"].to_pylist():
+            if i not in by_id:
+                raise ValueError(
+                    f"training row {i!r} of {shards_uri} is not in the audit: the audit was "
+                    "made on other shards"
+                )
+            rows.append(by_id[i])
+        rows_arr = np.asarray(rows, np.int64)
+        keep = plan.action[rows_arr] != DROPPED
+        new = plan.labels[rows_arr][keep]
+        table = table.filter(pa.array(keep))
+        table = table.set_column(
+            table.schema.get_field_index("label"), "label", pa.array(new, pa.int32())
+        )
+        table = table.set_column(
+            table.schema.get_field_index("label_name"),
+            "label_name",
+            pa.array([classes[c] for c in new]),
+        )
+        if manifest.has_truth:
+            wrong = new != np.asarray(table["clean_label"].to_pylist(), np.int64)
+            table = table.set_column(
+                table.schema.get_field_index("is_noisy"), "is_noisy", pa.array(wrong)
+            )
+            train_noisy += int(wrong.sum())
+        for c in new:
+            train_counts[classes[c]] += 1
+        seen += len(rows)
+        pending.append(table.select(schema.names).cast(schema))
+        flush()
+    flush(last=True)
+    if seen != len(ids):
+        raise ValueError(
+            f"the audit lists {len(ids)} training rows, {shards_uri} has {seen}: the audit was "
+            "made on other shards"
+        )
+    counts["train"] = train_counts
+    if manifest.has_truth:
+        noisy["train"] = train_noisy
+    fs, _ = resolve(out_uri)
+    for split in ("val", "test"):
+        for name in manifest.files.get(split, []):
+            write_bytes(join(out_uri, name), read_bytes(join(shards_uri, name)))
+            files[split].append(name)
+    cleaned = Manifest(
+        source=shards_uri,
+        classes=classes,
+        counts=counts,
+        files=files,
+        params={
+            **manifest.params,
+            "cleaned_from": shards_uri,
+            "cleaning": {
+                "mode": plan.mode,
+                "rule": plan.rule,
+                "dropped": plan.dropped,
+                "relabelled": plan.relabelled,
+            },
+        },
+        has_truth=manifest.has_truth,
+        noisy_counts=noisy,
+        clean_counts=manifest.clean_counts,
+        files_seen=manifest.files_seen,
+    )
+    write_manifest(out_uri, cleaned)
+    return cleaned
+
+
+def _write_shard(uri: str, table: pa.Table, schema: pa.Schema) -> None:
+    fs, path = resolve(uri)
+    pq.write_table(
+        table,
+        path,
+        filesystem=fs,
+        compression={f.name: ("none" if f.name == "image" else "zstd") for f in schema},
+    )
+
+
+def write_cleaning(out_uri: str, table: pa.Table, summary: dict) -> tuple[str, str]:
+    """``cleaning.parquet`` (every row: rank, scores, action, train label) and
+    ``cleaning.json`` (the counts) under ``out_uri``."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    parquet, summary_uri = join(out_uri, CLEANING_PARQUET), join(out_uri, CLEANING_JSON)
+    write_bytes(parquet, sink.getvalue().to_pybytes())
+    write_bytes(summary_uri, json.dumps(summary, indent=2, default=float).encode())
+    return parquet, summary_uri

@@ -1,0 +1,203 @@
+"""A real-photo score for every run: ``data.real_eval`` names an ImageFolder of real, labelled
+badge crops (``<root>/<class>/*.jpg``), kept apart from the training data, and the benchmark
+scores every backbone on it (top-1 and top-3 accuracy, per class) beside the test split.
+
+Class folders are matched to the run's classes case-insensitively ('mercedes_benz',
+'Mercedes-Benz' and 'mercedes benz' are one name); a folder that matches no class is counted and
+listed, never silently skipped, and so is every file that cannot be read as an image. Images go
+through the evaluation path itself (``augment.eval_inputs``): what the benchmark scores is what
+``logo-train predict`` would see.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from logo_train.data.augment import TransformSpec, eval_inputs
+
+FIELD = "data.real_eval"
+
+
+def class_key(name: str) -> str:
+    """The form two class names are compared in: case-folded, '-', '_' and spaces alike."""
+    return re.sub(r"[\s_\-]+", "-", name.strip()).casefold()
+
+
+@dataclass
+class RealSet:
+    """The real photos that matched a class of the run, and what did not."""
+
+    root: str
+    classes: list[str]
+    images: list[bytes] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    """Relative to ``root``."""
+    unknown_classes: dict[str, int] = field(default_factory=dict)
+    """Folder name -> files in it, for folders that match no class of the run."""
+    rejected: list[dict[str, str]] = field(default_factory=list)
+    """path, reason, detail for every file that is not a readable image."""
+
+    def summary(self) -> dict:
+        return {
+            "root": self.root,
+            "images": len(self.images),
+            "classes_present": sorted({self.classes[i] for i in self.labels}),
+            "unknown_classes": self.unknown_classes,
+            "rejected": self.rejected,
+        }
+
+    def lines(self) -> list[str]:
+        out = [
+            f"[real] {self.root}: {len(self.images)} photos of "
+            f"{len({*self.labels})} of the run's {len(self.classes)} classes"
+        ]
+        if self.unknown_classes:
+            listed = ", ".join(f"{k} ({v})" for k, v in sorted(self.unknown_classes.items()))
+            out.append(f"[real] folders that match no class, not scored: {listed}")
+        if self.rejected:
+            out.append(
+                f"[real] {len(self.rejected)} file(s) not scored (not a readable image): "
+                + ", ".join(f"{r['path']} ({r['reason']})" for r in self.rejected[:10])
+                + (" ..." if len(self.rejected) > 10 else "")
+            )
+        return out
+
+
+def load_real_set(
+    root: str | Path, classes: Sequence[str], max_pixels: int = 40_000_000
+) -> RealSet:
+    """Read ``root/<class>/*`` for the run's ``classes``. Raises ``ValueError`` naming
+    ``data.real_eval`` when the folder is missing or none of its folders is a class of the run."""
+    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
+
+    base = Path(root)
+    if not base.is_dir():
+        raise ValueError(f"config field '{FIELD}' = {str(root)!r}: not a folder")
+    by_key = {class_key(c): i for i, c in enumerate(classes)}
+    real = RealSet(str(root), list(classes))
+    folders = sorted(p for p in base.iterdir() if p.is_dir())
+    for folder in folders:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        label = by_key.get(class_key(folder.name))
+        if label is None:
+            real.unknown_classes[folder.name] = len(files)
+            continue
+        for path in files:
+            rel = path.relative_to(base).as_posix()
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                real.rejected.append(
+                    {"path": rel, "reason": "unsupported_extension", "detail": path.suffix}
+                )
+                continue
+            try:
+                data = stored_bytes(path.read_bytes(), max_pixels)
+            except Reject as r:
+                real.rejected.append({"path": rel, "reason": r.reason, "detail": r.detail})
+                continue
+            except OSError as e:
+                real.rejected.append({"path": rel, "reason": "unreadable", "detail": str(e)})
+                continue
+            real.images.append(data)
+            real.labels.append(label)
+            real.paths.append(rel)
+    if not real.images:
+        known = sorted(real.unknown_classes) or [p.name for p in folders]
+        raise ValueError(
+            f"config field '{FIELD}' = {str(root)!r}: no photo of a class of this run (its "
+            f"folders: {known[:10]}; the run's classes: {list(classes)[:10]}...)"
+        )
+    return real
+
+
+def score_real(
+    model: nn.Module,
+    real: RealSet,
+    spec: TransformSpec,
+    device: torch.device,
+    batch_size: int = 64,
+) -> dict:
+    """Top-1 and top-3 accuracy of ``model`` (a classifier) on the real photos, per class, and
+    the mistakes (index, true class, top-3 predictions)."""
+    model = model.eval().to(device)
+    probs = []
+    with torch.inference_mode():
+        for start in range(0, len(real.images), batch_size):
+            x = torch.from_numpy(eval_inputs(real.images[start : start + batch_size], spec))
+            probs.append(model(x.to(device)).float().softmax(1).cpu().numpy())
+    p = np.concatenate(probs)
+    labels = np.asarray(real.labels, np.int64)
+    k = min(3, p.shape[1])
+    top = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    hit1 = top[:, 0] == labels
+    hit3 = (top == labels[:, None]).any(1)
+    per_class = []
+    for c in sorted(set(real.labels)):
+        rows = labels == c
+        per_class.append(
+            {
+                "class": real.classes[c],
+                "images": int(rows.sum()),
+                "top1": float(hit1[rows].mean()),
+                "top3": float(hit3[rows].mean()),
+            }
+        )
+    mistakes = [
+        {
+            "index": int(i),
+            "path": real.paths[i],
+            "true": real.classes[labels[i]],
+            "predicted": [real.classes[j] for j in top[i]],
+            "probability": float(p[i, top[i, 0]]),
+        }
+        for i in np.flatnonzero(~hit1)
+    ]
+    return {
+        "images": len(labels),
+        "top1": float(hit1.mean()),
+        "top3": float(hit3.mean()),
+        "chance": 1.0 / len(real.classes),
+        "per_class": per_class,
+        "mistakes": mistakes,
+    }
+
+
+def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> bytes:
+    """A PNG contact sheet of the first ``top`` mistakes: the photo, its class, the top-3."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from logo_train.data.badge import decode_image
+
+    shown = result["mistakes"][:top]
+    cols = 8
+    rows = max(1, math.ceil(len(shown) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= len(shown):
+            continue
+        m = shown[i]
+        ax.imshow(decode_image(real.images[m["index"]]))
+        ax.set_title(f"true {m['true']}\n" + "\n".join(m["predicted"]), fontsize=6, color="darkred")
+    fig.suptitle(
+        f"{title}: {len(result['mistakes'])} of {result['images']} real photos wrong at top-1 "
+        f"(top-1 {result['top1']:.2f}, top-3 {result['top3']:.2f}); first {len(shown)} shown",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,213 @@
+"""The cleaning round: which labels a round drops or changes, the refusals, the cleaned shards,
+and the pipeline's clean stage end to end (round 2 beside round 1 in the report)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from logo_train.clean import (
+    DROPPED,
+    KEPT,
+    RELABELLED,
+    CleaningError,
+    plan_cleaning,
+    write_cleaned_shards,
+)
+from logo_train.config import CleanConfig
+from logo_train.data.shards import read_manifest, read_split
+from logo_train.data.synth import generate
+
+CLASSES = ["a", "b", "c"]
+OLD_RULE = {"given_prob": 0.0, "threshold": 0.5, "disagree": True}
+"""Trust below 0.5 or any disagreement (the study's 'relabel/any')."""
+
+
+def _rows():
+    """Seven rows: 0-1 trusted, 2 low trust and a confident other prediction, 3 low trust and an
+    unsure prediction, 4 trusted but predicted as another class, 5-6 trusted."""
+    given = np.array([0, 0, 1, 1, 2, 2, 1])
+    trust = np.array([0.9, 0.8, 0.1, 0.2, 0.95, 0.99, 0.9])
+    predicted = np.array([0, 0, 0, 2, 1, 2, 1])
+    confidence = np.array([0.9, 0.9, 0.8, 0.3, 0.7, 0.9, 0.9])
+    given_prob = np.array([0.9, 0.8, 0.05, 0.3, 0.2, 0.9, 0.9])
+    return given, given_prob, trust, predicted, confidence, 1 - trust
+
+
+def test_the_default_rule_acts_on_improbable_given_labels():
+    given, gp, trust, predicted, conf, susp = _rows()
+    plan = plan_cleaning(given, gp, trust, predicted, conf, susp, CleanConfig(mode="drop"), CLASSES)
+    assert plan.action.tolist() == [KEPT, KEPT, DROPPED, KEPT, KEPT, KEPT, KEPT]
+    assert plan.rule == "p(given label) < 0.1"
+
+
+def test_drop_acts_on_low_trust_and_disagreement():
+    given, gp, trust, predicted, conf, susp = _rows()
+    cfg = CleanConfig(mode="drop", max_fraction=0.9, **OLD_RULE)
+    plan = plan_cleaning(given, gp, trust, predicted, conf, susp, cfg, CLASSES)
+    assert plan.action.tolist() == [KEPT, KEPT, DROPPED, DROPPED, DROPPED, KEPT, KEPT]
+    assert plan.labels.tolist() == given.tolist()
+    assert plan.counts_after == [2, 1, 1] and plan.dropped == 3
+    only_trust = CleanConfig(mode="drop", given_prob=0.0, threshold=0.5, max_fraction=0.9)
+    plan = plan_cleaning(given, gp, trust, predicted, conf, susp, only_trust, CLASSES)
+    assert plan.action.tolist() == [KEPT, KEPT, DROPPED, DROPPED, KEPT, KEPT, KEPT]
+
+
+def test_relabel_changes_confident_predictions_and_drops_the_rest():
+    given, gp, trust, predicted, conf, susp = _rows()
+    cfg = CleanConfig(mode="relabel", relabel_confidence=0.5, max_fraction=0.9, **OLD_RULE)
+    plan = plan_cleaning(given, gp, trust, predicted, conf, susp, cfg, CLASSES)
+    # row 2 -> class 0 (p 0.8), row 3 dropped (p 0.3), row 4 -> class 1 (p 0.7)
+    assert plan.action.tolist() == [KEPT, KEPT, RELABELLED, DROPPED, RELABELLED, KEPT, KEPT]
+    assert plan.labels.tolist() == [0, 0, 0, 1, 1, 2, 1]
+    assert plan.counts_after == [3, 2, 1] and plan.relabelled == 2 and plan.dropped == 1
+
+
+def test_fraction_takes_the_most_suspect_rows():
+    given, gp, trust, predicted, conf, susp = _rows()
+    cfg = CleanConfig(mode="drop", fraction=0.3, max_fraction=0.5)  # 2 of 7
+    plan = plan_cleaning(given, gp, trust, predicted, conf, susp, cfg, CLASSES)
+    assert np.flatnonzero(plan.action == DROPPED).tolist() == [2, 3]
+    assert "2 most suspect" in plan.rule
+
+
+def test_a_round_that_acts_on_too_much_stops_naming_the_field():
+    given, gp, trust, predicted, conf, susp = _rows()
+    with pytest.raises(CleaningError, match="train.clean.max_fraction"):
+        plan_cleaning(
+            given, gp, trust, predicted, conf, susp, CleanConfig(mode="drop", **OLD_RULE), CLASSES
+        )
+
+
+def test_a_round_that_would_empty_a_class_stops_and_thin_classes_are_reported():
+    given, gp, trust, predicted, conf, susp = _rows()
+    trust = trust.copy()
+    trust[5] = 0.1  # class c's rows 4 (disagrees) and 5 (low trust) would both go
+    cfg = CleanConfig(mode="drop", max_fraction=0.9, **OLD_RULE)
+    with pytest.raises(CleaningError, match=r"\['c'\] without a training row"):
+        plan_cleaning(given, gp, trust, predicted, conf, 1 - trust, cfg, CLASSES)
+    given, gp, trust, predicted, conf, susp = _rows()
+    plan = plan_cleaning(given, gp, trust, predicted, conf, susp, cfg, CLASSES, batch_size=2)
+    assert plan.thin_classes == ["b", "c"]  # half their rows gone: reported, kept
+
+
+def test_cleaned_shards_hold_what_the_plan_says(tmp_path, tiny_synth):
+    src = str(tmp_path / "src")
+    manifest = generate(tiny_synth, src, rows_per_shard=40, progress=False)
+    table = read_split(src, "train", ["id", "label", "clean_label", "is_noisy"])
+    ids = table["id"].to_pylist()
+    given = np.asarray(table["label"].to_pylist())
+    truth = np.asarray(table["clean_label"].to_pylist())
+    noisy = np.asarray(table["is_noisy"].to_pylist(), bool)
+    n, classes = len(ids), list(manifest.classes)
+    # an oracle audit: every flipped label has trust 0 and the true class as its prediction
+    trust = np.where(noisy, 0.0, 1.0)
+    cfg = CleanConfig(mode="relabel", max_fraction=0.5)
+    plan = plan_cleaning(given, trust, trust, truth, np.ones(n), 1 - trust, cfg, classes)
+    # ids handed over in another order than the shards': matched by id
+    order = np.random.default_rng(0).permutation(n)
+    from logo_train.clean import CleanPlan
+
+    shuffled = CleanPlan(
+        plan.mode,
+        plan.action[order],
+        plan.labels[order],
+        plan.suspected[order],
+        plan.rule,
+        plan.counts_before,
+        plan.counts_after,
+    )
+    out = str(tmp_path / "clean")
+    cleaned = write_cleaned_shards(src, out, [ids[i] for i in order], shuffled, rows_per_shard=50)
+    assert cleaned.split_rows("train") == n and cleaned.noisy_counts["train"] == 0
+    after = read_split(out, "train", ["id", "label", "clean_label", "is_noisy"])
+    assert sorted(after["id"].to_pylist()) == sorted(ids)
+    assert after["label"].to_pylist() == after["clean_label"].to_pylist()
+    assert not any(after["is_noisy"].to_pylist())
+    assert cleaned.counts["train"] == dict(zip(classes, plan.counts_after, strict=True))
+    for split in ("val", "test"):
+        assert read_split(out, split, ["id"]) == read_split(src, split, ["id"])
+    assert read_manifest(out).params["cleaned_from"] == src
+    # drop: the flipped rows are gone, the others unchanged
+    only_drop = CleanConfig(mode="drop", max_fraction=0.5)
+    drop = plan_cleaning(given, trust, trust, truth, np.ones(n), 1 - trust, only_drop, classes)
+    out2 = str(tmp_path / "drop")
+    cleaned = write_cleaned_shards(src, out2, ids, drop, rows_per_shard=50)
+    assert cleaned.split_rows("train") == n - noisy.sum() == read_split(out2, "train").num_rows
+    # an audit of other shards is refused
+    with pytest.raises(ValueError, match="not in the audit"):
+        write_cleaned_shards(src, str(tmp_path / "x"), [f"other-{i}" for i in ids], drop)
+
+
+def test_clean_config_checks_its_fields():
+    from logo_train.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    with pytest.raises(ValueError, match="train.clean.mode"):
+        load_config(root / "configs/quick.yaml", ["train.clean.mode=wipe"])
+    with pytest.raises(ValueError, match="train.clean.max_fraction"):
+        load_config(root / "configs/quick.yaml", ["train.clean.max_fraction=1.5"])
+    with pytest.raises(ValueError, match="train.clean.backbones"):
+        load_config(root / "configs/quick.yaml", ["train.clean.backbones=[resnet18]"])
+    cfg = load_config(root / "configs/quick.yaml", ["train.clean.mode=drop"])
+    assert cfg.train.clean.enabled and json.dumps(cfg.train.clean.backbones) == "[]"
+
+
+@pytest.mark.integration
+def test_the_clean_stage_trains_round_two_and_the_report_shows_both(tmp_path, monkeypatch):
+    """On noisy tiny data: the clean stage writes the cleaned shards, trains the backbone again
+    on them, audits the new model; the report lists round 1 and round 2, and its suspected-label
+    list says what was done to each label. output_dir is relative, as in configs/quick.yaml
+    (Ray Train takes only absolute paths or URIs)."""
+    import ray
+
+    from logo_train.pipeline import run
+    from tests.test_train_ray import tiny_config
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(
+        tmp_path,
+        "output_dir=runs",
+        "name=clean",
+        "data.synth.images_per_class=16",
+        "data.synth.imbalance_ratio=1",
+        "data.synth.noise_rate=0.25",
+        "train.epochs=2",
+        "model.backbones=[resnet10t]",
+        "tune.enabled=false",
+        "train.clean.mode=drop",  # relabel: unit tests (a 2-epoch model's guesses would
+        "train.clean.fraction=0.05",  # empty classes here, which the round refuses)
+        "benchmark.latency_runs=2",
+        "benchmark.warmup_runs=1",
+        "benchmark.throughput_runs=1",
+        "benchmark.throughput_batch=4",
+        "benchmark.onnx=false",
+        "benchmark.num_cpus=1",
+    )
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    try:
+        result = run(cfg, progress=False)
+    finally:
+        ray.shutdown()
+    assert [r.label for r in result.training + result.cleaned] == ["resnet10t", "resnet10t-round2"]
+    run_dir = tmp_path / "runs/clean"
+    before = read_manifest(str(run_dir / "data"))
+    after = read_manifest(str(run_dir / "clean/resnet10t/round2/data"))
+    summary = json.loads((run_dir / "clean/resnet10t/round2/cleaning.json").read_text())
+    n = before.split_rows("train")
+    assert summary["dropped"] == round(0.05 * n) and summary["relabelled"] == 0
+    assert after.split_rows("train") == n - summary["dropped"]
+    assert summary["flipped_after"] == after.noisy_counts["train"]
+    assert summary["flipped_acted_on"] + summary["clean_acted_on"] == round(0.05 * n)
+    assert summary["flipped_after"] == before.noisy_counts["train"] - summary["flipped_acted_on"]
+    listed = pq.read_table(run_dir / "report/suspected_labels.parquet").to_pydict()
+    assert listed["action"].count("dropped") == summary["dropped"]
+    assert listed["action"].count("kept") == n - summary["dropped"]
+    assert (run_dir / "clean/resnet10t/round2/audit/suspected_labels.parquet").is_file()
+    data = json.loads((run_dir / "report/benchmark.json").read_text())
+    assert [e["label"] for e in data["backbones"]] == ["resnet10t", "resnet10t-round2"]
+    assert data["backbones"][1]["cleaning"]["dropped"] == summary["dropped"]
+    md = (run_dir / "report/benchmark.md").read_text()
+    assert "## Cleaning round" in md and "| resnet10t-round2 |" in md
