@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
 
 from logo_train.audit import detection_metrics, score_split
 from logo_train.config import CleanConfig, Config, config_from_dict, config_to_dict, load_config
@@ -267,12 +268,6 @@ def cleanlearning_run(cfg, backbone, uri, manifest, args, label: str) -> dict:
     out["loss"] = CLEANLEARNING
     _print(out)
     return out
-
-
-try:
-    from sklearn.base import BaseEstimator, ClassifierMixin
-except ImportError:  # pragma: no cover - scikit-learn is a dependency
-    BaseEstimator = ClassifierMixin = object
 
 
 class LocalModel(ClassifierMixin, BaseEstimator):

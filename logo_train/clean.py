@@ -25,7 +25,6 @@ from logo_train.config import CleanConfig
 from logo_train.data.shards import (
     SPLITS,
     Manifest,
-    iter_batches,
     join,
     prepare_output,
     read_bytes,
@@ -34,6 +33,7 @@ from logo_train.data.shards import (
     shard_schema,
     write_bytes,
     write_manifest,
+    write_shard,
 )
 
 KEPT, DROPPED, RELABELLED = "kept", "dropped", "relabelled"
@@ -186,9 +186,9 @@ def plan_cleaning(
 
 def plan_from_audit(
     ranked: pa.Table, manifest: Manifest, cfg: CleanConfig, batch_size: int
-) -> tuple[CleanPlan, pa.Table]:
-    """``plan_cleaning`` for an audit's ranked table (``suspected_labels.parquet``); returns the
-    plan and the table (rows in the audit's order) the plan is aligned with."""
+) -> CleanPlan:
+    """``plan_cleaning`` for an audit's ranked table (``suspected_labels.parquet``), aligned
+    with its rows."""
     classes = list(manifest.classes)
     index = {name: i for i, name in enumerate(classes)}
     given = np.asarray([index[n] for n in ranked["given_label"].to_pylist()], np.int64)
@@ -203,7 +203,7 @@ def plan_from_audit(
     plan = plan_cleaning(
         given, given_prob, trust, predicted, confidence, suspicion, cfg, classes, batch_size
     )
-    return plan, ranked
+    return plan
 
 
 def cleaning_table(ranked: pa.Table, plan: CleanPlan, class_names: Sequence[str]) -> pa.Table:
@@ -224,12 +224,11 @@ def write_cleaned_shards(
     ids: Sequence[str],
     plan: CleanPlan,
     *,
-    rows_per_shard: int = 1000,
     overwrite: bool = True,
 ) -> Manifest:
     """A shards folder at ``out_uri``: the train split of ``shards_uri`` with the plan applied
     (rows matched by ``id``; dropped rows left out, relabelled rows with their new label and,
-    on the embedded data, ``is_noisy`` recomputed), val and test copied unchanged."""
+    on the embedded data, ``is_noisy`` recomputed), shard for shard; val and test copied."""
     manifest = read_manifest(shards_uri)
     prepare_output(out_uri, overwrite=overwrite)
     by_id = {str(i): k for k, i in enumerate(ids)}
@@ -240,62 +239,46 @@ def write_cleaned_shards(
     files: dict[str, list[str]] = {s: [] for s in SPLITS}
     counts = {s: dict(manifest.counts.get(s, {})) for s in SPLITS}
     noisy = dict(manifest.noisy_counts)
-    train_counts = dict.fromkeys(classes, 0)
-    train_noisy, seen, pending = 0, 0, []
-
-    def flush(last: bool = False) -> None:
-        nonlocal pending
-        while pending and (last or sum(t.num_rows for t in pending) >= rows_per_shard):
-            table = pa.concat_tables(pending)
-            head, pending = table.slice(0, rows_per_shard), [table.slice(rows_per_shard)]
-            name = f"train-{len(files['train']):05d}.parquet"
-            _write_shard(join(out_uri, name), head, schema)
-            files["train"].append(name)
-            pending = [t for t in pending if t.num_rows]
-
-    for batch in iter_batches(shards_uri, "train", None, batch_size=rows_per_shard):
-        table = pa.Table.from_batches([batch])
-        rows = []
-        for i in table["id"].to_pylist():
-            if i not in by_id:
-                raise ValueError(
-                    f"training row {i!r} of {shards_uri} is not in the audit: the audit was "
-                    "made on other shards"
-                )
-            rows.append(by_id[i])
-        rows_arr = np.asarray(rows, np.int64)
-        keep = plan.action[rows_arr] != DROPPED
-        new = plan.labels[rows_arr][keep]
+    kept_labels, train_noisy, seen = [], 0, 0
+    for name in manifest.files.get("train", []):
+        fs, path = resolve(join(shards_uri, name))
+        table = pq.read_table(path, filesystem=fs)
+        try:
+            rows = np.asarray([by_id[i] for i in table["id"].to_pylist()], np.int64)
+        except KeyError as e:
+            raise ValueError(
+                f"training row {e.args[0]!r} of {shards_uri} is not in the audit: the audit was "
+                "made on other shards"
+            ) from None
+        keep = plan.action[rows] != DROPPED
+        new = plan.labels[rows][keep]
         table = table.filter(pa.array(keep))
-        table = table.set_column(
-            table.schema.get_field_index("label"), "label", pa.array(new, pa.int32())
-        )
-        table = table.set_column(
-            table.schema.get_field_index("label_name"),
-            "label_name",
-            pa.array([classes[c] for c in new]),
-        )
+        columns = {
+            "label": pa.array(new, pa.int32()),
+            "label_name": pa.array([classes[c] for c in new]),
+        }
         if manifest.has_truth:
             wrong = new != np.asarray(table["clean_label"].to_pylist(), np.int64)
-            table = table.set_column(
-                table.schema.get_field_index("is_noisy"), "is_noisy", pa.array(wrong)
-            )
+            columns["is_noisy"] = pa.array(wrong)
             train_noisy += int(wrong.sum())
-        for c in new:
-            train_counts[classes[c]] += 1
+        for column, values in columns.items():
+            table = table.set_column(table.schema.get_field_index(column), column, values)
+        write_shard(join(out_uri, name), table.select(schema.names).cast(schema))
+        files["train"].append(name)
+        kept_labels.append(new)
         seen += len(rows)
-        pending.append(table.select(schema.names).cast(schema))
-        flush()
-    flush(last=True)
     if seen != len(ids):
         raise ValueError(
             f"the audit lists {len(ids)} training rows, {shards_uri} has {seen}: the audit was "
             "made on other shards"
         )
+    per_class = np.bincount(
+        np.concatenate(kept_labels or [[]]).astype(np.int64), minlength=len(classes)
+    )
+    train_counts = {c: int(n) for c, n in zip(classes, per_class, strict=True)}
     counts["train"] = train_counts
     if manifest.has_truth:
         noisy["train"] = train_noisy
-    fs, _ = resolve(out_uri)
     for split in ("val", "test"):
         for name in manifest.files.get(split, []):
             write_bytes(join(out_uri, name), read_bytes(join(shards_uri, name)))
@@ -322,16 +305,6 @@ def write_cleaned_shards(
     )
     write_manifest(out_uri, cleaned)
     return cleaned
-
-
-def _write_shard(uri: str, table: pa.Table, schema: pa.Schema) -> None:
-    fs, path = resolve(uri)
-    pq.write_table(
-        table,
-        path,
-        filesystem=fs,
-        compression={f.name: ("none" if f.name == "image" else "zstd") for f in schema},
-    )
 
 
 def write_cleaning(out_uri: str, table: pa.Table, summary: dict) -> tuple[str, str]:

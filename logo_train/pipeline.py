@@ -164,6 +164,7 @@ def _clean(
     import pyarrow.parquet as pq
 
     from logo_train.audit import SUSPECTED_PARQUET
+    from logo_train.bench import write_json
     from logo_train.clean import (
         CleaningError,
         cleaning_table,
@@ -171,7 +172,7 @@ def _clean(
         write_cleaned_shards,
         write_cleaning,
     )
-    from logo_train.data.shards import read_bytes, read_manifest
+    from logo_train.data.shards import read_manifest
     from logo_train.train import train_backbones
     from logo_train.tune import tuned_configs
 
@@ -191,18 +192,16 @@ def _clean(
         for round in range(2, cc.rounds + 2):
             folder = clean_dir(cfg, backbone, round)
             manifest = read_manifest(source)
-            ranked = pq.read_table(pa_buffer(read_bytes(join(audit_uri, SUSPECTED_PARQUET))))
+            fs, path = resolve(join(audit_uri, SUSPECTED_PARQUET))
+            ranked = pq.read_table(path, filesystem=fs)
             try:
-                plan, ranked = plan_from_audit(ranked, manifest, cc, bcfg.train.batch_size)
+                plan = plan_from_audit(ranked, manifest, cc, bcfg.train.batch_size)
             except CleaningError as e:  # the round stops; the models trained so far stand
                 print(f"[clean] {backbone} round {round} refused: {e}")
                 refused.append({"backbone": backbone, "round": round, "reason": str(e)})
                 break
             data_uri = join(folder, "data")
-            cleaned = write_cleaned_shards(
-                source, data_uri, ranked["id"].to_pylist(), plan,
-                rows_per_shard=cfg.data.rows_per_shard,
-            )  # fmt: skip
+            cleaned = write_cleaned_shards(source, data_uri, ranked["id"].to_pylist(), plan)
             summary = _cleaning_summary(plan, ranked, manifest, cleaned, last, source)
             write_cleaning(folder, cleaning_table(ranked, plan, manifest.classes), summary)
             print(f"[clean] {backbone} round {round}: {plan.line()}")
@@ -234,17 +233,11 @@ def _clean(
             audits[last.label] = _audit_one(cfg, last, data_uri, audit_uri)
             results.append(last)
             source = data_uri
-    _write_json(
-        join(cfg.run_dir, "clean/summary.json"),
+    write_json(
         {"results": [asdict(r) for r in results], "refused": refused},
+        join(cfg.run_dir, "clean/summary.json"),
     )
     return results, audits
-
-
-def pa_buffer(data: bytes):
-    import pyarrow as pa
-
-    return pa.BufferReader(data)
 
 
 def _cleaning_summary(plan, ranked, manifest, cleaned, trained, source: str) -> dict:
@@ -276,10 +269,6 @@ def _cleaning_summary(plan, ranked, manifest, cleaned, trained, source: str) -> 
             flipped_after=int(cleaned.noisy_counts.get("train", 0)),
         )
     return out
-
-
-def _write_json(uri: str, data) -> None:
-    write_bytes(uri, json.dumps(data, indent=2, default=float).encode())
 
 
 def train_stage(cfg: Config, progress: bool = True) -> RunResult:

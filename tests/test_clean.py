@@ -120,7 +120,7 @@ def test_cleaned_shards_hold_what_the_plan_says(tmp_path, tiny_synth):
         plan.counts_after,
     )
     out = str(tmp_path / "clean")
-    cleaned = write_cleaned_shards(src, out, [ids[i] for i in order], shuffled, rows_per_shard=50)
+    cleaned = write_cleaned_shards(src, out, [ids[i] for i in order], shuffled)
     assert cleaned.split_rows("train") == n and cleaned.noisy_counts["train"] == 0
     after = read_split(out, "train", ["id", "label", "clean_label", "is_noisy"])
     assert sorted(after["id"].to_pylist()) == sorted(ids)
@@ -134,7 +134,7 @@ def test_cleaned_shards_hold_what_the_plan_says(tmp_path, tiny_synth):
     only_drop = CleanConfig(mode="drop", max_fraction=0.5)
     drop = plan_cleaning(given, trust, trust, truth, np.ones(n), 1 - trust, only_drop, classes)
     out2 = str(tmp_path / "drop")
-    cleaned = write_cleaned_shards(src, out2, ids, drop, rows_per_shard=50)
+    cleaned = write_cleaned_shards(src, out2, ids, drop)
     assert cleaned.split_rows("train") == n - noisy.sum() == read_split(out2, "train").num_rows
     # an audit of other shards is refused
     with pytest.raises(ValueError, match="not in the audit"):

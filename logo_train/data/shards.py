@@ -126,6 +126,17 @@ def prepare_output(uri: str, overwrite: bool) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def write_shard(uri: str, table: pa.Table) -> None:
+    """One shard file: images stored as they are (already compressed), the metadata zstd."""
+    fs, path = resolve(uri)
+    pq.write_table(
+        table,
+        path,
+        filesystem=fs,
+        compression={name: ("none" if name == "image" else "zstd") for name in table.column_names},
+    )
+
+
 class ShardWriter:
     """Buffers rows of one split and writes ``<split>-NNNNN.parquet`` every ``rows_per_shard``."""
 
@@ -145,15 +156,7 @@ class ShardWriter:
         if not self._rows:
             return
         name = f"{self.split}-{len(self.files):05d}.parquet"
-        table = pa.Table.from_pylist(self._rows, schema=self.schema)
-        fs, path = resolve(join(self.uri, name))
-        # images are already compressed: store them as they are, compress only the metadata
-        pq.write_table(
-            table,
-            path,
-            filesystem=fs,
-            compression={f.name: ("none" if f.name == "image" else "zstd") for f in self.schema},
-        )
+        write_shard(join(self.uri, name), pa.Table.from_pylist(self._rows, schema=self.schema))
         self.files.append(name)
         self.rows_written += len(self._rows)
         self._rows = []
