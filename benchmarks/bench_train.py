@@ -2,14 +2,14 @@
 
     python benchmarks/bench_train.py [--backbone resnet10t] [--epochs 4] [--out benchmarks/results]
 
-Both run the same model, loss and step (``logo_train.engine``; with the quick profile's
-``trust_penalty``, the trust head too) on the quick profile's data for ``--epochs`` epochs at
-the quick batch size and report
-training images/s (the train phase of each epoch, validation excluded) and the share of that
-time spent waiting for the next batch. Threads in total are the same: Ray runs 2 DDP workers
-with 1 torch thread each and leaves 1 CPU to Ray Data; the plain loop runs 2 torch threads and
-1 DataLoader worker process. The first epoch carries process start-up on both sides, so the
-steady state is epochs 2..N; both numbers are written.
+Both run the same model, loss, step and epoch loop (``logo_train.engine.fit``; with the quick
+profile's ``trust_penalty``, the trust head too) on the quick profile's data for ``--epochs``
+epochs at the quick batch size and report training images/s (the train phase of each epoch,
+validation excluded) and the share of that time spent waiting for the next batch. Threads in
+total are the same: Ray runs 2 DDP workers with 1 torch thread each and leaves 1 CPU to Ray
+Data; the plain loop runs 2 torch threads and 1 DataLoader worker process. The first epoch
+carries process start-up on both sides, so the steady state is epochs 2..N; both numbers are
+written.
 """
 
 from __future__ import annotations
@@ -25,47 +25,27 @@ import torch
 from logo_train.config import Config, load_config
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import Manifest
-from logo_train.engine import build_training, train_step
-from logo_train.local import ShardDataset, loader, model_transform_specs
+from logo_train.local import fit_local
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> list[dict]:
-    """The same model, loss and step as a Ray worker (``engine``), fed by a DataLoader."""
-    torch.manual_seed(0)
+    """The same epoch loop as a Ray worker (``engine.fit`` via ``fit_local``), fed by a
+    DataLoader with one worker process that decodes every epoch, as Ray Data does; validated
+    at the end only (outside the timed train phase either way)."""
     torch.set_num_threads(2)
-    spec, _ = model_transform_specs(cfg, backbone, len(manifest.classes))
-    dataset = ShardDataset(uri, "train", spec, train=True, decoded=False)
-    data = loader(dataset, cfg.train.batch_size, train=True, workers=1)
-    counts = [manifest.counts["train"][c] for c in manifest.classes]
-    t = build_training(cfg, backbone, len(manifest.classes), counts, len(data), torch.device("cpu"))
-    history = []
-    for epoch in range(cfg.train.epochs):
-        t.model.train()
-        seen, wait = 0, 0.0
-        active = epoch >= cfg.train.trust_warmup_epochs
-        start = time.perf_counter()
-        batches = iter(data)
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - t0
-            if batch is None:
-                break
-            x, y = batch
-            train_step(t, x, y, active)
-            seen += len(y)
-        seconds = time.perf_counter() - start
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "train_images_per_s": seen / seconds,
-                "data_wait_fraction": wait / seconds,
-            }
-        )
-        print(f"plain epoch {epoch + 1}: {history[-1]}", flush=True)
-    return history
+    fit = fit_local(
+        cfg,
+        backbone,
+        uri,
+        manifest,
+        device="cpu",
+        loader_workers=1,
+        eval_every=cfg.train.epochs,
+        decode_once=False,
+    )
+    return fit.history
 
 
 def ray_loop(cfg: Config, backbone: str, uri: str, manifest: Manifest) -> tuple[list[dict], float]:

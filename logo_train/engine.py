@@ -1,14 +1,20 @@
-"""One training step, the same everywhere: the model (with the trust head when the loss needs
-one), loss, optimiser, OneCycle schedule, AMP, and evaluation. A Ray Train worker
-(``logo_train.train``) and the in-process loop (``logo_train.local``) both build on this; it
-does not import Ray.
+"""Training, the same everywhere: the model (with the trust head when the loss needs one),
+loss, optimiser, OneCycle schedule, AMP, one step, one epoch, evaluation, and the epoch loop
+(``fit``). A Ray Train worker (``logo_train.train``: a Ray Data stream, checkpoints and
+``ray.train.report`` after each epoch) and the in-process loop (``logo_train.local``: a torch
+``DataLoader``) both run ``fit``; they differ only in where batches come from and what
+happens after an epoch. It does not import Ray.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from torch import nn
 
@@ -165,3 +171,173 @@ def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, trust_active: bool
         t.scheduler.step()
     out["objective"] = loss.detach()
     return out
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def mean_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    """Mean over the DDP ranks (identity in one process)."""
+    if not _distributed():
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / dist.get_world_size()).tolist()
+
+
+@dataclass
+class EpochStats:
+    """One epoch of training on this process."""
+
+    loss: float
+    """Mean (class-weighted) cross-entropy per image: comparable across losses."""
+    objective: float
+    """Mean of what was minimised (the trust head's term and penalty included)."""
+    trust: float
+    """Mean trust (0 without a trust head)."""
+    images: int
+    steps: int
+    seconds: float
+    wait_seconds: float
+    """Time spent waiting for the next batch."""
+
+    def metrics(self, device: torch.device) -> dict[str, float]:
+        """The epoch's ``train_*`` record, averaged over ranks; images/s summed over them."""
+        world = dist.get_world_size() if _distributed() else 1
+        loss, objective, trust, wait_fraction, rate = mean_over_ranks(
+            [
+                self.loss,
+                self.objective,
+                self.trust,
+                self.wait_seconds / max(self.seconds, 1e-9),
+                self.images / max(self.seconds, 1e-9),
+            ],
+            device,
+        )
+        return {
+            "train_loss": loss,
+            "train_objective": objective,
+            "train_mean_trust": trust,
+            "train_images_per_s": rate * world,
+            "data_wait_fraction": wait_fraction,
+            "data_wait_seconds": self.wait_seconds,
+            "train_seconds": self.seconds,
+            "steps": self.steps,
+        }
+
+
+Batch = Any
+Prepare = Callable[[Batch], tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_epoch(
+    t: Training,
+    batches: Iterator[Batch],
+    prepare: Prepare,
+    *,
+    trust_active: bool,
+    steps: int | None = None,
+    what: str = "epoch",
+) -> EpochStats:
+    """Train on ``batches`` until they end, or for exactly ``steps`` batches of a longer stream
+    (a stream that ends earlier is an error). ``prepare`` turns a batch into (images, labels)
+    on the device, ready for the model. Sums stay on the device: one sync per epoch."""
+    t.model.train()
+    zero = torch.zeros((), device=t.device, dtype=torch.float64)
+    loss_sum, objective_sum, trust_sum = zero.clone(), zero.clone(), zero.clone()
+    images, done, wait = 0, 0, 0.0
+    start = time.perf_counter()
+    while steps is None or done < steps:
+        before = time.perf_counter()
+        batch = next(batches, None)
+        wait += time.perf_counter() - before
+        if batch is None:
+            if steps is None:
+                break
+            raise RuntimeError(
+                f"{what}: the training stream ended after {done} steps, expected {steps}"
+            )
+        x, y = prepare(batch)
+        out = train_step(t, x, y, trust_active)
+        loss_sum += out["loss"] * len(y)
+        objective_sum += out["objective"] * len(y)
+        if "trust" in out:
+            trust_sum += out["trust"] * len(y)
+        images += len(y)
+        done += 1
+    seconds = time.perf_counter() - start
+    n = max(images, 1)
+    return EpochStats(
+        loss=loss_sum.item() / n,
+        objective=objective_sum.item() / n,
+        trust=trust_sum.item() / n,
+        images=images,
+        steps=done,
+        seconds=seconds,
+        wait_seconds=wait,
+    )
+
+
+EpochEnd = Callable[[dict[str, Any], bool], None]
+"""Called after each epoch with its record (already in the history; the callee may add
+keys) and whether validation improved on the best so far."""
+
+
+def fit(
+    t: Training,
+    *,
+    epochs: int,
+    batches: Callable[[int], Iterator[Batch]],
+    prepare: Prepare,
+    validate: Callable[[], dict[str, float]],
+    trust_warmup_epochs: int,
+    steps_per_epoch: int | None = None,
+    validate_every: int = 1,
+    start_epoch: int = 0,
+    best: float = -1.0,
+    history: list[dict[str, Any]] | None = None,
+    tags: dict[str, Any] | None = None,
+    on_epoch_end: EpochEnd | None = None,
+) -> list[dict[str, Any]]:
+    """The epoch loop of every training here. Epoch ``e`` trains on ``batches(e)``
+    (``steps_per_epoch`` batches of it, or all), validates every ``validate_every`` epochs and
+    at the last (``validate()``: evaluation metrics of the current model), appends one record to
+    ``history`` (``tags`` first, then ``epoch``, the ``train_*`` metrics, ``lr``, ``val_*``
+    and ``best_val_macro_f1`` when validated, ``val_seconds``, ``epoch_seconds``) and calls
+    ``on_epoch_end``. A resumed run passes its ``start_epoch``, ``best`` and ``history``."""
+    history = [] if history is None else history
+    tags = tags or {}
+    for epoch in range(start_epoch, epochs):
+        start = time.perf_counter()
+        trust_active = epoch >= trust_warmup_epochs
+        label = " ".join(str(v) for v in tags.values() if isinstance(v, str))
+        stats = train_epoch(
+            t,
+            batches(epoch),
+            prepare,
+            trust_active=trust_active,
+            steps=steps_per_epoch,
+            what=f"{label} epoch {epoch + 1}".strip(),
+        )
+        record: dict[str, Any] = {**tags, "epoch": epoch + 1, **stats.metrics(t.device)}
+        if t.needs_trust:
+            record["trust_active"] = float(trust_active)
+        else:
+            del record["train_mean_trust"]
+        record["lr"] = t.optimizer.param_groups[0]["lr"]
+        improved = False
+        if (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:
+            val_start = time.perf_counter()
+            val = validate()
+            improved = val["macro_f1"] > best
+            best = max(best, val["macro_f1"])
+            record["val_loss"] = val["loss"]
+            record.update({f"val_{k}": v for k, v in val.items() if k not in ("loss", "samples")})
+            record["best_val_macro_f1"] = best
+            record["val_seconds"] = time.perf_counter() - val_start
+        history.append(record)
+        if on_epoch_end:
+            on_epoch_end(record, improved)
+        record["epoch_seconds"] = time.perf_counter() - start
+    return history

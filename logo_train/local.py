@@ -1,12 +1,11 @@
-"""Training in one process, without Ray: the same model, loss, optimiser and step as a Ray
-Train worker (``logo_train.train.build_training`` / ``train_step``), fed by a torch
-``DataLoader``. For studies that train many small models on one machine (the noise study), for
-the Ray-overhead benchmark, and for machines where Ray is not installed.
+"""Training in one process, without Ray: the same model, loss, optimiser, step and epoch loop
+as a Ray Train worker (``logo_train.engine.fit``), fed by a torch ``DataLoader``. For studies
+that train many small models on one machine (the noise study), for the Ray-overhead
+benchmark, and for machines where Ray is not installed.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +29,7 @@ from logo_train.data.augment import (
     transform_specs,
 )
 from logo_train.data.shards import Manifest, read_split
-from logo_train.engine import Training, build_training, classifier, evaluate, train_step
+from logo_train.engine import Training, build_training, classifier, evaluate, fit
 from logo_train.models import build_model, normalisation
 
 
@@ -122,6 +121,7 @@ def fit_local(
     device: str | None = None,
     loader_workers: int = 1,
     eval_every: int = 1,
+    decode_once: bool = True,
     train_indices: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     echo: Callable[[str], None] | None = print,
@@ -129,13 +129,15 @@ def fit_local(
     """Train ``backbone`` on the shards' train split (or its rows ``train_indices``) for
     ``cfg.train.epochs`` epochs (global batch ``cfg.train.batch_size``), validating every
     ``eval_every`` epochs and at the end. ``train_labels`` (one per row of the whole split)
-    replace the split's labels (a cleaning round's relabelled set)."""
+    replace the split's labels (a cleaning round's relabelled set). ``decode_once=False``
+    decodes the training images in every epoch, as the Ray Data pipeline does (a fair
+    comparison of the two, ``benchmarks/bench_train.py``)."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = len(manifest.classes)
     train_spec, eval_spec = model_transform_specs(cfg, backbone, num_classes)
-    train_set = ShardDataset(shards_uri, "train", train_spec, train=True)
+    train_set = ShardDataset(shards_uri, "train", train_spec, train=True, decoded=decode_once)
     if train_labels is not None:
         if len(train_labels) != len(train_set.labels):
             raise ValueError(
@@ -160,36 +162,26 @@ def fit_local(
         )
     counts = np.bincount(labels, minlength=num_classes).tolist()
     t = build_training(cfg, backbone, num_classes, counts, steps, dev)
-    fit = LocalFit(t)
-    for epoch in range(tc.epochs):
-        t.model.train()
-        start = time.perf_counter()
-        loss_sum, trust_sum, seen = torch.zeros((), device=dev), torch.zeros((), device=dev), 0
-        active = epoch >= tc.trust_warmup_epochs
-        for x, y in train_loader:
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            out = train_step(t, x, y, active)
-            loss_sum += out["loss"] * len(y)
-            if "trust" in out:
-                trust_sum += out["trust"] * len(y)
-            seen += len(y)
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / max(seen, 1),
-            "train_images_per_s": seen / (time.perf_counter() - start),
-        }
-        if t.needs_trust:
-            metrics["train_mean_trust"] = trust_sum.item() / max(seen, 1)
-        if (epoch + 1) % eval_every == 0 or epoch + 1 == tc.epochs:
-            val = evaluate(classifier(t.model), _pairs(val_loader), dev, num_classes)
-            metrics.update({"val_loss": val["loss"], "val_macro_f1": val["macro_f1"]})
-        fit.history.append(metrics)
-        if echo:
-            echo(
-                f"  {backbone} epoch {epoch + 1}/{tc.epochs} "
-                + " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if k != "epoch")
-            )
-    return fit
+
+    def show(record: dict, improved: bool) -> None:
+        shown = ("train_loss", "train_mean_trust", "val_loss", "val_macro_f1", "lr")
+        echo(
+            f"  {backbone} epoch {record['epoch']}/{tc.epochs} "
+            + " ".join(f"{k}={record[k]:.3g}" for k in shown if k in record)
+            + f" images/s={record['train_images_per_s']:.0f}"
+        )
+
+    history = fit(
+        t,
+        epochs=tc.epochs,
+        batches=lambda epoch: iter(train_loader),
+        prepare=lambda b: (b[0].to(dev, non_blocking=True), b[1].to(dev, non_blocking=True)),
+        validate=lambda: evaluate(classifier(t.model), _pairs(val_loader), dev, num_classes),
+        trust_warmup_epochs=tc.trust_warmup_epochs,
+        validate_every=eval_every,
+        on_epoch_end=show if echo else None,
+    )
+    return LocalFit(t, history)
 
 
 def _pairs(data_loader: DataLoader):

@@ -22,20 +22,14 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-import torch.distributed as dist
 
 from logo_train import checkpoint as ckpt
+from logo_train import engine
 from logo_train.config import Config, config_from_dict, config_to_dict
 from logo_train.data.augment import normalise, transform_specs
 from logo_train.data.pipeline import small_eval_split, train_val_datasets
 from logo_train.data.shards import Manifest, exists, join, read_bytes, resolve, write_bytes
-from logo_train.engine import (
-    build_training,
-    classifier,
-    evaluate,
-    train_step,
-    trust_head,
-)
+from logo_train.engine import build_training, classifier, evaluate, trust_head
 from logo_train.models import build_model, count_parameters, normalisation
 
 log = logging.getLogger(__name__)
@@ -47,15 +41,6 @@ RESULT_JSON = "result.json"
 
 
 # --- worker side ------------------------------------------------------------------------------
-
-
-def _all_mean(values: list[float], device: torch.device) -> list[float]:
-    """Mean over ranks (identity on one worker)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / dist.get_world_size()).tolist()
 
 
 class _TensorBoard:
@@ -259,6 +244,32 @@ def _error(job: Job) -> str | None:
     return json.loads(read_bytes(uri)).get("error") if exists(uri) else None
 
 
+def _build(job: Job, train_counts: list[int], class_names: list[str], rank: int, device):
+    """The backbone's training state (DDP-wrapped), its checkpoint info and normalisation."""
+    cfg = config_from_dict(job.config)
+    torch.manual_seed(cfg.train.seed + rank)
+    t = build_training(
+        cfg,
+        job.backbone,
+        len(class_names),
+        train_counts,
+        job.steps_per_epoch,
+        device,
+        wrap=ray.train.torch.prepare_model,
+    )
+    mean, std = normalisation(classifier(t.model))
+    info = ckpt.ModelInfo(
+        backbone=job.backbone,
+        num_classes=len(class_names),
+        image_size=cfg.model.image_size,
+        mean=list(mean),
+        std=list(std),
+        class_names=class_names,
+        config=job.config,
+    )
+    return t, info, mean, std
+
+
 def _train_job(
     job: Job,
     loop_config: dict[str, Any],
@@ -275,20 +286,9 @@ def _train_job(
     (started here when ``batches`` is None); returns the stream for the next backbone."""
     setup_start = time.perf_counter()
     rank, world, device = rank_world_device
-    cfg = config_from_dict(job.config)
-    tc = cfg.train
+    tc = config_from_dict(job.config).train
     num_classes = len(class_names)
-    torch.manual_seed(tc.seed + rank)
-    t = build_training(
-        cfg,
-        job.backbone,
-        num_classes,
-        loop_config["train_counts"],
-        job.steps_per_epoch,
-        device,
-        wrap=ray.train.torch.prepare_model,
-    )
-    mean, std = normalisation(classifier(t.model))
+    t, info, mean, std = _build(job, loop_config["train_counts"], class_names, rank, device)
     start_epoch, best, history, restored_epoch = 0, -1.0, [], 0
     if resume:
         _restore(t, resume)
@@ -296,109 +296,52 @@ def _train_job(
         best, history = resume["best_metric"], resume["history"]
         if rank == 0:
             log.info("%s: resumed after epoch %d", job.backbone, restored_epoch)
-    info = ckpt.ModelInfo(
-        backbone=job.backbone,
-        num_classes=num_classes,
-        image_size=cfg.model.image_size,
-        mean=list(mean),
-        std=list(std),
-        class_names=class_names,
-        config=job.config,
-    )
     tensorboard = _TensorBoard(job.tensorboard_uri) if rank == 0 else None
     train_shard, val_shard = shards
     if batches is None:
         batches = _run_batches(train_shard, tc.batch_size // world, tc, device)
     setup_seconds = time.perf_counter() - setup_start
     job_start = time.perf_counter()
-    for epoch in range(start_epoch, tc.epochs):
-        t.model.train()
-        loss_sum, objective_sum, trust_sum, seen, wait, steps = 0.0, 0.0, 0.0, 0, 0.0, 0
-        trust_active = epoch >= tc.trust_warmup_epochs
-        start = time.perf_counter()
-        for _ in range(job.steps_per_epoch):
-            t_wait = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - t_wait
-            if batch is None:
-                raise RuntimeError(
-                    f"{job.backbone}: the training stream ended after {steps} steps of epoch "
-                    f"{epoch + 1}, expected {job.steps_per_epoch}"
-                )
-            y = batch["label"]
-            out = train_step(t, normalise(batch["image"], mean, std), y, trust_active)
-            loss_sum += out["loss"].item() * len(y)
-            objective_sum += out["objective"].item() * len(y)
-            trust_sum += out["trust"].item() * len(y) if "trust" in out else 0.0
-            seen += len(y)
-            steps += 1
-        train_seconds = time.perf_counter() - start
-        last_epoch = epoch + 1 == tc.epochs
-        train_loss, objective, train_trust, wait_fraction, local_rate = _all_mean(
-            [
-                loss_sum / max(seen, 1),
-                objective_sum / max(seen, 1),
-                trust_sum / max(seen, 1),
-                wait / max(train_seconds, 1e-9),
-                seen / train_seconds,
-            ],
-            device,
-        )
-        val_start = time.perf_counter()
-        val_source = (
+
+    def validate() -> dict[str, float]:
+        source = (
             val_shard
             if isinstance(val_shard, list)
             else val_shard.iter_torch_batches(batch_size=tc.eval_batch_size, device=device)
         )
-        val_batches = (
-            {"image": normalise(b["image"], mean, std), "label": b["label"]} for b in val_source
-        )
-        val = evaluate(classifier(t.model), val_batches, device, num_classes)
-        val_seconds = time.perf_counter() - val_start
-        improved = val["macro_f1"] > best
-        best = max(best, val["macro_f1"])
-        metrics = {
-            "backbone": job.backbone,
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "train_objective": objective,
-            "val_loss": val["loss"],
-            **{f"val_{k}": v for k, v in val.items() if k not in ("loss", "samples")},
-            "best_val_macro_f1": best,
-            "lr": t.optimizer.param_groups[0]["lr"],
-            "train_images_per_s": local_rate * world,
-            "data_wait_fraction": wait_fraction,
-            "data_wait_seconds": wait,
-            "train_seconds": train_seconds,
-            "val_seconds": val_seconds,
-            "steps": steps,
-            "restored_epoch": restored_epoch,
-        }
-        if t.needs_trust:
-            metrics["train_mean_trust"] = train_trust
-            metrics["trust_active"] = float(trust_active)
-        done = finished + [job.backbone] if last_epoch else finished
-        checkpoint_start = time.perf_counter()
-        history.append(metrics)
+        images = ({"image": normalise(b["image"], mean, std), "label": b["label"]} for b in source)
+        return evaluate(classifier(t.model), images, device, num_classes)
+
+    def epoch_end(record: dict[str, Any], improved: bool) -> None:
+        """Rank 0: TensorBoard, history.json, ``best/`` and the run's Ray checkpoint (its whole
+        state, for resume); every rank reports the same metrics."""
+        start = time.perf_counter()
+        done = finished + [job.backbone] if record["epoch"] == tc.epochs else finished
         if rank == 0:
-            _rank0_epoch_end(job, t, info, tensorboard, metrics, history, improved, best, done)
+            state = dict(epoch=record["epoch"], best_metric=record["best_val_macro_f1"])
+            state.update(history=history, backbone=job.backbone, finished=done)
+            _rank0_epoch_end(job, t, info, tensorboard, record, improved, state)
             with tempfile.TemporaryDirectory() as directory:
-                _save_checkpoint(
-                    directory,
-                    t,
-                    info,
-                    epoch=epoch + 1,
-                    best_metric=best,
-                    history=history,
-                    backbone=job.backbone,
-                    finished=done,
-                )
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                _save_checkpoint(directory, t, info, **state)
+                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
         else:
-            ray.train.report(metrics)
-        # in the next epoch's history.json (and this run's summary)
-        metrics["checkpoint_seconds"] = time.perf_counter() - checkpoint_start
-        metrics["epoch_seconds"] = time.perf_counter() - start
+            ray.train.report(record)
+        record["checkpoint_seconds"] = time.perf_counter() - start  # in the next history.json
+
+    engine.fit(
+        t,
+        epochs=tc.epochs,
+        batches=lambda epoch: batches,  # one stream for the whole run
+        prepare=lambda b: (normalise(b["image"], mean, std), b["label"]),
+        validate=validate,
+        trust_warmup_epochs=tc.trust_warmup_epochs,
+        steps_per_epoch=job.steps_per_epoch,
+        start_epoch=start_epoch,
+        best=best,
+        history=history,
+        tags={"backbone": job.backbone, "restored_epoch": restored_epoch},
+        on_epoch_end=epoch_end,
+    )
     if rank == 0:  # the last epoch's timings came after its history.json
         _write_json(join(job.output_uri, ckpt.HISTORY_JSON), history)
         _write_json(
@@ -408,22 +351,13 @@ def _train_job(
     return batches
 
 
-def _rank0_epoch_end(job, t, info, tensorboard, metrics, history, improved, best, done) -> None:
+def _rank0_epoch_end(job, t, info, tensorboard, metrics, improved, state) -> None:
     """TensorBoard, ``history.json`` and (when validation improved) ``best/``."""
     tensorboard.log({k: v for k, v in metrics.items() if k != "backbone"}, metrics["epoch"])
-    _write_json(join(job.output_uri, ckpt.HISTORY_JSON), history)
+    _write_json(join(job.output_uri, ckpt.HISTORY_JSON), state["history"])
     if improved:
         with tempfile.TemporaryDirectory() as directory:
-            _save_checkpoint(
-                directory,
-                t,
-                info,
-                epoch=metrics["epoch"],
-                best_metric=best,
-                history=history,
-                backbone=job.backbone,
-                finished=done,
-            )
+            _save_checkpoint(directory, t, info, **state)
             _copy_folder(directory, join(job.output_uri, BEST))
 
 

@@ -16,6 +16,7 @@ import ray
 from logo_train.checkpoint import load_model, load_state, run_history
 from logo_train.config import load_config
 from logo_train.data.prepare import prepare_data
+from logo_train.local import fit_local
 from logo_train.models import BACKBONES
 from logo_train.pipeline import run
 from logo_train.train import check_resources, train_backbone
@@ -295,6 +296,10 @@ def test_same_config_twice_gives_the_same_epochs(local_ray, tiny_data):
     first, second = ([{k: h[k] for k in keys} for h in hist] for hist in histories)
     assert len(first) == 2
     assert first == second
+    # one epoch loop (engine.fit): in process, the same config records the same metrics
+    local = fit_local(cfg, "resnet10t", uri, manifest, device="cpu", loader_workers=0, echo=None)
+    ray_only = {"backbone", "restored_epoch", "checkpoint_seconds"}
+    assert [set(h) for h in local.history] == [set(h) - ray_only for h in histories[0]]
 
 
 def test_a_uri_output_dir_gets_every_output_and_the_working_directory_none(local_ray, tmp_path):

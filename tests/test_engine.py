@@ -1,0 +1,144 @@
+"""The one epoch loop (``engine.fit``) that a Ray Train worker, ``fit_local`` and the
+Ray-overhead benchmark all run: what it takes from a stream, when it validates, what it
+records. A tiny resnet10t on random tensors; no Ray."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from logo_train import engine
+from logo_train.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = 4
+BATCH = 8
+
+
+def _training(loss: str = "ce_weighted", steps_per_epoch: int = 3, epochs: int = 3):
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        [
+            f"train.loss={loss}",
+            f"train.epochs={epochs}",
+            f"train.batch_size={BATCH}",
+            "train.trust_warmup_epochs=1",
+            "model.image_size=32",
+        ],
+    )
+    torch.manual_seed(0)
+    t = engine.build_training(
+        cfg, "resnet10t", CLASSES, [10] * CLASSES, steps_per_epoch, torch.device("cpu")
+    )
+    return cfg, t
+
+
+def _stream(n: int):
+    """``n`` batches of random images, tagged so a test can see which were taken."""
+    g = torch.Generator().manual_seed(1)
+    return [
+        {
+            "image": torch.randn(BATCH, 3, 32, 32, generator=g),
+            "label": torch.randint(0, CLASSES, (BATCH,), generator=g),
+            "index": i,
+        }
+        for i in range(n)
+    ]
+
+
+def _prepare(taken: list[int]):
+    def prepare(batch):
+        taken.append(batch["index"])
+        return batch["image"], batch["label"]
+
+    return prepare
+
+
+def _scripted(scores: list[float]):
+    """A validation that returns the given macro-F1s in turn."""
+    calls = iter(scores)
+
+    def validate():
+        return {"loss": 1.0, "macro_f1": next(calls), "accuracy": 0.5, "samples": 16}
+
+    return validate
+
+
+def test_a_shared_stream_gives_each_epoch_exactly_its_steps_and_an_early_end_is_named():
+    _, t = _training(steps_per_epoch=3, epochs=2)
+    stream, taken = iter(_stream(7)), []
+    history = engine.fit(
+        t,
+        epochs=2,
+        batches=lambda epoch: stream,
+        prepare=_prepare(taken),
+        validate=_scripted([0.1, 0.2]),
+        trust_warmup_epochs=0,
+        steps_per_epoch=3,
+        tags={"backbone": "resnet10t"},
+    )
+    assert taken == [0, 1, 2, 3, 4, 5]  # the 7th batch is left for whoever reads on
+    assert [h["steps"] for h in history] == [3, 3]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["backbone"] == "resnet10t" for h in history)
+    assert next(stream)["index"] == 6
+
+    _, t = _training(steps_per_epoch=3, epochs=3)
+    short = iter(_stream(7))
+    with pytest.raises(RuntimeError, match=r"resnet10t epoch 3: .* after 1 steps, expected 3"):
+        engine.fit(
+            t,
+            epochs=3,
+            batches=lambda epoch: short,
+            prepare=_prepare([]),
+            validate=_scripted([0.1, 0.2, 0.3]),
+            trust_warmup_epochs=0,
+            steps_per_epoch=3,
+            tags={"backbone": "resnet10t"},
+        )
+
+
+def test_validation_every_n_epochs_and_at_the_last_with_the_running_best():
+    _, t = _training(epochs=5)
+    seen = []
+    history = engine.fit(
+        t,
+        epochs=5,
+        batches=lambda epoch: iter(_stream(2)),  # a DataLoader: a new iterator per epoch
+        prepare=_prepare([]),
+        validate=_scripted([0.3, 0.2, 0.4]),
+        trust_warmup_epochs=0,
+        validate_every=2,
+        on_epoch_end=lambda record, improved: seen.append((record["epoch"], improved)),
+    )
+    validated = [h["epoch"] for h in history if "val_macro_f1" in h]
+    assert validated == [2, 4, 5]
+    assert [h["val_macro_f1"] for h in history if "val_macro_f1" in h] == [0.3, 0.2, 0.4]
+    assert [h["best_val_macro_f1"] for h in history if "val_macro_f1" in h] == [0.3, 0.3, 0.4]
+    assert seen == [(1, False), (2, True), (3, False), (4, False), (5, True)]
+    assert [h["steps"] for h in history] == [2] * 5  # until the iterator ends
+    assert all(h["train_images_per_s"] > 0 and 0 <= h["data_wait_fraction"] < 1 for h in history)
+    assert all("train_mean_trust" not in h and "trust_active" not in h for h in history)
+
+
+def test_trust_records_and_a_resumed_history_goes_on():
+    _, t = _training(loss="trust_penalty", epochs=3)
+    earlier = [{"epoch": 1, "val_macro_f1": 0.5, "best_val_macro_f1": 0.5}]
+    history = engine.fit(
+        t,
+        epochs=3,
+        batches=lambda epoch: iter(_stream(2)),
+        prepare=_prepare([]),
+        validate=_scripted([0.4, 0.6]),
+        trust_warmup_epochs=2,
+        start_epoch=1,
+        best=0.5,
+        history=earlier,
+    )
+    assert history is earlier
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["best_val_macro_f1"] for h in history] == [0.5, 0.5, 0.6]
+    assert [h["trust_active"] for h in history[1:]] == [0.0, 1.0]  # warm-up: epochs 1-2
+    assert all(0 < h["train_mean_trust"] < 1 for h in history[1:])
+    # the logged loss is the weighted CE; the objective (with the trust terms) is its own
+    assert all(h["train_objective"] != h["train_loss"] for h in history[1:])
