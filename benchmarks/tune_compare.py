@@ -28,7 +28,7 @@ import torch
 from logo_train.bench import predict, quality
 from logo_train.checkpoint import load_model
 from logo_train.config import Config, load_config
-from logo_train.data.augment import TransformSpec
+from logo_train.data.augment import eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
 from logo_train.raysetup import init_ray
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def clean_test_macro_f1(checkpoint: str, uri: str) -> float:
     model, info = load_model(checkpoint)
     table = read_split(uri, "test", ["image", "label"])
-    spec = TransformSpec(info.image_size, tuple(info.mean), tuple(info.std))
+    spec = eval_spec(info)
     y_pred = predict(model, table["image"].to_pylist(), spec, torch.device("cpu"), 256)
     y_true = np.asarray(table["label"].to_pylist())
     return quality(y_true, y_pred, info.class_names)["metrics"]["macro_f1"]

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from logo_train.checkpoint import load_trust_model
-from logo_train.data.augment import TransformSpec, eval_inputs
+from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.badge import decode_image
 from logo_train.data.shards import join, read_manifest, read_split, write_bytes
 from logo_train.models import TrustModel
@@ -265,7 +265,7 @@ def audit(
     columns = ["image", "label", "id", "source_path"]
     if manifest.has_truth:
         columns += ["clean_label", "is_noisy"]
-    spec = TransformSpec(info.image_size, tuple(info.mean), tuple(info.std))
+    spec = eval_spec(info)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     scores, table = score_split(model, shards_uri, spec, torch_device, columns, batch_size)
     images = table["image"].to_pylist()

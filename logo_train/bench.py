@@ -31,7 +31,7 @@ from torch import nn
 
 from logo_train import checkpoint as ckpt
 from logo_train.config import BenchmarkConfig
-from logo_train.data.augment import TransformSpec, eval_inputs
+from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.metrics import (
     absent_classes,
@@ -250,7 +250,7 @@ def benchmark_checkpoint(
     torch.set_num_threads(threads)
     model, info = ckpt.load_model(checkpoint)
     model = model.to(dev).eval()
-    spec = TransformSpec(info.image_size, tuple(info.mean), tuple(info.std))
+    spec = eval_spec(info)
 
     table = read_split(shards_uri, cfg.split, ["image", "label"])
     if table.num_rows == 0:

@@ -31,6 +31,8 @@ class ModelInfo:
     std: list[float]
     class_names: list[str]
     config: dict[str, Any] = field(default_factory=dict)
+    resize: str = "stretch"
+    """``model.resize`` the model was trained with (older checkpoints: stretch)."""
 
 
 def save(

@@ -37,7 +37,8 @@ class SynthConfig:
     """The embedded dataset: real brand SVGs composited as badge photos."""
 
     image_size: int = 64
-    """Side of the square images written to the shards, in pixels."""
+    """Height of the images written to the shards, in pixels (square crops are this wide;
+    wide badges' crops up to ``max_aspect`` times wider)."""
     images_per_class: int = 200
     """Training images of the most frequent (head) class."""
     imbalance_ratio: float = 10.0
@@ -55,9 +56,12 @@ class SynthConfig:
     difficulty: float = 0.5
     """Strength of geometric and photometric variation, 0 (clean renders) to 1 (hard)."""
     min_crop_px: int = 30
-    """Smallest native crop width before resizing to ``image_size`` (badge crops are small)."""
+    """Smallest native crop height before resizing to ``image_size`` (badge crops are small)."""
     max_crop_px: int = 90
-    """Largest native crop width before resizing to ``image_size``."""
+    """Largest native crop height before resizing to ``image_size``."""
+    max_aspect: float = 2.0
+    """Widest crop, width / height: a detector's crop of a wide badge (Ford's oval, Kia's
+    wordmark) is wider than tall; 1 = every crop square."""
     image_format: ImageFormat = "png"
     """Encoding of the stored images."""
     seed: int = 0
@@ -78,6 +82,7 @@ class SynthConfig:
         _check(0.0 <= self.noise_rate < 1.0, p + "noise_rate", self.noise_rate, "0 <= rate < 1")
         _check(0.0 <= self.difficulty <= 1.0, p + "difficulty", self.difficulty, "0..1")
         _check(self.min_crop_px >= 8, p + "min_crop_px", self.min_crop_px, ">= 8")
+        _check(1.0 <= self.max_aspect <= 4.0, p + "max_aspect", self.max_aspect, "1..4")
         _check(
             self.max_crop_px >= self.min_crop_px,
             p + "max_crop_px",
@@ -156,6 +161,12 @@ class ModelConfig:
     """Names from the registry (``logo_train.models.BACKBONES``); each is trained in turn."""
     image_size: int = 64
     """Model input side in pixels, the same for train, eval and inference."""
+    resize: str = "pad"
+    """How a crop that is not square becomes the square input, the same in training,
+    evaluation, the benchmark and prediction: ``pad`` (aspect kept, the short side padded: a
+    letterbox; chosen by measurement, docs/rendering.md), ``stretch`` (each side scaled on its
+    own) or ``crop`` (aspect kept, the long side's centre). Square crops are the same under
+    all three."""
     pretrained: bool = False
     """Fetch timm's pretrained weights from its hub (needs network; off by default)."""
     pretrained_files: dict[str, str] = field(default_factory=dict)
@@ -180,6 +191,12 @@ class ModelConfig:
             "no repeats",
         )
         _check(16 <= self.image_size <= 1024, "model.image_size", self.image_size, "16..1024")
+        _check(
+            self.resize in ("stretch", "pad", "crop"),
+            "model.resize",
+            self.resize,
+            "one of stretch, pad, crop",
+        )
         for name in self.pretrained_files:
             _check(
                 name in self.backbones,

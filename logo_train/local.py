@@ -94,7 +94,7 @@ def model_transform_specs(
 ) -> tuple[TransformSpec, TransformSpec]:
     """(train, eval) transforms with ``backbone``'s own normalisation."""
     mean, std = normalisation(build_model(backbone, num_classes, cfg.model.image_size))
-    return transform_specs(cfg.model.image_size, cfg.augment, mean, std)
+    return transform_specs(cfg.model.image_size, cfg.augment, mean, std, cfg.model.resize)
 
 
 @dataclass

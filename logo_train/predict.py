@@ -7,8 +7,9 @@ neither the project's config nor the run folder, only ONNX Runtime.
 
 ``predict`` reads every input, checks it as the ingest does (unreadable, empty, not an image,
 truncated, over ``max_pixels``: rejected with a reason, never a crash), then runs the
-evaluation path of training (``augment.eval_inputs``: decode, resize to the model's square
-input, normalise) and the model in a pool of Ray actors (ONNX Runtime on CPU, PyTorch on GPU).
+evaluation path of training (``augment.eval_inputs``: decode, make square as the model was
+trained to (``resize`` in ``model.json``), resize to its input size, normalise) and the model
+in a pool of Ray actors (ONNX Runtime on CPU, PyTorch on GPU).
 Rows written + rejected = files seen.
 """
 
@@ -52,6 +53,8 @@ class ExportedModel:
     image_size: int
     mean: list[float]
     std: list[float]
+    resize: str = "stretch"
+    """How a non-square input becomes square (``model.resize`` of the training)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """The run's test metrics for this checkpoint (empty when exported outside a run)."""
     source_checkpoint: str = ""
@@ -97,6 +100,7 @@ def export_model(
         image_size=info.image_size,
         mean=list(info.mean),
         std=list(info.std),
+        resize=info.resize,
         metrics=dict(metrics or {}),
         source_checkpoint=str(checkpoint),
         onnx_max_abs_diff=check["max_abs_diff"],
@@ -168,6 +172,12 @@ def load_exported(folder: str | Path) -> ExportedModel:
     missing = [k for k in needed if k not in raw]
     if missing:
         raise ModelError(f"{meta_path}: missing field(s) {missing}")
+    from logo_train.data.augment import RESIZE_MODES
+
+    if raw.get("resize", "stretch") not in RESIZE_MODES:
+        raise ModelError(
+            f"{meta_path}: field 'resize' is {raw['resize']!r}, not one of {list(RESIZE_MODES)}"
+        )
     known = set(ExportedModel.__dataclass_fields__)
     meta = ExportedModel(**{k: v for k, v in raw.items() if k in known})
     _check_onnx_shape(onnx_path, meta)
@@ -417,11 +427,11 @@ class Predictor:
     def __init__(
         self, meta: dict, onnx: bytes, torch_state: bytes, device: str, threads: int, top_k: int
     ):
-        from logo_train.data.augment import TransformSpec
+        from logo_train.data.augment import eval_spec
 
         meta = ExportedModel(**meta)
         self.classes = np.asarray(meta.class_names, dtype=object)
-        self.spec = TransformSpec(meta.image_size, tuple(meta.mean), tuple(meta.std))
+        self.spec = eval_spec(meta)
         self.top_k = min(top_k, len(meta.class_names))
         if device == "cuda" and torch_state:
             import io
@@ -526,7 +536,7 @@ def predict(
     import pyarrow as pa
     import ray
 
-    from logo_train.data.augment import TransformSpec
+    from logo_train.data.augment import eval_spec
     from logo_train.data.pipeline import configure_data_context
     from logo_train.raysetup import init_ray
 
@@ -550,7 +560,7 @@ def predict(
         configure_data_context()
         # our bar reports progress; Ray Data's periodic progress log lines would repeat it
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        spec = TransformSpec(meta.image_size, tuple(meta.mean), tuple(meta.std))
+        spec = eval_spec(meta)
         # decode + resize in tasks, pipelined with the model; not fused into the actors
         ds = _dataset(inputs, max_pixels, actors).map_batches(
             preprocess, fn_kwargs={"spec": spec}, batch_size=batch_size, num_cpus=0.5

@@ -266,6 +266,7 @@ def _build(job: Job, train_counts: list[int], class_names: list[str], rank: int,
         std=list(std),
         class_names=class_names,
         config=job.config,
+        resize=cfg.model.resize,
     )
     return t, info, mean, std
 
@@ -612,7 +613,9 @@ def _datasets(cfg: Config, shards_uri: str, manifest: Manifest, passes: int) -> 
     """Train (``passes`` augmented passes, lazy) and val datasets for ``cfg``'s backbones."""
     # uint8 out of Ray Data, normalised per backbone on the worker (its own mean/std): the
     # specs' mean/std are never applied here, so no model is built for them
-    specs = transform_specs(cfg.model.image_size, cfg.augment, (0.0,) * 3, (1.0,) * 3)
+    specs = transform_specs(
+        cfg.model.image_size, cfg.augment, (0.0,) * 3, (1.0,) * 3, cfg.model.resize
+    )
     return train_val_datasets(shards_uri, manifest, *specs, passes=passes, seed=cfg.train.seed)
 
 

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from logo_train.data.augment import TransformSpec, eval_transform, to_tensor_batch, train_transform
+from logo_train.data.augment import (
+    RESIZE_MODES,
+    TransformSpec,
+    eval_transform,
+    to_tensor_batch,
+    train_transform,
+)
 from logo_train.data.pipeline import transform_batch
 
 SPEC = TransformSpec(image_size=48, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), strength=0.8)
@@ -82,3 +88,59 @@ def _png(image):
     ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     assert ok
     return buf.tobytes()
+
+
+def _two_to_one() -> np.ndarray:
+    """20 x 40 (wider than tall): red left half, blue right half, a green 10 x 10 centre."""
+    img = np.zeros((20, 40, 3), np.uint8)
+    img[:, :20] = (255, 0, 0)
+    img[:, 20:] = (0, 0, 255)
+    img[5:15, 15:25] = (0, 255, 0)
+    return img
+
+
+def _green_box(img: np.ndarray) -> tuple[int, int]:
+    ys, xs = np.nonzero((img[..., 1] > 128) & (img[..., 0] < 128) & (img[..., 2] < 128))
+    return ys.max() - ys.min() + 1, xs.max() - xs.min() + 1
+
+
+def test_non_square_crops_become_square_by_the_chosen_mode():
+    from logo_train.data.augment import PAD_RGB, eval_uint8, to_square, to_uint8_batch
+
+    img = _two_to_one()
+    spec = {m: TransformSpec(40, SPEC.mean, SPEC.std, resize=m) for m in RESIZE_MODES}
+    stretched = to_square(img, spec["stretch"])
+    assert stretched.shape == (40, 40, 3) and _green_box(stretched) == (20, 10)  # distorted
+    padded = to_square(img, spec["pad"])
+    assert padded.shape == (40, 40, 3) and _green_box(padded) == (10, 10)  # aspect kept
+    assert (padded[:10] == PAD_RGB).all() and (padded[30:] == PAD_RGB).all()
+    assert np.array_equal(padded[10:30], img)
+    cropped = to_square(img, spec["crop"])
+    assert np.array_equal(cropped, img[:, 10:30]) and _green_box(cropped) == (10, 10)
+    square = np.ascontiguousarray(img[:, :20])
+    assert all(to_square(square, s) is square for s in spec.values())
+    # every path starts from the same square: eval, train at strength 0, the encoded path
+    import cv2
+
+    encoded = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+    for mode in spec:
+        plain = TransformSpec(32, SPEC.mean, SPEC.std, strength=0.0, resize=mode)
+        evaluated = to_uint8_batch([img], plain, train=False)
+        assert evaluated.shape == (1, 3, 32, 32)
+        assert np.array_equal(evaluated, to_uint8_batch([img], plain, train=True))
+        assert np.array_equal(evaluated, eval_uint8([encoded], plain))
+        augmented = to_uint8_batch([img], TransformSpec(32, SPEC.mean, SPEC.std, resize=mode), True)
+        assert augmented.shape == (1, 3, 32, 32)
+    with pytest.raises(ValueError, match="resize 'squash'"):
+        TransformSpec(32, SPEC.mean, SPEC.std, resize="squash")
+
+
+def test_a_model_without_resize_is_evaluated_as_it_was_trained():
+    """Checkpoints and exported models from before ``model.resize`` were trained stretched."""
+    from types import SimpleNamespace
+
+    from logo_train.data.augment import eval_spec
+
+    old = SimpleNamespace(image_size=32, mean=[0.5] * 3, std=[0.2] * 3)
+    assert eval_spec(old).resize == "stretch"
+    assert eval_spec(SimpleNamespace(**vars(old), resize="pad")).resize == "pad"

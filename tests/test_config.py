@@ -64,6 +64,7 @@ def test_overrides_are_yaml_typed_and_validated():
         ("data.synth.noisy_val=3", "data.synth.noisy_val"),
         ("model.backbones=[resnet5O]", "model.backbones"),
         ("model.image_size=72", "model.image_size"),
+        ("model.resize=squash", "model.resize"),
         ("train.lr=-0.1", "train.lr"),
         ("train.epochs=0", "train.epochs"),
         ("train.loss=focal", "train.loss"),

@@ -15,7 +15,7 @@ import torch
 from logo_train.bench import predict
 from logo_train.checkpoint import load_model
 from logo_train.config import load_config
-from logo_train.data.augment import TransformSpec
+from logo_train.data.augment import eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
 from logo_train.metrics import classification_metrics
@@ -53,7 +53,7 @@ def test_the_quick_recipe_learns_far_beyond_chance(local_ray, tmp_path):
     (result,) = train_all(cfg, uri, manifest, echo=lambda line: None)
     model, info = load_model(result.checkpoint)
     test = read_split(uri, "test", ["image", "clean_label"])
-    spec = TransformSpec(info.image_size, tuple(info.mean), tuple(info.std))
+    spec = eval_spec(info)
     y_pred = predict(model, test["image"].to_pylist(), spec, torch.device("cpu"), batch=256)
     y_true = np.asarray(test["clean_label"].to_pylist())
     metrics = classification_metrics(y_true=y_true, y_pred=y_pred, num_classes=info.num_classes)

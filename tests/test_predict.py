@@ -17,7 +17,7 @@ from logo_train import checkpoint as ckpt
 from logo_train.bench import predict as bench_predict
 from logo_train.cli import main as cli
 from logo_train.config import load_config
-from logo_train.data.augment import TransformSpec
+from logo_train.data.augment import TransformSpec, eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
 from logo_train.models import build_model, normalisation
@@ -113,6 +113,43 @@ def test_files_get_the_benchmarks_predictions(local_ray, shards, checkpoint, tmp
     assert summary.metrics["accuracy"] == pytest.approx(accuracy)
 
 
+def test_wide_crops_are_made_square_as_the_model_was_trained(
+    local_ray, shards, checkpoint, tmp_path
+):
+    """``resize`` travels with the model (checkpoint -> model.json -> predict): a model
+    trained with ``pad`` letterboxes 2:1 files in predict exactly as the benchmark does."""
+    import cv2
+
+    _, uri, _ = shards
+    padded = tmp_path / "pad-ckpt"
+    shutil.copytree(checkpoint, padded)
+    meta = json.loads((padded / ckpt.MODEL_JSON).read_text())
+    (padded / ckpt.MODEL_JSON).write_text(json.dumps({**meta, "resize": "pad"}))
+    model, info = ckpt.load_model(padded)
+    assert info.resize == "pad"
+    wide = []
+    for i, data in enumerate(read_split(uri, "test", ["image"])["image"].to_pylist()):
+        bgr = cv2.resize(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), (64, 32))
+        wide.append(cv2.imencode(".png", bgr)[1].tobytes())
+        (tmp_path / "wide").mkdir(exist_ok=True)
+        (tmp_path / "wide" / f"{i:04d}.png").write_bytes(wide[-1])
+    as_padded = bench_predict(model, wide, eval_spec(info), torch.device("cpu"), batch=16)
+    stretched = TransformSpec(32, tuple(info.mean), tuple(info.std), resize="stretch")
+    as_stretched = bench_predict(model, wide, stretched, torch.device("cpu"), batch=16)
+    assert (as_padded != as_stretched).any(), "the two modes must differ on wide crops"
+
+    exported = export_model(padded, tmp_path / "model")
+    assert json.loads((exported / MODEL_JSON).read_text())["resize"] == "pad"
+    out = tmp_path / "preds.csv"
+    summary = predict(exported, [str(tmp_path / "wide")], out, progress=False)
+    assert summary.predicted == len(wide)
+    table = pacsv.read_csv(out)
+    labels = dict(zip(table["path"].to_pylist(), table["label"].to_pylist(), strict=True))
+    got = [labels[str(tmp_path / "wide" / f"{i:04d}.png")] for i in range(len(wide))]
+    classes = list(info.class_names)
+    assert got == [classes[k] for k in as_padded]
+
+
 def test_bad_inputs_are_counted_listed_and_never_crash(local_ray, shards, checkpoint, tmp_path):
     _, uri, _ = shards
     good = tmp_path / "mixed"
@@ -201,6 +238,9 @@ def test_a_broken_model_folder_stops_before_any_work(shards, checkpoint, tmp_pat
     meta = json.loads((exported / MODEL_JSON).read_text())
     (exported / MODEL_JSON).write_text(json.dumps({**meta, "image_size": 48}))
     with pytest.raises(ModelError, match=r"model\.onnx: expects input .* image_size 48"):
+        load_exported(exported)
+    (exported / MODEL_JSON).write_text(json.dumps({**meta, "resize": "squash"}))
+    with pytest.raises(ModelError, match=r"model\.json: field 'resize' is 'squash'"):
         load_exported(exported)
     del meta["class_names"]
     (exported / MODEL_JSON).write_text(json.dumps(meta))

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from logo_train.data import brands, synth
+from logo_train.data import badge, brands, synth
 from logo_train.data.badge import decode_image
 from logo_train.data.shards import read_manifest, read_split, shard_schema
 
@@ -110,7 +110,7 @@ def test_generate_writes_shards_with_truth(tiny_synth, tmp_path):
     # rows are shuffled, not sorted by class
     assert len(set(labels[:28].tolist())) > 5
     img = decode_image(table["image"][0].as_py())
-    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    assert img.shape[0] == 32 and 32 <= img.shape[1] <= 64 and img.dtype == np.uint8
     assert read_manifest(str(tmp_path)).rows == manifest.rows
 
 
@@ -133,3 +133,38 @@ def test_difficulty_changes_the_images(tiny_synth):
     hard = synth.render_sample(sample, replace(tiny_synth, difficulty=1.0))
     assert easy["image"] != hard["image"]
     assert easy["label"] == hard["label"]
+
+
+def test_wide_badges_get_detector_like_wide_crops(tiny_synth):
+    """Crops are ``image_size`` tall and up to ``max_aspect`` times as wide; wide badges
+    (wordmarks, ovals) get wide crops, and ``max_aspect=1`` keeps every crop square."""
+    plan = [s for s in synth.make_plan(tiny_synth) if s.split == "train"][:150]
+
+    def shapes(cfg):
+        return [decode_image(synth.render_sample(s, cfg)["image"]).shape for s in plan]
+
+    wide = shapes(replace(tiny_synth, max_aspect=2.0))
+    assert all(h == 32 and 32 <= w <= 64 for h, w, _ in wide)
+    assert 0.2 < np.mean([w > h for h, w, _ in wide]) < 0.8
+    by_class: dict[str, list[float]] = {}
+    for sample, (h, w, _) in zip(plan, wide, strict=True):
+        by_class.setdefault(brands.CLASS_NAMES[sample.clean_label], []).append(w / h)
+    masks = synth.templates()
+    aspect = {c: masks[brands.class_slugs(c)[0]][0].shape for c in by_class if c != "unknown"}
+    widest = max(aspect, key=lambda c: aspect[c][1] / aspect[c][0])
+    roundest = min(aspect, key=lambda c: abs(aspect[c][1] / aspect[c][0] - 1))
+    assert np.mean(by_class[widest]) > np.mean(by_class[roundest])
+    assert all(h == w == 32 for h, w, _ in shapes(replace(tiny_synth, max_aspect=1.0)))
+
+
+def test_enamel_fills_what_the_outline_encloses():
+    ring = np.zeros((60, 60), np.float32)
+    cv2.circle(ring, (30, 30), 25, 1.0, 4)
+    ring[22:40, 26:30] = 1.0  # a letter inside the ring
+    regions = badge.enamel_regions(ring)
+    assert regions[30, 12] == 1.0  # inside the ring, not inked
+    assert regions[0, 0] == 0.0 and regions[30, 5] == 0.0  # outside / on the ring
+    assert not (regions * (ring > 0.5)).any()  # never on the ink itself
+    bar = np.zeros((20, 60), np.float32)
+    bar[5:15, 5:55] = 1.0
+    assert badge.enamel_regions(bar).sum() == 0  # nothing enclosed

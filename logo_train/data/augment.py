@@ -1,7 +1,8 @@
 """Train and eval transforms (albumentations), built from one ``TransformSpec``, and the one
 normalisation every path uses.
 
-Train, eval and inference share the final resize to ``image_size`` and the normalisation from
+Train, eval and inference share the way a crop of any aspect becomes a square
+(``to_square``: ``model.resize``), the final resize to ``image_size`` and the normalisation from
 the model's own timm data config, so they cannot drift apart (the reference project trained at
 256 px and evaluated at 224). The transforms end in uint8 images (``to_uint8_batch``); the
 normalisation is a separate step (``normalise``), so the Ray Data pipeline ships uint8 (a
@@ -29,6 +30,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 import cv2  # noqa: E402
 
+RESIZE_MODES = ("stretch", "pad", "crop")
+"""How a crop that is not square becomes the model's square input (``model.resize``):
+``stretch`` scales each side on its own (the shape distorts), ``pad`` keeps the aspect and pads
+the short side with ``PAD_RGB`` (a letterbox), ``crop`` keeps the aspect and cuts the long
+side's centre. Square crops are the same under all three."""
+PAD_RGB = (124, 116, 104)
+"""ImageNet's mean colour: near zero after any timm normalisation. A constant, not the model's
+own mean, because the Ray Data stream is made before normalisation and shared by backbones."""
+
 
 @dataclass(frozen=True)
 class TransformSpec:
@@ -39,13 +49,23 @@ class TransformSpec:
     """RandAugment-like magnitude in [0, 1]: scales every random range; 0 = resize only."""
     min_crop_scale: float = 0.6
     """Smallest area share kept by the random resized crop (a logo must stay in the crop)."""
+    resize: str = "stretch"
+    """One of ``RESIZE_MODES``: how a non-square crop becomes square, in every path."""
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"resize {self.resize!r}: expected one of {list(RESIZE_MODES)}")
 
 
 def transform_specs(
-    image_size: int, augment: AugmentConfig, mean: tuple[float, ...], std: tuple[float, ...]
+    image_size: int,
+    augment: AugmentConfig,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    resize: str = "stretch",
 ) -> tuple[TransformSpec, TransformSpec]:
     """(train, eval) specs for a model's normalisation: augmented and plain resize."""
-    common = {"image_size": image_size, "mean": tuple(mean), "std": tuple(std)}
+    common = {"image_size": image_size, "mean": tuple(mean), "std": tuple(std), "resize": resize}
     train = TransformSpec(
         **common, strength=augment.strength, min_crop_scale=augment.min_crop_scale
     )
@@ -93,9 +113,37 @@ def train_transform(spec: TransformSpec) -> A.Compose:
     )
 
 
+def eval_spec(meta) -> TransformSpec:
+    """The evaluation spec of a trained model: its checkpoint's ``ModelInfo`` or an exported
+    ``model.json`` (image size, mean, std, resize; models saved before ``resize`` existed
+    were trained with ``stretch``)."""
+    resize = getattr(meta, "resize", None) or "stretch"
+    return TransformSpec(meta.image_size, tuple(meta.mean), tuple(meta.std), resize=resize)
+
+
+def to_square(image: np.ndarray, spec: TransformSpec) -> np.ndarray:
+    """An RGB HWC crop of any aspect -> a square one at its own resolution (``spec.resize``);
+    a square crop comes back as it is. The train and eval transforms start from this square."""
+    h, w = image.shape[:2]
+    if h == w:
+        return image
+    if spec.resize == "stretch":
+        side = max(h, w)
+        return cv2.resize(image, (side, side), interpolation=cv2.INTER_LINEAR)
+    if spec.resize == "crop":
+        side = min(h, w)
+        top, left = (h - side) // 2, (w - side) // 2
+        return image[top : top + side, left : left + side]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    return cv2.copyMakeBorder(
+        image, top, side - h - top, left, side - w - left, cv2.BORDER_CONSTANT, value=PAD_RGB
+    )
+
+
 @lru_cache(maxsize=8)
 def eval_transform(spec: TransformSpec) -> A.Compose:
-    """Resize to ``image_size`` (square, as the train crop): eval and inference."""
+    """Resize the square (``to_square``) to ``image_size``: eval and inference."""
     return A.Compose([A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_LINEAR)])
 
 
@@ -116,8 +164,8 @@ def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
 
 
 def eval_uint8(images: list[bytes] | np.ndarray, spec: TransformSpec) -> np.ndarray:
-    """The evaluation path's first half, encoded images -> uint8 NCHW: decode and resize to
-    ``image_size`` (any size and aspect is stretched to the square, as in training's crop)."""
+    """The evaluation path's first half, encoded images -> uint8 NCHW: decode, make square
+    (``to_square``, as in training) and resize to ``image_size``."""
     return to_uint8_batch(decode_batch(images), spec, train=False)
 
 
@@ -131,7 +179,7 @@ def eval_inputs(images: list[bytes] | np.ndarray, spec: TransformSpec) -> np.nda
 def to_uint8_batch(images: list[np.ndarray], spec: TransformSpec, train: bool) -> np.ndarray:
     """RGB uint8 HWC images -> uint8 NCHW, transformed (not yet normalised)."""
     tf = train_transform(spec) if train else eval_transform(spec)
-    batch = np.stack([tf(image=img)["image"] for img in images])
+    batch = np.stack([tf(image=to_square(img, spec))["image"] for img in images])
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 

@@ -1,9 +1,13 @@
 """Composite a logo mask into a photo-like badge crop, as a detector would cut it from a car.
 
-A scene is drawn at a small native size (badge crops are often 30-90 px wide) and resized to
-the output size: a painted body panel (gradient + specular highlight) or a dark radiator grille
-(bars or mesh); the logo in chrome, gloss black or the brand colour, with bevel lighting and a
-drop shadow; random scale, rotation, perspective, occlusion; then light, blur, noise and JPEG.
+A scene is drawn at a small native size (badge crops are often 30-90 px tall) and resized to
+the output height: a crop as wide as a detector would cut around the badge (square, or up to
+``max_aspect``:1 for wide badges), filled by the badge as in close-ups; a painted body panel
+(gradient, specular band, panel gap or trim strip), a radiator grille (bars or mesh) or
+textured trim plastic; the logo raised in chrome (the surroundings reflected along its bevel,
+highlights, a dark gap at its edge), chrome with coloured enamel in the regions its outline
+encloses (Ford's oval, VW's and BMW's roundels), gloss black or the brand colour; a drop
+shadow; random scale, rotation, perspective, occlusion; then light, blur, noise and JPEG.
 ``difficulty`` in [0, 1] scales every random range. Everything random comes from the ``rng``
 passed in, so one seed gives one image.
 """
@@ -44,10 +48,16 @@ def render_mask(svg: str, px: int = TEMPLATE_PX) -> np.ndarray:
 # --- backgrounds ------------------------------------------------------------------------------
 
 
-def _body_panel(n: int, rng: np.random.Generator, d: float) -> np.ndarray:
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) in [0, 1], shaped to broadcast over (h, w, 3)."""
+    y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    x = np.linspace(0.0, 1.0, w, dtype=np.float32)[None, :, None]
+    return y, x
+
+
+def _body_panel(h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
     colour = PAINT_COLOURS[rng.integers(len(PAINT_COLOURS))] * rng.uniform(0.85, 1.15, 3)
-    y = np.linspace(0.0, 1.0, n, dtype=np.float32)[:, None, None]
-    x = np.linspace(0.0, 1.0, n, dtype=np.float32)[None, :, None]
+    y, x = _grid(h, w)
     slope = rng.uniform(-0.35, 0.35)
     shade = 1.0 + slope * (y - 0.5) + rng.uniform(-0.15, 0.15) * (x - 0.5)
     img = colour[None, None, :] * shade
@@ -57,18 +67,22 @@ def _body_panel(n: int, rng: np.random.Generator, d: float) -> np.ndarray:
     dist = (x - 0.5) * np.cos(angle) + (y - 0.5) * np.sin(angle) + 0.5 - pos
     width = rng.uniform(0.06, 0.25)
     img = img + rng.uniform(40, 140) * np.exp(-(dist**2) / (2 * width**2))
+    if rng.random() < 0.3:  # a panel gap or a chrome trim strip across the tailgate
+        row = int(rng.uniform(0.05, 0.95) * h)
+        thick = max(1, int(h * rng.uniform(0.02, 0.08)))
+        dark = rng.random() < 0.5
+        img[row : row + thick] = rng.uniform(10, 40) if dark else rng.uniform(170, 240)
     # orange-peel paint texture / dust
-    img = img + rng.normal(0, 2 + 4 * d, (n, n, 1)).astype(np.float32)
-    return img
+    return img + rng.normal(0, 2 + 4 * d, (h, w, 1)).astype(np.float32)
 
 
-def _grille(n: int, rng: np.random.Generator, d: float) -> np.ndarray:
+def _grille(h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
     base = rng.uniform(8, 45)
-    img = np.full((n, n, 3), base, np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
-    period = max(3, int(n * rng.uniform(0.08, 0.22)))
+    img = np.full((h, w, 3), base, np.float32) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    period = max(3, int(h * rng.uniform(0.08, 0.22)))
     thick = max(1, int(period * rng.uniform(0.3, 0.6)))
     bar = rng.uniform(60, 200) if rng.random() < 0.5 else rng.uniform(20, 70)  # chrome or black
-    yy, xx = np.mgrid[0:n, 0:n]
+    yy, xx = np.mgrid[0:h, 0:w]
     kind = rng.integers(3)
     phase = rng.integers(period)
     if kind == 0:  # horizontal bars
@@ -83,56 +97,126 @@ def _grille(n: int, rng: np.random.Generator, d: float) -> np.ndarray:
     return img
 
 
+def _plastic(h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
+    """Textured black or grey trim plastic (bumpers, steering wheels, wheel-cap centres)."""
+    base = rng.uniform(15, 90)
+    grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 0.8)
+    y, _ = _grid(h, w)
+    img = base * (1.0 + rng.uniform(-0.3, 0.3) * (y - 0.5)) + (6 + 6 * d) * grain[..., None]
+    return np.repeat(img, 3, axis=2) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
+
+
+def _background(h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
+    kind = rng.random()
+    if kind < 0.45:
+        return _body_panel(h, w, rng, d)
+    if kind < 0.8:
+        return _grille(h, w, rng, d)
+    return _plastic(h, w, rng, d)
+
+
 # --- logo geometry and material ---------------------------------------------------------------
 
 
-def _place_mask(template: np.ndarray, n: int, rng: np.random.Generator, d: float) -> np.ndarray:
-    h, w = template.shape
-    frac = rng.uniform(0.75 - 0.3 * d, 0.95 - 0.1 * d)  # longest logo side / crop side
-    scale = frac * n / max(h, w)
-    th, tw = max(2, round(h * scale)), max(2, round(w * scale))
-    small = cv2.resize(template, (tw, th), interpolation=cv2.INTER_AREA)
-    pad = max(th, tw)  # room for rotation
-    canvas = np.zeros((th + 2 * pad, tw + 2 * pad), np.float32)
-    canvas[pad : pad + th, pad : pad + tw] = small
-    cy, cx = pad + th / 2, pad + tw / 2
-    src = np.float32([[cx - tw / 2, cy - th / 2], [cx + tw / 2, cy - th / 2],
-                      [cx + tw / 2, cy + th / 2], [cx - tw / 2, cy + th / 2]])  # fmt: skip
+def enamel_regions(template: np.ndarray) -> np.ndarray:
+    """The regions the logo's outline encloses but does not ink (Ford's oval around the script,
+    VW's and BMW's roundels): where a real badge is filled with coloured enamel."""
+    ink = (template > 0.5).astype(np.uint8)
+    free = np.pad(1 - ink, 1, constant_values=1)  # the border is outside: reachable
+    cv2.floodFill(free, None, (0, 0), 2)
+    return (free[1:-1, 1:-1] == 1).astype(np.float32)
+
+
+def _crop_width(h: int, logo_aspect: float, max_aspect: float, rng) -> int:
+    """A detector's crop is about as wide as the badge: wide badges get crops up to
+    ``max_aspect`` : 1, some crops are square whatever the badge."""
+    if max_aspect <= 1.0 or rng.random() < 0.4:
+        return h
+    return round(h * float(np.clip(logo_aspect * rng.uniform(0.9, 1.4), 1.0, max_aspect)))
+
+
+def _place(layers: np.ndarray, h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
+    """Warp the template's layers (HxWxk) into an h x w crop: scaled to fill it (the badge's
+    limiting side covers 0.85-1.0 of the crop's at difficulty 0, down to 0.4 at 1), rotated,
+    moved off-centre, with perspective."""
+    th0, tw0 = layers.shape[:2]
+    fill = rng.uniform(0.85 - 0.45 * d, 1.0)
+    scale = fill * min(h / th0, w / tw0)
+    th, tw = max(2, round(th0 * scale)), max(2, round(tw0 * scale))
+    small = cv2.resize(layers, (tw, th), interpolation=cv2.INTER_AREA)
+    src = np.float32([[0, 0], [tw, 0], [tw, th], [0, th]])
     angle = np.deg2rad(rng.uniform(-1, 1) * (4 + 26 * d))
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
-    centre = np.float32([n / 2, n / 2]) + rng.uniform(-1, 1, 2).astype(np.float32) * 0.1 * d * n
-    corners = (src - [cx, cy]) @ rot.T
-    corners += rng.uniform(-1, 1, (4, 2)).astype(np.float32) * (0.02 + 0.14 * d) * frac * n
+    centre = np.float32([w / 2, h / 2]) * (1 + rng.uniform(-1, 1, 2).astype(np.float32) * 0.1 * d)
+    corners = (src - [tw / 2, th / 2]) @ rot.T
+    corners += rng.uniform(-1, 1, (4, 2)).astype(np.float32) * (0.02 + 0.14 * d) * max(th, tw)
     matrix = cv2.getPerspectiveTransform(src, (corners + centre).astype(np.float32))
-    return cv2.warpPerspective(canvas, matrix, (n, n), flags=cv2.INTER_LINEAR)
+    out = cv2.warpPerspective(small, matrix, (w, h), flags=cv2.INTER_LINEAR)
+    return out.reshape(h, w, -1)
 
 
-def _bevel_shading(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Lambert-like shading of a bevelled badge: the blurred mask is the height map."""
-    n = mask.shape[0]
-    height = cv2.GaussianBlur(mask, (0, 0), max(0.6, n / 50))
+def _relief(mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A bevelled badge's surface: the blurred mask is its height. Returns (Lambert-like
+    shading under a random light in [-1, 1], the vertical slope for reflections)."""
+    h, w = mask.shape
+    height = cv2.GaussianBlur(mask, (0, 0), max(0.6, min(h, w) / 50))
     gx = cv2.Sobel(height, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(height, cv2.CV_32F, 0, 1, ksize=3)
     theta = rng.uniform(0, 2 * np.pi)
     shade = -(gx * np.cos(theta) + gy * np.sin(theta))
-    return shade / (np.abs(shade).max() + 1e-6)
+    norm = np.abs(gx).max() + np.abs(gy).max() + 1e-6
+    return shade / (np.abs(shade).max() + 1e-6), gy / norm
 
 
-def _logo_layer(mask: np.ndarray, brand_rgb, rng: np.random.Generator) -> np.ndarray:
-    n = mask.shape[0]
-    shade = _bevel_shading(mask, rng)[..., None]
-    style = rng.choice(["chrome", "black", "colour"], p=[0.45, 0.25, 0.30])
-    if style == "chrome":
-        # environment reflection: bright sky above a dark horizon band, mid ground below
-        y = np.linspace(0, 1, n, dtype=np.float32)
-        horizon = rng.uniform(0.35, 0.65)
-        sky = 235 - 60 * y
-        ground = 120 + 60 * (y - horizon)
-        tone = np.where(y < horizon, sky, ground) - 90 * np.exp(-((y - horizon) ** 2) / 0.004)
-        base = np.repeat(tone[:, None, None], n, 1) * np.float32([1.0, 1.0, 1.04])
-        return base + 110 * shade
+def _chrome(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Polished metal: the surroundings reflected in a bevelled surface. A sky / dark horizon
+    / ground profile with a few bright and dark bands (buildings, the photographer), looked
+    up along the surface's slope, so edges show the bent, high-contrast reflections of real
+    chrome; plus specular highlights."""
+    h, w = mask.shape
+    shade, slope = _relief(mask, rng)
+    t = np.linspace(0, 1, 128, dtype=np.float32)
+    horizon = rng.uniform(0.3, 0.7)
+    profile = np.where(t < horizon, rng.uniform(200, 250) - rng.uniform(30, 90) * t,
+                       rng.uniform(50, 140) + rng.uniform(0, 60) * (t - horizon))  # fmt: skip
+    profile -= rng.uniform(60, 130) * np.exp(-((t - horizon) ** 2) / rng.uniform(0.001, 0.006))
+    for _ in range(rng.integers(0, 4)):
+        band = rng.uniform(0.01, 0.06)
+        profile += rng.uniform(-90, 90) * np.exp(-((t - rng.uniform()) ** 2) / (2 * band**2))
+    y = np.linspace(0, 1, h, dtype=np.float32)[:, None]
+    lookup = np.clip(y + rng.uniform(0.4, 1.2) * slope, 0, 1)
+    tone = profile[(lookup * 127).astype(np.int32)]
+    tint = np.float32([1.0, 1.0, 1.04]) * rng.uniform(0.96, 1.04, 3).astype(np.float32)
+    spec = 120 * np.clip(shade, 0, 1) ** 2
+    return tone[..., None] * tint + (40 * shade + spec)[..., None]
+
+
+ENAMEL_COLOURS = np.array(
+    [(20, 50, 140), (0, 90, 180), (180, 20, 30), (15, 15, 18), (235, 235, 235), (200, 160, 40)],
+    dtype=np.float32,
+)
+
+
+def _enamel(regions: np.ndarray, brand_rgb, rng: np.random.Generator) -> np.ndarray:
+    """Glossy coloured fill: the brand's colour when it has one, else a common enamel colour;
+    recessed (darker at the rim) with a soft highlight."""
+    h, w = regions.shape
+    colour = np.asarray(brand_rgb, np.float32)
+    if colour.max() - colour.min() < 40 or rng.random() < 0.25:
+        colour = ENAMEL_COLOURS[rng.integers(len(ENAMEL_COLOURS))]
+    rim = cv2.GaussianBlur(regions, (0, 0), max(0.6, min(h, w) / 30))
+    y, x = _grid(h, w)
+    cy, cx = rng.uniform(0.2, 0.5), rng.uniform(0.2, 0.8)
+    gloss = np.exp(-(((y - cy) ** 2) + (x - cx) ** 2) / rng.uniform(0.01, 0.05))[..., 0]
+    return colour * (0.7 + 0.3 * rim)[..., None] + (rng.uniform(40, 110) * gloss)[..., None]
+
+
+def _flat(mask: np.ndarray, brand_rgb, style: str, rng: np.random.Generator) -> np.ndarray:
+    """Gloss black or painted in the brand colour, bevel-lit."""
+    h, w = mask.shape
+    shade = _relief(mask, rng)[0][..., None]
     if style == "black":
-        return np.full((n, n, 3), rng.uniform(15, 45), np.float32) + 120 * np.clip(shade, 0, 1)
+        return np.full((h, w, 3), rng.uniform(15, 45), np.float32) + 120 * np.clip(shade, 0, 1)
     colour = np.asarray(brand_rgb, np.float32)
     if colour.max() < 40:  # brands whose colour is black still read as a dark badge
         colour = colour + 30
@@ -141,16 +225,19 @@ def _logo_layer(mask: np.ndarray, brand_rgb, rng: np.random.Generator) -> np.nda
 
 # --- the whole scene --------------------------------------------------------------------------
 
+STYLES = ("chrome", "black", "colour", "enamel")
+STYLE_P = (0.35, 0.2, 0.2, 0.25)
+
 
 def _occlude(img: np.ndarray, rng: np.random.Generator, d: float) -> None:
-    n = img.shape[0]
+    h, w = img.shape[:2]
     if rng.random() < 0.5:  # a bar across the badge (grille slat, wiper, edge of the crop)
-        t = max(1, int(n * rng.uniform(0.08, 0.18)))
-        y0 = int(rng.uniform(0, n - t))
+        t = max(1, int(h * rng.uniform(0.08, 0.18)))
+        y0 = int(rng.uniform(0, h - t))
         img[y0 : y0 + t] = rng.uniform(10, 200)
     else:  # a blob of dirt, snow or a finger
-        centre = (int(rng.uniform(0, n)), int(rng.uniform(0, n)))
-        axes = (max(1, int(n * rng.uniform(0.08, 0.12 + 0.15 * d))), max(1, int(n * 0.1)))
+        centre = (int(rng.uniform(0, w)), int(rng.uniform(0, h)))
+        axes = (max(1, int(h * rng.uniform(0.08, 0.12 + 0.15 * d))), max(1, int(h * 0.1)))
         cv2.ellipse(img, centre, axes, rng.uniform(0, 180), 0, 360, rng.uniform(40, 220, 3), -1)
 
 
@@ -163,20 +250,42 @@ def compose_badge(
     min_crop_px: int,
     max_crop_px: int,
     rng: np.random.Generator,
+    max_aspect: float = 1.0,
 ) -> tuple[np.ndarray, int | None]:
-    """Return ``(rgb uint8 [size, size, 3], jpeg_quality or None)`` for one badge crop."""
+    """Return ``(rgb uint8 [size, width, 3], jpeg_quality or None)`` for one badge crop:
+    ``size`` rows; ``width`` from ``size`` (square) up to ``max_aspect * size`` (a wide
+    badge's detector crop)."""
     d = float(difficulty)
-    n = int(rng.integers(min_crop_px, max_crop_px + 1))
-    bg = _body_panel(n, rng, d) if rng.random() < 0.5 else _grille(n, rng, d)
-    mask = _place_mask(template, n, rng, d)
+    h = int(rng.integers(min_crop_px, max_crop_px + 1))
+    w = _crop_width(h, template.shape[1] / template.shape[0], max_aspect, rng)
+    bg = _background(h, w, rng, d)
+    style = STYLES[rng.choice(len(STYLES), p=STYLE_P)]
+    regions = enamel_regions(template) if style == "enamel" else None
+    if regions is not None and regions.sum() < 0.15 * (template > 0.5).sum():
+        style, regions = "chrome", None  # nothing enclosed to fill
+    layers = template[..., None] if regions is None else np.dstack([template, regions])
+    placed = _place(layers, h, w, rng, d)
+    ink = placed[..., 0]
+    fill = placed[..., 1] if regions is not None else np.zeros_like(ink)
+    mask = np.clip(ink + fill, 0, 1)
     if rng.random() < 0.25 * d:  # a chrome surround ring, shared by all brands (a nuisance)
-        ring = np.zeros((n, n), np.float32)
-        cv2.ellipse(ring, (n // 2, n // 2), (int(n * 0.47), int(n * rng.uniform(0.3, 0.47))),
-                    0, 0, 360, 1.0, max(1, n // 20))  # fmt: skip
-        mask = np.maximum(mask, ring)
-    shadow = cv2.GaussianBlur(np.roll(mask, (1 + n // 40, 1 + n // 40), (0, 1)), (0, 0), 1 + n / 60)
+        ring = np.zeros((h, w), np.float32)
+        cv2.ellipse(ring, (w // 2, h // 2), (int(w * 0.47), int(h * rng.uniform(0.3, 0.47))),
+                    0, 0, 360, 1.0, max(1, h // 20))  # fmt: skip
+        ink, mask = np.maximum(ink, ring), np.maximum(mask, ring)
+    k = 1 + h // 40
+    shadow = cv2.GaussianBlur(np.roll(mask, (k, k), (0, 1)), (0, 0), 1 + h / 60)
     bg = bg * (1.0 - rng.uniform(0.2, 0.6) * shadow[..., None])
-    logo = _logo_layer(mask, brand_rgb, rng)
+    if style in ("chrome", "enamel"):  # a raised badge: a dark gap where it meets the body
+        gap = np.clip(cv2.GaussianBlur(mask, (0, 0), 0.5 + h / 80) * 1.6 - mask, 0, 1)
+        bg = bg * (1.0 - 0.7 * gap[..., None])
+    if style in ("chrome", "enamel"):
+        logo = _chrome(ink, rng)
+        if regions is not None:
+            share = (fill / np.maximum(mask, 1e-6))[..., None]
+            logo = logo * (1 - share) + _enamel(fill, brand_rgb, rng) * share
+    else:
+        logo = _flat(ink, brand_rgb, style, rng)
     img = bg * (1.0 - mask[..., None]) + logo * mask[..., None]
     if rng.random() < 0.35 * d:
         _occlude(img, rng, d)
@@ -186,7 +295,8 @@ def compose_badge(
     img = (img - mean) * rng.uniform(1 - 0.4 * d, 1 + 0.2 * d) + mean
     img = np.clip(img * gain.astype(np.float32), 0, 255)
     interp = [cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_NEAREST][rng.integers(3)]
-    img = cv2.resize(img, (size, size), interpolation=interp if n < size else cv2.INTER_AREA)
+    out_w = max(size, round(size * w / h))
+    img = cv2.resize(img, (out_w, size), interpolation=interp if h < size else cv2.INTER_AREA)
     if rng.random() < 0.3 + 0.4 * d:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 0.4 + 1.6 * d) * size / 64)
     elif rng.random() < 0.3 * d:  # motion blur

@@ -124,6 +124,7 @@ def render_sample(sample: PlannedSample, cfg: SynthConfig) -> dict:
         min_crop_px=cfg.min_crop_px,
         max_crop_px=cfg.max_crop_px,
         rng=rng,
+        max_aspect=cfg.max_aspect,
     )
     return {
         "image": badge.encode_image(pixels, cfg.image_format, quality),
