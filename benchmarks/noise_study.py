@@ -45,7 +45,9 @@ from logo_train.data.shards import exists, join, read_manifest, read_split
 from logo_train.local import evaluate_split, fit_local, model_transform_specs
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSS_ORDER = ["ce", "ce_weighted", "trust_penalty"]
+LOSS_ORDER = ["ce", "ce_weighted", "gce", "trust_penalty"]
+CLEANED_LOSSES = ("trust_penalty", "gce")
+"""Runs followed by the --clean-modes rounds (the pipeline cleans after any loss)."""
 SETTINGS = [(0.0, "symmetric"), (0.2, "symmetric"), (0.4, "symmetric"), (0.2, "pairs")]
 CLEANLEARNING = "cleanlab CleanLearning"
 
@@ -151,8 +153,8 @@ def _print(out: dict) -> None:
 
 
 def run_one(cfg, backbone, uri, manifest, args, label: str) -> list[dict]:
-    """One run with ``cfg``'s loss; for ``trust_penalty`` with ``--clean-modes``, a cleaning
-    round per mode after it. Returns the run and its cleaning rounds."""
+    """One run with ``cfg``'s loss; for ``trust_penalty`` and ``gce`` with ``--clean-modes``, a
+    cleaning round per mode after it. Returns the run and its cleaning rounds."""
     start = time.perf_counter()
     fit = _fit(cfg, backbone, uri, manifest, args, eval_every=args.eval_every)
     device = next(fit.model.parameters()).device
@@ -167,7 +169,7 @@ def run_one(cfg, backbone, uri, manifest, args, label: str) -> list[dict]:
             out["mean_trust_flipped"] = float(scores.trust[is_noisy].mean())
     _print(out)
     runs = [out]
-    if cfg.train.loss == "trust_penalty":
+    if cfg.train.loss in CLEANED_LOSSES:
         from logo_train.clean import CleaningError
 
         for mode in [m for m in args.clean_modes.split(",") if m]:
@@ -576,7 +578,7 @@ def _job_cost(job, args) -> int:
     _, _, kind, spec = job
     if kind == "cleanlearning":
         return args.cleanlab_folds + 1
-    if spec.get("loss") == "trust_penalty":
+    if spec.get("loss") in CLEANED_LOSSES:
         return 1 + len([m for m in args.clean_modes.split(",") if m])
     return 1
 

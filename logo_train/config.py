@@ -18,7 +18,7 @@ import yaml
 NoiseKind = Literal["symmetric", "pairs"]
 ImageFormat = Literal["png", "jpeg"]
 Layout = Literal["auto", "splits", "single"]
-LossName = Literal["ce", "ce_weighted", "trust_penalty"]
+LossName = Literal["ce", "ce_weighted", "trust_penalty", "gce"]
 OptimizerName = Literal["adamw", "adam", "sgd"]
 SearchKind = Literal["loguniform", "uniform", "int", "choice"]
 SearchAlgorithm = Literal["tpe", "random"]
@@ -288,8 +288,10 @@ class TrainConfig:
     warmup_fraction: float = 0.2
     """Share of the steps OneCycle spends rising to ``lr``."""
     loss: LossName = "trust_penalty"
-    """'ce' (plain), 'ce_weighted' (class weights, the reference recipe) or 'trust_penalty'
-    (class-weighted CE scaled by the trust head's per-sample trust, plus a penalty)."""
+    """'ce' (plain), 'ce_weighted' (class weights, the reference recipe), 'trust_penalty'
+    (class-weighted CE scaled by the trust head's per-sample trust, plus a penalty) or 'gce'
+    (class-weighted generalised cross-entropy, Zhang & Sabuncu 2018: bounded, so wrong labels
+    pull less)."""
     class_weight_power: float = 1.0
     """beta in ``w_c = (N_max / N_c) ** beta``: 1 = reference recipe, 0 = no weighting."""
     penalty_weight: float = 1.0
@@ -305,7 +307,11 @@ class TrainConfig:
     under-trained model whose whole batch has low trust keeps learning at full speed."""
     trust_warmup_epochs: int = 2
     """trust_penalty: epochs of plain weighted CE before trust scales the loss (the head
-    learns from the start)."""
+    learns from the start); gce: epochs of plain weighted CE before the bounded loss (it
+    learns slowly from random init)."""
+    gce_q: float = 0.7
+    """gce: q of ``(1 - p_y ** q) / q``: towards 0 it is cross-entropy, at 1 the (bounded,
+    noise-robust, slow to fit) mean absolute error; 0.7 is the paper's."""
     trust_dim: int = 64
     """trust_penalty: width of the trust head's attention."""
     label_smoothing: float = 0.0
@@ -361,8 +367,10 @@ class TrainConfig:
             "0..1",
         )
         _check(self.penalty_weight > 0, p + "penalty_weight", self.penalty_weight, "> 0")
+        _check(0 < self.gce_q <= 1, p + "gce_q", self.gce_q, "0 < q <= 1")
         _check(
-            self.loss != "trust_penalty" or 0 <= self.trust_warmup_epochs < self.epochs,
+            self.loss not in ("trust_penalty", "gce")
+            or 0 <= self.trust_warmup_epochs < self.epochs,
             p + "trust_warmup_epochs",
             self.trust_warmup_epochs,
             f"0..epochs-1 ({self.epochs - 1})",
@@ -432,6 +440,7 @@ RECIPE_FIELDS = (
     "penalty_weight",
     "class_weight_power",
     "label_smoothing",
+    "gce_q",
 )
 """``train.*`` fields a backbone's recipe (``train.per_backbone``) may set."""
 
@@ -443,6 +452,7 @@ SEARCHABLE = (
     "penalty_weight",
     "trust_warmup_epochs",
     "label_smoothing",
+    "gce_q",
 )
 
 

@@ -105,6 +105,7 @@ def build_training(
         normalise=tc.trust_normalise,
         rescale=tc.trust_rescale,
         label_smoothing=tc.label_smoothing,
+        gce_q=tc.gce_q,
     ).to(device)
     if criterion.needs_trust:
         model = TrustModel(model, num_classes, tc.trust_dim)
@@ -160,6 +161,10 @@ def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, trust_active: bool
             parts = t.criterion(logits, y, trust, active=trust_active)
             loss = parts.loss
             out = {"trust": parts.mean_trust.detach(), "loss": parts.weighted_ce.detach()}
+        elif getattr(t.criterion, "warms_up", False):
+            parts = t.criterion(t.model(x), y, active=trust_active)
+            loss = parts.loss
+            out = {"loss": parts.weighted_ce}
         else:
             loss = t.criterion(t.model(x), y)
             out = {"loss": loss.detach()}

@@ -123,6 +123,49 @@ class WeightedCrossEntropy(nn.Module):
         return weighted_ce(logits, target, self.weights, self.label_smoothing).mean()
 
 
+def generalised_ce(
+    logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, q: float
+) -> torch.Tensor:
+    """Per-sample ``w_{y_i} * (1 - p_{y_i} ** q) / q`` (Zhang & Sabuncu, NeurIPS 2018), shape
+    ``(B,)``. Bounded by ``w / q``: a sample whose label the model cannot fit pulls no harder
+    than one it nearly fits, where cross-entropy's pull grows without bound."""
+    log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None])[:, 0]
+    per_sample = (1.0 - torch.exp(q * log_p)) / q
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample.device)[target]
+    return per_sample
+
+
+class RobustLoss(NamedTuple):
+    loss: torch.Tensor
+    """What is minimised."""
+    weighted_ce: torch.Tensor
+    """mean_i w_{y_i} CE_i, for logging (comparable across losses)."""
+
+
+class GeneralisedCrossEntropy(nn.Module):
+    """``generalised_ce`` with fixed class weights, after a warm-up of weighted CE
+    (``active=False``): from random init the bounded loss learns slowly."""
+
+    needs_trust = False
+    warms_up = True
+
+    def __init__(self, weights: torch.Tensor | None, q: float, label_smoothing: float = 0.0):
+        super().__init__()
+        if not 0 < q <= 1:
+            raise ValueError(f"q must be in (0, 1], got {q}")
+        self.register_buffer("weights", weights)
+        self.q = q
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, active: bool = True):
+        wce = weighted_ce(logits, target, self.weights, self.label_smoothing)
+        if not active:
+            return RobustLoss(wce.mean(), wce.mean().detach())
+        loss = generalised_ce(logits, target, self.weights, self.q).mean()
+        return RobustLoss(loss, wce.mean().detach())
+
+
 class TrustPenalty(nn.Module):
     """``trust_penalty_loss`` with fixed class weights; call with the trust head's output."""
 
@@ -161,7 +204,7 @@ class TrustPenalty(nn.Module):
         )
 
 
-LOSSES = ("ce", "ce_weighted", "trust_penalty")
+LOSSES = ("ce", "ce_weighted", "trust_penalty", "gce")
 
 
 def build_loss(
@@ -173,9 +216,11 @@ def build_loss(
     normalise: bool = True,
     rescale: bool = False,
     label_smoothing: float = 0.0,
+    gce_q: float = 0.7,
 ) -> nn.Module:
     """``ce``: plain cross-entropy; ``ce_weighted``: class-weighted (the reference recipe);
-    ``trust_penalty``: class-weighted CE scaled by the trust head, plus the penalty."""
+    ``trust_penalty``: class-weighted CE scaled by the trust head, plus the penalty; ``gce``:
+    class-weighted generalised cross-entropy after a weighted-CE warm-up."""
     if name == "ce":
         return WeightedCrossEntropy(None, label_smoothing)
     if name == "ce_weighted":
@@ -188,4 +233,7 @@ def build_loss(
             label_smoothing,
             rescale,
         )
+    if name == "gce":
+        weights = class_weights(counts, class_weight_power)
+        return GeneralisedCrossEntropy(weights, gce_q, label_smoothing)
     raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")

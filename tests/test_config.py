@@ -68,6 +68,7 @@ def test_overrides_are_yaml_typed_and_validated():
         ("train.lr=-0.1", "train.lr"),
         ("train.epochs=0", "train.epochs"),
         ("train.loss=focal", "train.loss"),
+        ("train.gce_q=0", "train.gce_q"),
         ("train.batch_size=1", "train.batch_size"),
         ("train.class_weight_power=2", "train.class_weight_power"),
         ("model.pretrained_files={resnet50: x.pth}", "model.pretrained_files"),

@@ -142,3 +142,19 @@ def test_trust_records_and_a_resumed_history_goes_on():
     assert all(0 < h["train_mean_trust"] < 1 for h in history[1:])
     # the logged loss is the weighted CE; the objective (with the trust terms) is its own
     assert all(h["train_objective"] != h["train_loss"] for h in history[1:])
+
+
+def test_gce_logs_weighted_ce_and_its_own_objective_after_the_warm_up():
+    _, t = _training(loss="gce", epochs=2)
+    history = engine.fit(
+        t,
+        epochs=2,
+        batches=lambda epoch: iter(_stream(2)),
+        prepare=_prepare([]),
+        validate=_scripted([0.1, 0.2]),
+        trust_warmup_epochs=1,
+    )
+    warm, active = history
+    assert warm["train_objective"] == pytest.approx(warm["train_loss"])  # weighted CE first
+    assert active["train_objective"] < active["train_loss"]  # bounded: below the CE it logs
+    assert "train_mean_trust" not in active

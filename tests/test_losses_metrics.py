@@ -82,3 +82,30 @@ def test_confusion_rows_are_true_classes():
     cm = confusion(y_true=[0, 0, 1], y_pred=[1, 0, 1], num_classes=3)
     assert cm.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 0]]
     assert isinstance(cm, np.ndarray)
+
+
+def test_generalised_ce_is_the_formula_bounded_and_warms_up_on_weighted_ce():
+    from logo_train.losses import GeneralisedCrossEntropy, build_loss, generalised_ce, weighted_ce
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0], [-30.0, 30.0, 0.0]])
+    target = torch.tensor([0, 2, 0])
+    p = torch.softmax(logits, 1)[torch.arange(3), target]
+    weights = torch.tensor([2.0, 1.0, 0.5])
+    expected = weights[target] * (1 - p**0.7) / 0.7
+    assert torch.allclose(generalised_ce(logits, target, weights, 0.7), expected, atol=1e-6)
+    # bounded: a label the model cannot fit costs at most w / q (CE: 60 here)
+    assert generalised_ce(logits, target, None, 0.7)[2] <= 1 / 0.7
+    assert weighted_ce(logits, target)[2] > 59
+    # q -> 0 is cross-entropy
+    assert torch.allclose(
+        generalised_ce(logits[:2], target[:2], None, 1e-4), weighted_ce(logits[:2], target[:2]),
+        rtol=1e-3,
+    )  # fmt: skip
+    loss = build_loss("gce", [10, 20, 40], 1.0, gce_q=0.7)
+    assert isinstance(loss, GeneralisedCrossEntropy) and loss.warms_up
+    warm, active = loss(logits, target, active=False), loss(logits, target)
+    assert torch.allclose(warm.loss, warm.weighted_ce)  # warm-up: weighted CE
+    assert torch.allclose(active.weighted_ce, warm.weighted_ce)  # logged the same way
+    assert active.loss < warm.loss
+    with pytest.raises(ValueError, match="q must be"):
+        GeneralisedCrossEntropy(None, 0.0)
