@@ -154,7 +154,7 @@ def test_build_loss_trust_penalty_and_errors():
     with pytest.raises(ValueError, match="penalty_weight"):
         build_loss("trust_penalty", [4, 2], 1.0, penalty_weight=0.0)
     with pytest.raises(ValueError, match="trust_penalty"):
-        build_loss("gce", [4, 2], 1.0)
+        build_loss("focal", [4, 2], 1.0)
     logits, target, trust, _ = _case()
     with pytest.raises(ValueError, match="shape"):
         trust_penalty_loss(logits, target, trust[:3], penalty_weight=1.0)
