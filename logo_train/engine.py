@@ -199,8 +199,8 @@ class EpochStats:
     """Mean (class-weighted) cross-entropy per image: comparable across losses."""
     objective: float
     """Mean of what was minimised (the trust head's term and penalty included)."""
-    trust: float
-    """Mean trust (0 without a trust head)."""
+    trust: float | None
+    """Mean trust; None without a trust head."""
     images: int
     steps: int
     seconds: float
@@ -214,22 +214,24 @@ class EpochStats:
             [
                 self.loss,
                 self.objective,
-                self.trust,
+                self.trust or 0.0,
                 self.wait_seconds / max(self.seconds, 1e-9),
                 self.images / max(self.seconds, 1e-9),
             ],
             device,
         )
-        return {
+        out = {
             "train_loss": loss,
             "train_objective": objective,
-            "train_mean_trust": trust,
             "train_images_per_s": rate * world,
             "data_wait_fraction": wait_fraction,
             "data_wait_seconds": self.wait_seconds,
             "train_seconds": self.seconds,
             "steps": self.steps,
         }
+        if self.trust is not None:
+            out["train_mean_trust"] = trust
+        return out
 
 
 Batch = Any
@@ -276,7 +278,7 @@ def train_epoch(
     return EpochStats(
         loss=loss_sum.item() / n,
         objective=objective_sum.item() / n,
-        trust=trust_sum.item() / n,
+        trust=trust_sum.item() / n if t.needs_trust else None,
         images=images,
         steps=done,
         seconds=seconds,
@@ -328,8 +330,6 @@ def fit(
         record: dict[str, Any] = {**tags, "epoch": epoch + 1, **stats.metrics(t.device)}
         if t.needs_trust:
             record["trust_active"] = float(trust_active)
-        else:
-            del record["train_mean_trust"]
         record["lr"] = t.optimizer.param_groups[0]["lr"]
         improved = False
         if (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:

@@ -53,9 +53,16 @@ def weighted_ce(
     per_sample = F.cross_entropy(
         logits.float(), target, reduction="none", label_smoothing=label_smoothing
     )
-    if weights is not None:
-        per_sample = per_sample * weights.to(per_sample.device)[target]
-    return per_sample
+    return _class_weighted(per_sample, target, weights)
+
+
+def _class_weighted(
+    per_sample: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """``w_{y_i} * per_sample_i`` (unchanged when ``weights`` is None)."""
+    if weights is None:
+        return per_sample
+    return per_sample * weights.to(per_sample.device)[target]
 
 
 class TrustLoss(NamedTuple):
@@ -130,10 +137,7 @@ def generalised_ce(
     ``(B,)``. Bounded by ``w / q``: a sample whose label the model cannot fit pulls no harder
     than one it nearly fits, where cross-entropy's pull grows without bound."""
     log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None])[:, 0]
-    per_sample = (1.0 - torch.exp(q * log_p)) / q
-    if weights is not None:
-        per_sample = per_sample * weights.to(per_sample.device)[target]
-    return per_sample
+    return _class_weighted((1.0 - torch.exp(q * log_p)) / q, target, weights)
 
 
 class RobustLoss(NamedTuple):

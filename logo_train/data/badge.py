@@ -279,7 +279,6 @@ def compose_badge(
     if style in ("chrome", "enamel"):  # a raised badge: a dark gap where it meets the body
         gap = np.clip(cv2.GaussianBlur(mask, (0, 0), 0.5 + h / 80) * 1.6 - mask, 0, 1)
         bg = bg * (1.0 - 0.7 * gap[..., None])
-    if style in ("chrome", "enamel"):
         logo = _chrome(ink, rng)
         if regions is not None:
             share = (fill / np.maximum(mask, 1e-6))[..., None]
