@@ -9,12 +9,15 @@ model of each run is scored. ``trust_penalty`` runs once per ``--penalty-weights
 the one with the best *validation* macro-F1 (clean validation split) is reported; the test
 split is only ever used for the reported numbers.
 
-With ``--clean-modes drop,relabel`` every ``trust_penalty`` run is followed by a cleaning round
-per mode (``logo_train.clean``, the pipeline's ``train.clean``: act on the labels its audit
-suspects, train the same backbone again on what is left); with ``--cleanlab-folds K`` (and
+With ``--clean-modes drop,relabel`` every ``trust_penalty`` and ``gce`` run is followed by a
+cleaning round per mode (``logo_train.clean``, the pipeline's ``train.clean``: act on the labels
+its audit suspects, train the same backbone again on what is left); with ``--cleanlab-folds K`` (and
 ``pip install cleanlab``) cleanlab's ``CleanLearning`` is the peer: K-fold out-of-sample
 probabilities of ``ce_weighted`` models, its label issues pruned, the same backbone trained
 again with ``ce_weighted``. ``--seeds 0,1,2`` repeats everything per seed (data and training).
+``--clean-losses ce_weighted,same`` trains each cleaning round once per loss listed (the
+pipeline's ``train.clean.loss``; ``same``: round 1's); ``--set train.gce_q=0.4`` overrides a
+config field for every run.
 
 Written: ``noise_study.json`` (every run, with its history) and ``noise_study.md`` (the tables):
 clean-test macro-F1 and balanced accuracy, mean and spread over seeds; for noisy data, how well
@@ -50,6 +53,8 @@ CLEANED_LOSSES = ("trust_penalty", "gce")
 """Runs followed by the --clean-modes rounds (the pipeline cleans after any loss)."""
 SETTINGS = [(0.0, "symmetric"), (0.2, "symmetric"), (0.4, "symmetric"), (0.2, "pairs")]
 CLEANLEARNING = "cleanlab CleanLearning"
+SAME_LOSS = "same"
+"""--clean-losses entry: round 2 trains with round 1's loss."""
 
 
 def setting_name(rate: float, kind: str) -> str:
@@ -64,7 +69,7 @@ def base_config(args: argparse.Namespace, seed: int) -> Config:
         "name=noise-study",
         f"data.synth.seed={seed}",
         f"train.seed={seed}",
-    ]
+    ] + list(args.set)
     if args.recipe == "quick":
         cfg = load_config(ROOT / "configs/quick.yaml", common)
         return cfg.for_backbone(args.backbone)
@@ -124,12 +129,16 @@ def _fit(cfg, backbone, uri, manifest, args, **kwargs):
     )  # fmt: skip
 
 
+def _penalty_weight(cfg: Config) -> float | None:
+    return cfg.train.penalty_weight if cfg.train.loss == "trust_penalty" else None
+
+
 def _scored(fit, cfg, backbone, uri, manifest, label: str, start: float, **extra) -> dict:
     test = evaluate_split(fit.classifier, cfg, backbone, uri, manifest, "test")
     return {
         "run": label,
         "loss": cfg.train.loss,
-        "penalty_weight": cfg.train.penalty_weight if cfg.train.loss == "trust_penalty" else None,
+        "penalty_weight": _penalty_weight(cfg),
         "val_macro_f1": fit.history[-1]["val_macro_f1"],
         "test_macro_f1": test["macro_f1"],
         "test_balanced_accuracy": test["balanced_accuracy"],
@@ -173,24 +182,35 @@ def run_one(cfg, backbone, uri, manifest, args, label: str) -> list[dict]:
         from logo_train.clean import CleaningError
 
         for mode in [m for m in args.clean_modes.split(",") if m]:
-            try:
-                runs.append(
-                    clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table)
-                )
-            except CleaningError as e:  # the pipeline would stop here: round 1's model stays
-                print(f"  {label} + {mode}: refused ({e}); round 1's model stands", flush=True)
-                refused = {k: v for k, v in out.items() if not k.startswith("detect")}
-                runs.append(
-                    {**refused, "run": f"{label} + {mode}", "clean_mode": mode,
-                     "cleaning": {"refused": str(e)}}
-                )  # fmt: skip
+            for then in args.clean_losses.split(","):
+                name = clean_name(mode, then)
+                try:
+                    runs.append(
+                        clean_round(
+                            cfg, backbone, uri, manifest, args, label, mode, then, scores, table
+                        )
+                    )
+                except CleaningError as e:  # the pipeline would stop here: round 1 stays
+                    print(f"  {label} + {name}: refused ({e}); round 1's model stands", flush=True)
+                    refused = {k: v for k, v in out.items() if not k.startswith("detect")}
+                    runs.append(
+                        {**refused, "run": f"{label} + {name}", "clean_mode": name,
+                         "cleaning": {"refused": str(e)}}
+                    )  # fmt: skip
     return runs
 
 
-def clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table) -> dict:
+def clean_name(mode: str, then: str) -> str:
+    """A cleaning round's name in the tables: the mode, and the round-2 loss when it is not
+    round 1's (``--clean-losses``)."""
+    return mode if then == SAME_LOSS else f"{mode}, then {then}"
+
+
+def clean_round(cfg, backbone, uri, manifest, args, label, mode, then, scores, table) -> dict:
     """``logo_train.clean`` on the run's audit scores, then the same backbone and recipe again
-    on the rows left (relabelled ones with their new label)."""
-    from logo_train.clean import plan_cleaning
+    on the rows left (relabelled ones with their new label), with the loss ``then`` (the
+    pipeline's ``train.clean.loss``; ``SAME_LOSS``: round 1's)."""
+    from logo_train.clean import plan_cleaning, round_loss
 
     start = time.perf_counter()
     given = np.asarray(table["label"].to_pylist(), np.int64)
@@ -207,6 +227,8 @@ def clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table) 
         fraction=args.clean_fraction,
         relabel_confidence=args.relabel_confidence,
         max_fraction=args.clean_max_fraction,
+        loss="" if then == SAME_LOSS else then,
+        noisy_fraction=args.noisy_fraction,
     )
     given_prob = scores.probabilities[np.arange(len(given)), given]
     plan = plan_cleaning(
@@ -214,6 +236,9 @@ def clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table) 
         scores.suspicion(), clean_cfg, list(manifest.classes), cfg.train.batch_size,
     )  # fmt: skip
     keep = np.flatnonzero(plan.keep)
+    round1 = cfg
+    loss, _ = round_loss(clean_cfg, cfg.train.loss, plan)
+    cfg = with_train(cfg, loss=loss)
     fit = _fit(
         cfg, backbone, uri, manifest, args,
         eval_every=args.eval_every, train_indices=keep, train_labels=plan.labels,
@@ -228,11 +253,14 @@ def clean_round(cfg, backbone, uri, manifest, args, label, mode, scores, table) 
         "wrong_left": int((plan.labels[keep] != truth[keep]).sum()),
         "rule": plan.rule,
     }
+    name = clean_name(mode, then)
     out = _scored(
-        fit, cfg, backbone, uri, manifest, f"{label} + {mode}", start,
-        clean_mode=mode, cleaning=counts,
-        clean_line=f"{mode}: -{plan.dropped} ~{plan.relabelled}, {counts['wrong_left']} wrong left",
+        fit, cfg, backbone, uri, manifest, f"{label} + {name}", start,
+        clean_mode=name, cleaning=counts, round_loss=loss,
+        clean_line=f"{name}: -{plan.dropped} ~{plan.relabelled}, {counts['wrong_left']} wrong left",
     )  # fmt: skip
+    # the method is round 1's (its loss and penalty weight); round 2's loss is in the name
+    out["loss"], out["penalty_weight"] = round1.train.loss, _penalty_weight(round1)
     _print(out)
     return out
 
@@ -455,6 +483,20 @@ def main() -> None:
         help="cleaning rounds after trust_penalty: drop, relabel (the --clean-* rule); "
         "'/trust' after one: trust < 0.5 alone, '/any': that or any disagreement",
     )
+    p.add_argument(
+        "--clean-losses",
+        default=SAME_LOSS,
+        help="comma list: the loss each cleaning round trains with (train.clean.loss: a loss, "
+        f"or auto); '{SAME_LOSS}': round 1's",
+    )
+    p.add_argument("--noisy-fraction", type=float, default=CleanConfig.noisy_fraction)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run (e.g. train.gce_q=0.4); repeatable",
+    )
     p.add_argument("--clean-threshold", type=float, default=CleanConfig.threshold)
     p.add_argument("--clean-given-prob", type=float, default=CleanConfig.given_prob)
     p.add_argument(
@@ -579,7 +621,8 @@ def _job_cost(job, args) -> int:
     if kind == "cleanlearning":
         return args.cleanlab_folds + 1
     if spec.get("loss") in CLEANED_LOSSES:
-        return 1 + len([m for m in args.clean_modes.split(",") if m])
+        modes = len([m for m in args.clean_modes.split(",") if m])
+        return 1 + modes * len(args.clean_losses.split(","))
     return 1
 
 

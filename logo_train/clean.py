@@ -184,6 +184,25 @@ def plan_cleaning(
     )
 
 
+def round_loss(cfg: CleanConfig, own_loss: str, plan: CleanPlan) -> tuple[str, str]:
+    """The loss a cleaned round trains with (``cfg.loss``; ``own_loss``: the backbone's
+    ``train.loss``), and why, in words."""
+    if cfg.loss != "auto":
+        loss = cfg.loss or own_loss
+        return loss, f"train.clean.loss {cfg.loss!r}" if cfg.loss else "the backbone's own"
+    share = float(plan.suspected.mean()) if len(plan.suspected) else 0.0
+    if share >= cfg.noisy_fraction:
+        return own_loss, (
+            f"train.clean.loss auto: the round acted on {share:.1%} of the rows, at least "
+            f"train.clean.noisy_fraction {cfg.noisy_fraction:g}: noisy labels, the backbone's "
+            "own loss"
+        )
+    return "ce_weighted", (
+        f"train.clean.loss auto: the round acted on {share:.1%} of the rows, below "
+        f"train.clean.noisy_fraction {cfg.noisy_fraction:g}: the labels look clean"
+    )
+
+
 def plan_from_audit(
     ranked: pa.Table, manifest: Manifest, cfg: CleanConfig, batch_size: int
 ) -> CleanPlan:

@@ -25,6 +25,8 @@ SearchAlgorithm = Literal["tpe", "random"]
 TuneScope = Literal["shared", "per_backbone"]
 OnnxExporter = Literal["torchscript", "dynamo"]
 CleanMode = Literal["none", "drop", "relabel"]
+CleanLoss = Literal["", "auto", "ce", "ce_weighted", "trust_penalty", "gce"]
+"""The cleaned rounds' loss: one of ``LossName``, empty for the backbone's own, or 'auto'."""
 
 
 def _check(cond: bool, name: str, value: Any, expected: str) -> None:
@@ -250,6 +252,15 @@ class CleanConfig:
     field): the audit is then not to be trusted that far."""
     rounds: int = 1
     """Cleaning rounds: each audits the last model, cleans and trains again."""
+    loss: CleanLoss = ""
+    """The loss the cleaned rounds train with: empty = the backbone's own (``train.loss``);
+    'auto' = the backbone's own when the round acted on at least ``noisy_fraction`` of the rows
+    (the labels are noisy: what the round missed is still a lot, a robust loss copes with it),
+    else 'ce_weighted' (the labels look clean: plain weighted cross-entropy fits them best);
+    or one of ``train.loss``'s values (docs/labels.md)."""
+    noisy_fraction: float = 0.1
+    """loss 'auto': the share of the rows a round must act on for the labels to count as
+    noisy."""
     backbones: list[str] = field(default_factory=list)
     """Backbones to clean and train again; empty = the one with the best validation
     macro-F1 after training (the one the audit's list comes from)."""
@@ -267,6 +278,7 @@ class CleanConfig:
         )
         _check(0 < self.max_fraction < 1, p + "max_fraction", self.max_fraction, "0..<1")
         _check(self.rounds >= 1, p + "rounds", self.rounds, ">= 1")
+        _check(0 < self.noisy_fraction < 1, p + "noisy_fraction", self.noisy_fraction, "0..<1")
 
     @property
     def enabled(self) -> bool:
@@ -608,7 +620,7 @@ class Config:
             self.tune.epochs,
             f"<= train.epochs ({self.train.epochs})",
         )
-        if self.train.loss == "trust_penalty":
+        if self.train.loss in ("trust_penalty", "gce"):  # both start with a warm-up
             trial_epochs = self.tune.epochs or self.train.epochs
             searched = self.tune.space.get("trust_warmup_epochs")
             if searched is None:
@@ -620,7 +632,7 @@ class Config:
                 most < trial_epochs,
                 name,
                 self.tune.epochs if searched is None else most,
-                f"trials of {trial_epochs} epochs > trust warm-up epochs ({most:g})",
+                f"trials of {trial_epochs} epochs > warm-up epochs of {self.train.loss} ({most:g})",
             )
 
     def for_backbone(self, backbone: str) -> Config:

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from logo_train.audit import AuditResult
 from logo_train.config import STAGES, Config, dump_config
@@ -157,9 +157,9 @@ def _clean(
     """``train.clean``: for the best backbone on validation (or ``train.clean.backbones``),
     ``rounds`` times: act on the last audit (``logo_train.clean``), write the cleaned train
     split to ``<run>/clean/<backbone>/round<r>/data``, train the backbone again with its
-    recipe (and tuned parameters) there, and audit the new model on the cleaned split. A round
-    the cleaning refuses (it would empty a class, or act on more than
-    ``train.clean.max_fraction``) is printed with the reason and recorded in
+    recipe (and tuned parameters; ``train.clean.loss`` when set) there, and audit the new
+    model on the cleaned split. A round the cleaning refuses (it would empty a class, or act
+    on more than ``train.clean.max_fraction``) is printed with the reason and recorded in
     ``clean/summary.json``; the run goes on with the models trained so far."""
     import pyarrow.parquet as pq
 
@@ -169,6 +169,7 @@ def _clean(
         CleaningError,
         cleaning_table,
         plan_from_audit,
+        round_loss,
         write_cleaned_shards,
         write_cleaning,
     )
@@ -187,7 +188,8 @@ def _clean(
     tuned = tuned_configs(cfg, searches) if searches else {}
     results, audits, refused = [], {}, []
     for backbone in chosen:
-        bcfg = tuned.get(backbone) or cfg.for_backbone(backbone)
+        own = tuned.get(backbone) or cfg.for_backbone(backbone)
+        loss_before = own.train.loss
         source, audit_uri, last = uri, audit_dir(cfg, backbone), by_backbone[backbone]
         for round in range(2, cc.rounds + 2):
             folder = clean_dir(cfg, backbone, round)
@@ -195,7 +197,7 @@ def _clean(
             fs, path = resolve(join(audit_uri, SUSPECTED_PARQUET))
             ranked = pq.read_table(path, filesystem=fs)
             try:
-                plan = plan_from_audit(ranked, manifest, cc, bcfg.train.batch_size)
+                plan = plan_from_audit(ranked, manifest, cc, own.train.batch_size)
             except CleaningError as e:  # the round stops; the models trained so far stand
                 print(f"[clean] {backbone} round {round} refused: {e}")
                 refused.append({"backbone": backbone, "round": round, "reason": str(e)})
@@ -203,8 +205,12 @@ def _clean(
             data_uri = join(folder, "data")
             cleaned = write_cleaned_shards(source, data_uri, ranked["id"].to_pylist(), plan)
             summary = _cleaning_summary(plan, ranked, manifest, cleaned, last, source)
+            loss, why = round_loss(cc, own.train.loss, plan)
+            bcfg = replace(own, train=replace(own.train, loss=loss))
+            summary.update(loss_before=loss_before, loss=loss, loss_why=why)
             write_cleaning(folder, cleaning_table(ranked, plan, manifest.classes), summary)
             print(f"[clean] {backbone} round {round}: {plan.line()}")
+            print(f"[clean] {backbone} round {round} trains with {loss} ({why})")
             if "flipped_acted_on" in summary:
                 print(
                     f"[clean] {backbone} round {round}: {summary['flipped_acted_on']} of the "
@@ -232,7 +238,7 @@ def _clean(
             audit_uri = join(folder, "audit")
             audits[last.label] = _audit_one(cfg, last, data_uri, audit_uri)
             results.append(last)
-            source = data_uri
+            source, loss_before = data_uri, bcfg.train.loss
     write_json(
         {"results": [asdict(r) for r in results], "refused": refused},
         join(cfg.run_dir, "clean/summary.json"),

@@ -216,17 +216,19 @@ def _cleaning_lines(entries: list[dict[str, Any]]) -> list[str]:
         "## Cleaning round",
         "",
         "The audit's suspected labels were dropped or relabelled and the same backbone trained "
-        "again with the same recipe (`train.clean`); round 1 trained on the labels as given.",
+        "again with the same recipe and the loss `train.clean.loss` (`train.clean`); round 1 "
+        "trained on the labels as given.",
         "",
-        "| model | training rows | dropped | relabelled | wrong labels left | val macro F1 "
-        "| test macro F1 |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | loss | training rows | dropped | relabelled | wrong labels left "
+        "| val macro F1 | test macro F1 |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
 
     def row(e: dict[str, Any], c: dict[str, Any]) -> str:
         left = c.get("flipped_after", c.get("flipped_before"))
         return (
-            f"| {name(e)} | {c.get('rows_after', c.get('rows_before', '?'))} "
+            f"| {name(e)} | {c.get('loss', '?')} "
+            f"| {c.get('rows_after', c.get('rows_before', '?'))} "
             f"| {c.get('dropped', 0)} | {c.get('relabelled', 0)} "
             f"| {'?' if left is None else left} "
             f"| {e['train'].get('best_val_macro_f1', float('nan')):.4f} "
@@ -242,7 +244,11 @@ def _cleaning_lines(entries: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 row(
                     before,
-                    {"rows_after": c["rows_before"], "flipped_before": c.get("flipped_before")},
+                    {
+                        "rows_after": c["rows_before"],
+                        "flipped_before": c.get("flipped_before"),
+                        "loss": c.get("loss_before", "?"),
+                    },
                 )
             )
         lines.append(row(e, c))

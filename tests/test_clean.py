@@ -14,6 +14,7 @@ from logo_train.clean import (
     RELABELLED,
     CleaningError,
     plan_cleaning,
+    round_loss,
     write_cleaned_shards,
 )
 from logo_train.config import CleanConfig
@@ -141,6 +142,25 @@ def test_cleaned_shards_hold_what_the_plan_says(tmp_path, tiny_synth):
         write_cleaned_shards(src, str(tmp_path / "x"), [f"other-{i}" for i in ids], drop)
 
 
+def test_auto_loss_keeps_the_robust_loss_only_where_the_round_found_many_wrong_labels():
+    """loss 'auto': a round that acted on 1 row of 7 (14%) counts as noisy at noisy_fraction 0.1
+    (round 2 keeps the backbone's loss) and as clean at 0.2 (ce_weighted); an empty or a set
+    loss is used as it is."""
+    given, gp, trust, predicted, conf, susp = _rows()
+    plan = plan_cleaning(
+        given, gp, trust, predicted, conf, susp, CleanConfig(mode="relabel"), CLASSES
+    )
+    assert int(plan.suspected.sum()) == 1
+    noisy = CleanConfig(mode="relabel", loss="auto", noisy_fraction=0.1)
+    loss, why = round_loss(noisy, "gce", plan)
+    assert loss == "gce" and "14.3%" in why and "noisy_fraction 0.1" in why
+    clean = CleanConfig(mode="relabel", loss="auto", noisy_fraction=0.2)
+    loss, why = round_loss(clean, "gce", plan)
+    assert loss == "ce_weighted" and "below" in why
+    assert round_loss(CleanConfig(mode="relabel"), "gce", plan)[0] == "gce"
+    assert round_loss(CleanConfig(mode="relabel", loss="ce"), "gce", plan)[0] == "ce"
+
+
 def test_clean_config_checks_its_fields():
     from logo_train.config import load_config
 
@@ -151,8 +171,13 @@ def test_clean_config_checks_its_fields():
         load_config(root / "configs/quick.yaml", ["train.clean.max_fraction=1.5"])
     with pytest.raises(ValueError, match="train.clean.backbones"):
         load_config(root / "configs/quick.yaml", ["train.clean.backbones=[resnet18]"])
+    with pytest.raises(ValueError, match="train.clean.noisy_fraction"):
+        load_config(root / "configs/quick.yaml", ["train.clean.noisy_fraction=1"])
+    with pytest.raises(ValueError, match="train.clean.loss"):
+        load_config(root / "configs/quick.yaml", ["train.clean.loss=focal"])
     cfg = load_config(root / "configs/quick.yaml", ["train.clean.mode=drop"])
     assert cfg.train.clean.enabled and json.dumps(cfg.train.clean.backbones) == "[]"
+    assert load_config(root / "configs/quick.yaml", ["train.clean.loss="]).train.clean.loss == ""
 
 
 @pytest.mark.integration
@@ -179,6 +204,7 @@ def test_the_clean_stage_trains_round_two_and_the_report_shows_both(tmp_path, mo
         "tune.enabled=false",
         "train.clean.mode=drop",  # relabel: unit tests (a 2-epoch model's guesses would
         "train.clean.fraction=0.05",  # empty classes here, which the round refuses)
+        "train.clean.loss=ce_weighted",  # round 1 trains with trust_penalty (tiny_config)
         "benchmark.latency_runs=2",
         "benchmark.warmup_runs=1",
         "benchmark.throughput_runs=1",
@@ -198,6 +224,7 @@ def test_the_clean_stage_trains_round_two_and_the_report_shows_both(tmp_path, mo
     summary = json.loads((run_dir / "clean/resnet10t/round2/cleaning.json").read_text())
     n = before.split_rows("train")
     assert summary["dropped"] == round(0.05 * n) and summary["relabelled"] == 0
+    assert (summary["loss_before"], summary["loss"]) == ("trust_penalty", "ce_weighted")
     assert after.split_rows("train") == n - summary["dropped"]
     assert summary["flipped_after"] == after.noisy_counts["train"]
     assert summary["flipped_acted_on"] + summary["clean_acted_on"] == round(0.05 * n)
@@ -205,9 +232,13 @@ def test_the_clean_stage_trains_round_two_and_the_report_shows_both(tmp_path, mo
     listed = pq.read_table(run_dir / "report/suspected_labels.parquet").to_pydict()
     assert listed["action"].count("dropped") == summary["dropped"]
     assert listed["action"].count("kept") == n - summary["dropped"]
-    assert (run_dir / "clean/resnet10t/round2/audit/suspected_labels.parquet").is_file()
+    # round 2 trained with ce_weighted: no trust head, so its audit ranks by loss
+    round2 = pq.read_table(run_dir / "clean/resnet10t/round2/audit/suspected_labels.parquet")
+    assert round2.num_rows == after.split_rows("train")
+    assert all(t is None or t != t for t in round2["trust"].to_pylist())
     data = json.loads((run_dir / "report/benchmark.json").read_text())
     assert [e["label"] for e in data["backbones"]] == ["resnet10t", "resnet10t-round2"]
     assert data["backbones"][1]["cleaning"]["dropped"] == summary["dropped"]
     md = (run_dir / "report/benchmark.md").read_text()
-    assert "## Cleaning round" in md and "| resnet10t-round2 |" in md
+    assert "## Cleaning round" in md and "| resnet10t-round2 | ce_weighted |" in md
+    assert "| resnet10t | trust_penalty |" in md

@@ -31,13 +31,13 @@ def test_search_space_and_params_follow_the_config():
     )
     space = search_space(cfg.tune.space)
     assert set(space) == {
-        "penalty_weight",
+        "gce_q",
         "class_weight_power",
         "lr",
         "trust_warmup_epochs",
         "label_smoothing",
     }
-    assert (space["penalty_weight"].lower, space["penalty_weight"].upper) == (0.05, 5.0)
+    assert (space["gce_q"].lower, space["gce_q"].upper) == (0.2, 0.5)
     assert space["trust_warmup_epochs"].upper == 2  # randint's upper bound is exclusive
     tuned = apply_params(
         cfg, {"penalty_weight": 0.3, "trust_warmup_epochs": 1.0, "lr": 0.001}, epochs=2
@@ -78,7 +78,7 @@ def test_summary_outputs_from_trial_rows(tmp_path):
     rows = [
         {
             "trial_id": "a",
-            "penalty_weight": 0.1,
+            "gce_q": 0.25,
             "class_weight_power": 0.5,
             "best_val_macro_f1": 0.20,
             "epochs": 3,
@@ -89,7 +89,7 @@ def test_summary_outputs_from_trial_rows(tmp_path):
         },
         {
             "trial_id": "b",
-            "penalty_weight": 2.0,
+            "gce_q": 0.45,
             "class_weight_power": 0.9,
             "best_val_macro_f1": 0.30,
             "epochs": 3,
@@ -100,7 +100,7 @@ def test_summary_outputs_from_trial_rows(tmp_path):
         },
         {
             "trial_id": "c",
-            "penalty_weight": 0.5,
+            "gce_q": 0.3,
             "class_weight_power": 0.1,
             "best_val_macro_f1": 0.05,
             "epochs": 1,
@@ -111,7 +111,7 @@ def test_summary_outputs_from_trial_rows(tmp_path):
         },
         {
             "trial_id": "d",
-            "penalty_weight": 1.0,
+            "gce_q": 0.35,
             "class_weight_power": 0.2,
             "best_val_macro_f1": math.nan,
             "epochs": 0,
@@ -122,7 +122,7 @@ def test_summary_outputs_from_trial_rows(tmp_path):
         },
     ]
     result = summarise(cfg, "swin_nano", str(tmp_path), rows)
-    assert result.best_params == {"penalty_weight": 2.0, "class_weight_power": 0.9}
+    assert result.best_params == {"gce_q": 0.45, "class_weight_power": 0.9}
     assert result.best_val_macro_f1 == 0.30 and result.trial_epochs == 7
     assert "4 trials, 1 stopped early, 7 trial-epochs" in result.line()
     table = pq.read_table(tmp_path / "trials.parquet").to_pylist()
@@ -132,7 +132,7 @@ def test_summary_outputs_from_trial_rows(tmp_path):
     assert "Trial-epochs spent: 7" in md
     assert (tmp_path / "search.png").read_bytes()[:4] == b"\x89PNG"
     best = load_config(tmp_path / "best_config.yaml")
-    assert best.train.penalty_weight == 2.0 and best.train.class_weight_power == 0.9
+    assert best.train.gce_q == 0.45 and best.train.class_weight_power == 0.9
     assert best.model.backbones == ["swin_nano"]  # per-backbone search: trains its backbone
     assert best.train.epochs == cfg.train.epochs and best.tune.enabled is False
     assert best_config(cfg, "swin_nano", result.best_params) == best
@@ -225,9 +225,9 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
     assert not any(r["stopped_early"] for r in table)
     best = max(table, key=lambda r: r["best_val_macro_f1"])
     tuned = load_config(experiment / "best_config.yaml")
-    assert tuned.train.penalty_weight == pytest.approx(best["penalty_weight"])
+    assert tuned.train.gce_q == pytest.approx(best["gce_q"])
     assert tuned.train.class_weight_power == pytest.approx(best["class_weight_power"])
-    assert 0.05 <= tuned.train.penalty_weight <= 5.0
+    assert 0.2 <= tuned.train.gce_q <= 0.5
     assert "(best)" in (experiment / "trials.md").read_text()
     assert (experiment / "search.png").stat().st_size > 0
     events = list((experiment / "tensorboard").rglob("events.out.tfevents.*"))
