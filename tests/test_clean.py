@@ -204,7 +204,8 @@ def test_the_clean_stage_trains_round_two_and_the_report_shows_both(tmp_path, mo
         "tune.enabled=false",
         "train.clean.mode=drop",  # relabel: unit tests (a 2-epoch model's guesses would
         "train.clean.fraction=0.05",  # empty classes here, which the round refuses)
-        "train.clean.loss=ce_weighted",  # round 1 trains with trust_penalty (tiny_config)
+        "train.loss=trust_penalty",  # round 1 with the trust head, round 2 without it
+        "train.clean.loss=ce_weighted",
         "benchmark.latency_runs=2",
         "benchmark.warmup_runs=1",
         "benchmark.throughput_runs=1",

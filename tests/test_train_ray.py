@@ -290,6 +290,7 @@ def test_same_config_twice_gives_the_same_epochs(local_ray, tiny_data):
             "train.torch_threads=2",
             "augment.strength=0.5",
             "model.backbones=[resnet10t]",
+            "train.loss=trust_penalty",  # the trust head's records are compared too
         )
         histories.append(_history(train_backbone(cfg, "resnet10t", uri, manifest)))
     keys = ["train_loss", "val_loss", "val_macro_f1", "train_mean_trust"]
