@@ -25,7 +25,7 @@ SearchAlgorithm = Literal["tpe", "random"]
 TuneScope = Literal["shared", "per_backbone"]
 OnnxExporter = Literal["torchscript", "dynamo"]
 CleanMode = Literal["none", "drop", "relabel"]
-CleanLoss = Literal["", "auto", "ce", "ce_weighted", "trust_penalty", "gce"]
+CleanLoss = Literal["", "auto", LossName]  # nested Literals flatten
 """The cleaned rounds' loss: one of ``LossName``, empty for the backbone's own, or 'auto'."""
 
 
