@@ -125,13 +125,16 @@ def fit_local(
     train_indices: np.ndarray | None = None,
     train_labels: np.ndarray | None = None,
     echo: Callable[[str], None] | None = print,
+    on_epoch_end: Callable[[Training, dict], None] | None = None,
 ) -> LocalFit:
     """Train ``backbone`` on the shards' train split (or its rows ``train_indices``) for
     ``cfg.train.epochs`` epochs (global batch ``cfg.train.batch_size``), validating every
     ``eval_every`` epochs and at the end. ``train_labels`` (one per row of the whole split)
     replace the split's labels (a cleaning round's relabelled set). ``decode_once=False``
     decodes the training images in every epoch, as the Ray Data pipeline does (a fair
-    comparison of the two, ``benchmarks/bench_train.py``)."""
+    comparison of the two, ``benchmarks/bench_train.py``). ``on_epoch_end(training, record)``
+    runs after every epoch's record (e.g. to score the training rows as the model learns,
+    ``benchmarks/audit_dynamics.py``); the model is put back in training mode after it."""
     tc = cfg.train
     torch.manual_seed(tc.seed)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -163,7 +166,14 @@ def fit_local(
     counts = np.bincount(labels, minlength=num_classes).tolist()
     t = build_training(cfg, backbone, num_classes, counts, steps, dev)
 
-    def show(record: dict, improved: bool) -> None:
+    def epoch_end(record: dict, improved: bool) -> None:
+        if echo:
+            show(record)
+        if on_epoch_end:
+            on_epoch_end(t, record)
+            t.model.train()
+
+    def show(record: dict) -> None:
         shown = ("train_loss", "train_mean_trust", "val_loss", "val_macro_f1", "lr")
         echo(
             f"  {backbone} epoch {record['epoch']}/{tc.epochs} "
@@ -179,7 +189,7 @@ def fit_local(
         validate=lambda: evaluate(classifier(t.model), _pairs(val_loader), dev, num_classes),
         trust_warmup_epochs=tc.trust_warmup_epochs,
         validate_every=eval_every,
-        on_epoch_end=show if echo else None,
+        on_epoch_end=epoch_end if echo or on_epoch_end else None,
     )
     return LocalFit(t, history)
 

@@ -298,7 +298,12 @@ def test_same_config_twice_gives_the_same_epochs(local_ray, tiny_data):
     assert len(first) == 2
     assert first == second
     # one epoch loop (engine.fit): in process, the same config records the same metrics
-    local = fit_local(cfg, "resnet10t", uri, manifest, device="cpu", loader_workers=0, echo=None)
+    seen = []  # the per-epoch hook sees the training; the model trains on after it
+    local = fit_local(
+        cfg, "resnet10t", uri, manifest, device="cpu", loader_workers=0, echo=None,
+        on_epoch_end=lambda t, record: seen.append((record["epoch"], t.model.eval().training)),
+    )  # fmt: skip
+    assert seen == [(1, False), (2, False)] and local.training.model.training
     ray_only = {"backbone", "restored_epoch", "checkpoint_seconds"}
     assert [set(h) for h in local.history] == [set(h) - ray_only for h in histories[0]]
 
