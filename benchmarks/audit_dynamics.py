@@ -56,10 +56,11 @@ def train_with_scores(cfg, args, uri: str, manifest) -> tuple[dict, np.ndarray, 
             training.model, cfg, args.backbone, uri, manifest, training.device
         )
         per_epoch.append(scores.probabilities.astype(np.float32))
-        columns.update(
-            given=np.asarray(table["label"].to_pylist()),
-            truth=np.asarray(table["clean_label"].to_pylist()),
-        )
+        if not columns:  # the labels are the same every epoch
+            columns.update(
+                given=np.asarray(table["label"].to_pylist()),
+                truth=np.asarray(table["clean_label"].to_pylist()),
+            )
         print(f"  epoch {record['epoch']}: training rows scored", flush=True)
 
     start = time.perf_counter()
@@ -101,10 +102,11 @@ def analyse(probs: np.ndarray, given: np.ndarray, truth: np.ndarray, names, star
     n = probs.shape[1]
     flipped = given != truth
     rows = np.arange(n)
+    both = flipped.any() and not flipped.all()  # AUROC needs flipped and right labels
     result: dict = {"flipped": int(flipped.sum()), "epochs": []}
     for e, prob in enumerate(probs, 1):
         record = {"epoch": e}
-        if flipped.any() and not flipped.all():
+        if both:
             record["auroc"] = detection_metrics(flipped, -prob[rows, given])["auroc"]
             record["flipped_predicted_true"] = float(
                 (prob[flipped].argmax(1) == truth[flipped]).mean()
@@ -116,7 +118,7 @@ def analyse(probs: np.ndarray, given: np.ndarray, truth: np.ndarray, names, star
     }
     for view, prob in views.items():
         entry = rule_counts(prob, given, truth, names)
-        if flipped.any() and not flipped.all():
+        if both:
             entry["auroc"] = detection_metrics(flipped, -prob[rows, given])["auroc"]
         result[view] = entry
     return result
@@ -174,7 +176,13 @@ def main() -> None:
     p.add_argument("--backbone", default="resnet10t")
     p.add_argument("--epochs", type=int, default=0, help="0: the recipe's train.epochs")
     p.add_argument("--average-from", type=int, default=3, help="first epoch averaged (1-based)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override (train.per_backbone's recipe still wins: use --epochs)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default=None)
     p.add_argument("--loader-workers", type=int, default=0)
