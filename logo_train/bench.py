@@ -261,6 +261,7 @@ def benchmark_checkpoint(
         "backbone": info.backbone,
         "checkpoint": checkpoint,
         "image_size": info.image_size,
+        "pretrained": info.pretrained,
         **quality(y_true, y_pred, info.class_names),
         "params": count_parameters(model),
         "flops": count_flops(model, info.image_size),

@@ -33,6 +33,8 @@ class ModelInfo:
     config: dict[str, Any] = field(default_factory=dict)
     resize: str = "stretch"
     """``model.resize`` the model was trained with (older checkpoints: stretch)."""
+    pretrained: str = "none"
+    """Where its starting weights came from (``model.pretrained``): 'none' = random init."""
 
 
 def save(

@@ -40,7 +40,9 @@ class SynthConfig:
 
     image_size: int = 64
     """Height of the images written to the shards, in pixels (square crops are this wide;
-    wide badges' crops up to ``max_aspect`` times wider)."""
+    wide badges' crops up to ``max_aspect`` times wider). 0 = the largest input size of the
+    run's backbones (``model.image_size`` and ``train.per_backbone.*.image_size``): rendered
+    once at that size, every backbone's transforms resize to its own."""
     images_per_class: int = 200
     """Training images of the most frequent (head) class."""
     imbalance_ratio: float = 10.0
@@ -71,7 +73,12 @@ class SynthConfig:
 
     def __post_init__(self) -> None:
         p = "data.synth."
-        _check(8 <= self.image_size <= 1024, p + "image_size", self.image_size, "8..1024")
+        _check(
+            self.image_size == 0 or 8 <= self.image_size <= 1024,
+            p + "image_size",
+            self.image_size,
+            "8..1024, or 0 (the largest input size of the run's backbones)",
+        )
         _check(self.images_per_class >= 1, p + "images_per_class", self.images_per_class, ">= 1")
         _check(
             1.0 <= self.imbalance_ratio <= self.images_per_class,
@@ -169,23 +176,24 @@ class ModelConfig:
     letterbox; chosen by measurement, docs/rendering.md), ``stretch`` (each side scaled on its
     own) or ``crop`` (aspect kept, the long side's centre). Square crops are the same under
     all three."""
-    pretrained: bool = False
-    """Fetch timm's pretrained weights from its hub (needs network; off by default)."""
-    pretrained_files: dict[str, str] = field(default_factory=dict)
-    """backbone name -> local timm weights file (.pth/.safetensors); used instead of the hub."""
+    pretrained: dict[str, str] = field(default_factory=dict)
+    """backbone -> where its starting weights come from: 'none' (random init), 'package'
+    (ImageNet weights installed with the project, e.g. ``efficientnet_lite0``'s), 'hub'
+    (timm's hub: needs network, a cluster) or a weights file (path or URI: a timm state dict,
+    or the package's layout). A backbone not named takes the registry's default: 'package'
+    for ``efficientnet_lite0``, 'none' for the five reference families (``logo_train.weights``)."""
 
     def __post_init__(self) -> None:
-        from logo_train.models import BACKBONES, check_image_size
+        from logo_train.models import BACKBONES
 
         _check(bool(self.backbones), "model.backbones", self.backbones, "at least one backbone")
-        for name in self.backbones:
+        for name in self.backbones:  # each one's input size: Config (per_backbone may set it)
             _check(
                 name in BACKBONES,
                 "model.backbones",
                 name,
                 f"a registered backbone, one of {sorted(BACKBONES)}",
             )
-            check_image_size(name, self.image_size)
         _check(
             len(set(self.backbones)) == len(self.backbones),
             "model.backbones",
@@ -199,13 +207,33 @@ class ModelConfig:
             self.resize,
             "one of stretch, pad, crop",
         )
-        for name in self.pretrained_files:
+        from logo_train.weights import HUB, NONE, PACKAGE
+
+        for name, source in self.pretrained.items():
+            _check(name in BACKBONES, "model.pretrained", name, "keys naming registered backbones")
             _check(
-                name in self.backbones,
-                "model.pretrained_files",
-                name,
-                "a key naming one of model.backbones",
+                bool(source),
+                f"model.pretrained.{name}",
+                source,
+                f"'{NONE}', '{PACKAGE}', '{HUB}' or a weights file",
             )
+            if source == HUB:
+                from logo_train.models import hub_problem
+
+                _check(
+                    not hub_problem(name),
+                    f"model.pretrained.{name}",
+                    source,
+                    f"a source of weights for {name} ({hub_problem(name)})",
+                )
+            if source == PACKAGE:
+                _check(
+                    BACKBONES[name].package is not None,
+                    f"model.pretrained.{name}",
+                    source,
+                    "'package' only for a backbone with a weights package "
+                    f"({sorted(n for n, s in BACKBONES.items() if s.package)})",
+                )
 
 
 @dataclass(kw_only=True)
@@ -329,6 +357,14 @@ class TrainConfig:
     """trust_penalty: width of the trust head's attention."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy (every loss); 0 = none."""
+    min_steps: int = 0
+    """At least this many optimisation steps: ``epochs`` is raised for a small training split
+    (a user's few hundred photos) so a recipe sized for the embedded data still converges;
+    0 = ``epochs`` as given."""
+    frozen_stages: int = 0
+    """Fine-tuning: the first N parameter groups of the backbone (timm's coarse grouping: the
+    stem, then one per stage of blocks) keep their pretrained weights and batch-norm
+    statistics; 0 = everything trains (``models.freeze_leading``)."""
     num_workers: int = 2
     """DDP workers of the run's worker group (one group trains every backbone in turn)."""
     cpus_per_worker: float = 0.5
@@ -395,6 +431,8 @@ class TrainConfig:
             ">= 0",
         )
         _check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
+        _check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
+        _check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         _check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
         _check(self.num_workers >= 1, p + "num_workers", self.num_workers, ">= 1")
         _check(self.torch_threads >= 0, p + "torch_threads", self.torch_threads, ">= 0")
@@ -454,8 +492,14 @@ RECIPE_FIELDS = (
     "class_weight_power",
     "label_smoothing",
     "gce_q",
+    "frozen_stages",
+    "min_steps",
+    "image_size",
 )
-"""``train.*`` fields a backbone's recipe (``train.per_backbone``) may set."""
+"""Fields a backbone's recipe (``train.per_backbone``) may set: ``train.*`` fields, and
+``image_size`` (``model.image_size``: a backbone's own input size)."""
+MODEL_RECIPE_FIELDS = ("image_size",)
+"""The recipe fields that set ``model.*`` instead of ``train.*``."""
 
 SEARCHABLE = (
     "lr",
@@ -606,7 +650,7 @@ class Config:
             )
         proxy = self.tune.proxy_backbone
         if proxy:  # any registered backbone can stand in for the others
-            from logo_train.models import BACKBONES, check_image_size
+            from logo_train.models import BACKBONES
 
             _check(
                 proxy in BACKBONES,
@@ -614,7 +658,7 @@ class Config:
                 proxy,
                 f"empty (= the first backbone) or a registered backbone {sorted(BACKBONES)}",
             )
-            check_image_size(proxy, self.model.image_size)
+        self._check_image_sizes()
         _check(
             self.tune.epochs <= self.train.epochs,
             "tune.epochs",
@@ -636,15 +680,57 @@ class Config:
                 f"trials of {trial_epochs} epochs > warm-up epochs of {self.train.loss} ({most:g})",
             )
 
+        if self.data.synth.image_size == 0:  # rendered at the largest size any backbone takes
+            self.data.synth.image_size = max(self.image_sizes().values())
+
+    def _check_image_sizes(self) -> None:
+        """Every backbone of the run (and the search's proxy) can take its input size; the
+        error names the field that set it."""
+        from logo_train.models import check_image_size
+
+        for backbone, size in self.image_sizes().items():
+            own = "image_size" in self.train.per_backbone.get(backbone, {})
+            try:
+                check_image_size(backbone, size)
+            except ValueError as e:
+                if not own:
+                    raise
+                field = f"train.per_backbone.{backbone}.image_size"
+                raise ValueError(str(e).replace("model.image_size", field)) from None
+
+    def image_sizes(self) -> dict[str, int]:
+        """The input size of every backbone of the run (and of the search's proxy)."""
+        names = [
+            *self.model.backbones,
+            *([self.tune.proxy_backbone] * bool(self.tune.proxy_backbone)),
+        ]
+        return {
+            b: int(
+                round(self.train.per_backbone.get(b, {}).get("image_size", self.model.image_size))
+            )
+            for b in names
+        }
+
+    def with_train(self, **fields: Any) -> Config:
+        """This config with ``train.<field>`` set for each keyword, validated."""
+        data = config_to_dict(self)
+        data["train"].update(fields)
+        return config_from_dict(data)
+
     def for_backbone(self, backbone: str) -> Config:
         """This config with ``train.per_backbone[backbone]`` applied (validated)."""
         overrides = self.train.per_backbone.get(backbone)
         if not overrides:
             return self
         data = config_to_dict(self)
+        if "image_size" in overrides:  # the others keep theirs: model.image_size becomes this one's
+            recipes = data["train"]["per_backbone"]
+            for other, size in self.image_sizes().items():
+                recipes.setdefault(other, {}).setdefault("image_size", size)
         for key, value in overrides.items():
-            current = data["train"][key]
-            data["train"][key] = int(round(value)) if isinstance(current, int) else float(value)
+            section = "model" if key in MODEL_RECIPE_FIELDS else "train"
+            current = data[section][key]
+            data[section][key] = int(round(value)) if isinstance(current, int) else float(value)
         try:
             return config_from_dict(data)
         except ValueError as e:
@@ -743,7 +829,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = data
     for part in parts[:-1]:
@@ -777,7 +863,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = loaded or {}
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(data, key, value)
+        set_dotted(data, key, value)
     return config_from_dict(data)
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from logo_train.config import Config
 from logo_train.losses import build_loss
 from logo_train.metrics import classification_metrics
-from logo_train.models import TrustModel, build_model
+from logo_train.models import TrustModel, build_model, freeze_leading, weights_source
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -68,6 +68,9 @@ class Training:
     amp_dtype: torch.dtype
     channels_last: bool
     total_steps: int
+    frozen: list[nn.Module]
+    """Modules of a pretrained backbone kept as they are (``train.frozen_stages``): no
+    gradients, batch norm in eval mode during training too."""
 
     @property
     def needs_trust(self) -> bool:
@@ -94,9 +97,10 @@ def build_training(
         backbone,
         num_classes,
         cfg.model.image_size,
-        pretrained=cfg.model.pretrained,
-        pretrained_file=cfg.model.pretrained_files.get(backbone, ""),
+        weights=weights_source(cfg.model, backbone),
+        field=f"model.pretrained.{backbone}",
     )
+    frozen = freeze_leading(model, tc.frozen_stages)
     criterion = build_loss(
         tc.loss,
         train_counts,
@@ -134,6 +138,7 @@ def build_training(
         amp_dtype=amp_dtype,
         channels_last=channels_last,
         total_steps=total_steps,
+        frozen=frozen,
     )
 
 
@@ -251,6 +256,8 @@ def train_epoch(
     (a stream that ends earlier is an error). ``prepare`` turns a batch into (images, labels)
     on the device, ready for the model. Sums stay on the device: one sync per epoch."""
     t.model.train()
+    for module in t.frozen:  # pretrained statistics stay as they are
+        module.eval()
     zero = torch.zeros((), device=t.device, dtype=torch.float64)
     loss_sum, objective_sum, trust_sum = zero.clone(), zero.clone(), zero.clone()
     images, done, wait = 0, 0, 0.0

@@ -76,6 +76,13 @@ def loader(
 ) -> DataLoader:
     """Whole batches per fetch (``ShardDataset`` takes index lists); shuffled, full batches
     only, when ``train``."""
+    if workers:
+        # a loader process forked while OpenCV's thread pool is running hangs in its first
+        # cv2 call (seen: the second fit_local of a process never got a batch); with one
+        # OpenCV thread in the parent there is no pool to inherit. The parent only trains.
+        import cv2
+
+        cv2.setNumThreads(1)
     generator = torch.Generator().manual_seed(seed)
     order = RandomSampler(dataset, generator=generator) if train else SequentialSampler(dataset)
     return DataLoader(

@@ -14,6 +14,12 @@ Image-size handling per family:
   distillation head is tied to the main head: timm always averages the two, and tying them
   gives the plain single-head model (11,404,500 parameters with 28 classes, as in DESIGN.md).
 
+``efficientnet_lite0`` is the pretrained backbone: timm's ``tf_efficientnet_lite0`` (TensorFlow's
+"same" padding and batch-norm epsilon, as the weights were trained) with ImageNet weights from
+an installed package by default (``logo_train.weights``), so it fine-tunes with no network.
+Its input normalisation is TensorFlow-Lite's ``(x - 0.5) / 0.5``, timm's data config for it
+(measured: ``benchmarks/pretrained_check.py``, docs/training.md).
+
 The trust head (``TrustHead``, wrapped with a backbone in ``TrustModel``) scores how much a
 training sample's *given label* agrees with its image; it is used by the ``trust_penalty`` loss
 and the label audit, never at inference, and is not exported.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,9 +38,26 @@ import timm
 import torch
 from torch import nn
 
+from logo_train.weights import (
+    HUB,
+    LITE0_PACKAGE,
+    NONE,
+    PACKAGE,
+    WeightsError,
+    WeightsPackage,
+    check_hub,
+    classifier_names,
+    detect_layout,
+    load_state_into,
+    package_file,
+    read_state,
+)
+
 log = logging.getLogger(__name__)
 
-Family = Literal["resnet", "mobilenetv2", "swin", "efficientformer", "efficientnetv2"]
+Family = Literal[
+    "resnet", "mobilenetv2", "swin", "efficientformer", "efficientnetv2", "efficientnet_lite"
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,12 @@ class BackboneSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     """Fixed constructor overrides (smaller widths/depths for the small members)."""
     size: Literal["full", "small"] = "full"
+    package: WeightsPackage | None = None
+    """ImageNet weights installed with the project (``model.pretrained: package``)."""
+    default_weights: str = NONE
+    """Where its weights come from when ``model.pretrained`` does not name it: 'none' (random
+    init: the five families, whose reference table compares from-scratch training) or
+    'package'."""
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -80,8 +110,19 @@ BACKBONES: dict[str, BackboneSpec] = {
             {"channel_multiplier": 0.5, "depth_multiplier": 0.5},
             size="small",
         ),
+        # the pretrained backbone: ImageNet weights from a package, no network needed
+        BackboneSpec(
+            "efficientnet_lite0",
+            "efficientnet_lite",
+            "tf_efficientnet_lite0",
+            size="small",
+            package=LITE0_PACKAGE,
+            default_weights=PACKAGE,
+        ),
     ]
 }
+REFERENCE_FAMILIES = ("resnet", "mobilenetv2", "swin", "efficientformer", "efficientnetv2")
+"""The reference project's five families (trained from random init in the reference table)."""
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -159,33 +200,130 @@ def build_model(
     num_classes: int,
     image_size: int,
     *,
-    pretrained: bool = False,
-    pretrained_file: str = "",
+    weights: str = NONE,
+    field: str = "model.pretrained",
 ) -> nn.Module:
-    """A timm model for ``name`` at ``image_size``; random init unless weights are asked for.
-
-    ``pretrained=True`` fetches timm's weights from its hub (needs network);
-    ``pretrained_file`` loads a local timm-compatible weights file (.pth/.bin/.safetensors)
-    instead. A classifier of another size in the file is skipped (timm drops it).
-    """
+    """A timm model for ``name`` at ``image_size``, with ``weights`` (``logo_train.weights``):
+    'none' (random init), 'hub' (timm's hub: needs network), 'package' (the registry's weights
+    package) or a weights file (path or URI). ImageNet's classifier is replaced by one for
+    ``num_classes``. ``field`` names the config field in errors."""
     spec = get_spec(name)
     check_image_size(name, image_size)
     kwargs = {**spec.kwargs, **_size_kwargs(spec, image_size), "num_classes": num_classes}
-    if pretrained_file:
-        kwargs["pretrained_cfg_overlay"] = {"file": pretrained_file}
-    try:
-        model = timm.create_model(
-            spec.timm_name, pretrained=bool(pretrained or pretrained_file), **kwargs
-        )
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"model.pretrained_file not found: {pretrained_file}") from e
+    new_head = True  # ImageNet's (or a file's other-sized) classifier is replaced
+    if weights == HUB:
+        if hub_problem(name):
+            raise WeightsError(f"config field '{field}' = 'hub': {hub_problem(name)}")
+        check_hub(field)
+        model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+    elif weights in (NONE, PACKAGE):
+        model = timm.create_model(spec.timm_name, **kwargs)
+        if weights == PACKAGE:
+            _load_package(model, spec, field)
+    else:
+        model, new_head = _load_file(spec, weights, kwargs, field)
     if spec.family in _POST_BUILD:
         _POST_BUILD[spec.family](model, image_size)
-    if not (pretrained or pretrained_file):
+    if new_head:
         _zero_init_classifier(model)
-        if spec.family in ("mobilenetv2", "efficientnetv2"):
-            _zero_init_residuals(model)
+    if weights == NONE and spec.family in ("mobilenetv2", "efficientnetv2"):
+        _zero_init_residuals(model)
     return model
+
+
+def _load_package(model: nn.Module, spec: BackboneSpec, field: str) -> None:
+    if spec.package is None:
+        raise WeightsError(
+            f"config field '{field}' = 'package': {spec.name} has no weights package "
+            f"(those that do: {sorted(n for n, s in BACKBONES.items() if s.package)})"
+        )
+    path = package_file(spec.package, field)
+    state = read_state(path.read_bytes(), str(path), field)
+    loaded = load_state_into(model, state, spec.package.layout, field)
+    log.info(
+        "%s: ImageNet weights from %s (%d tensors; new classifier: %s)",
+        spec.name,
+        spec.package.distribution,
+        len(loaded["loaded"]),
+        ", ".join(loaded["new"]),
+    )
+
+
+def _load_file(
+    spec: BackboneSpec, uri: str, kwargs: dict[str, Any], field: str
+) -> tuple[nn.Module, bool]:
+    """A local (or URI) weights file: a foreign layout is mapped and loaded exactly; a timm
+    state dict goes through timm's own loader (strict; it adapts what a size needs, e.g.
+    Swin's position tables), the classifier dropped when its size differs. Returns the model
+    and whether its classifier is new (not from the file)."""
+    import tempfile
+
+    from logo_train.data.shards import is_file, read_bytes
+
+    if not is_file(uri):
+        raise FileNotFoundError(f"config field '{field}' = {uri!r}: weights file not found")
+    data = read_bytes(uri)
+    state = read_state(data, uri, field)
+    layout = detect_layout(state)
+    if layout != "timm":
+        model = timm.create_model(spec.timm_name, **kwargs)
+        return model, bool(load_state_into(model, state, layout, field)["new"])
+    suffix = os.path.splitext(uri)[1] or ".pth"
+    with tempfile.TemporaryDirectory() as tmp:  # timm reads a local file
+        local = os.path.join(tmp, "weights" + suffix)
+        with open(local, "wb") as f:
+            f.write(data)
+        try:
+            model = timm.create_model(
+                spec.timm_name, pretrained=True, pretrained_cfg_overlay={"file": local}, **kwargs
+            )
+        except RuntimeError as e:  # load_state_dict's own list of missing / unexpected keys
+            raise WeightsError(f"config field '{field}' = {uri!r}: {e}") from None
+    own = model.state_dict()
+    head_key = f"{classifier_names(model)[0]}.weight"
+    same = head_key in state and head_key in own
+    return model, not (same and state[head_key].shape == own[head_key].shape)
+
+
+def hub_problem(name: str) -> str:
+    """Why timm's hub has no weights for backbone ``name`` ('' when it has)."""
+    spec = get_spec(name)
+    if spec.kwargs:
+        return (
+            f"{name} is a reduced {spec.timm_name} ({spec.kwargs}): timm's weights are for the "
+            "full model"
+        )
+    if not timm.list_pretrained(f"{spec.timm_name}.*"):
+        return f"timm has no pretrained weights for {spec.timm_name}"
+    return ""
+
+
+def weights_source(model_cfg, name: str) -> str:
+    """What ``model.pretrained`` says for backbone ``name``, else the registry's default."""
+    return model_cfg.pretrained.get(name) or get_spec(name).default_weights
+
+
+def freeze_leading(model: nn.Module, groups: int) -> list[nn.Module]:
+    """Freeze the first ``groups`` of the model's parameter groups (timm's coarse
+    ``group_matcher``: the stem, then one group per stage of blocks): no gradients, and the
+    returned modules are to be kept in eval mode (their batch-norm statistics stay the
+    pretrained ones). On a CPU this skips the backward pass through the high-resolution early
+    layers, where most of a fine-tuning step's time goes (docs/training.md)."""
+    if groups <= 0:
+        return []
+    from timm.models import group_modules
+
+    grouping = group_modules(model, model.group_matcher(coarse=True))
+    ids = sorted(grouping)
+    if groups >= len(ids) - 1:  # the last group holds the classifier
+        raise ValueError(
+            f"config field 'train.frozen_stages' = {groups}: the model has {len(ids)} parameter "
+            f"groups, the last the classifier: at most {len(ids) - 2}"
+        )
+    modules = [model.get_submodule(name) for g in ids[:groups] for name in grouping[g]]
+    for module in modules:
+        module.requires_grad_(False)
+    return modules
 
 
 def _zero_init_residuals(model: nn.Module) -> None:

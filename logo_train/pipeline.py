@@ -408,19 +408,20 @@ def export_best(folder: str) -> str:
 
 def _print_summary(result: RunResult, folder: str) -> None:
     """The run's stage times and the benchmark table's headline columns."""
-    from logo_train.report import best_entry, load, name, selected_on
+    from logo_train.report import best_entry, load, name, selected_on, start_word
 
     data, _ = load(folder)
     print("\n=== summary " + "=" * 68)
     print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in result.stage_seconds.items()))
     print(
-        f"{'backbone':<22} {'macro F1':>8} {'accuracy':>8} {'p50 ms':>8} {'ONNX p50 ms':>11} "
-        f"{'images/s':>9} {'MFLOPs':>8}"
+        f"{'backbone':<22} {'starts from':<11} {'px':>4} {'macro F1':>8} {'accuracy':>8} "
+        f"{'p50 ms':>8} {'ONNX p50 ms':>11} {'images/s':>9} {'MFLOPs':>8}"
     )
     for e in data["backbones"]:
         onnx = f"{e['onnx']['latency_ms_p50']:.2f}" if e.get("onnx") else "-"
         print(
-            f"{name(e):<22} {e['metrics']['macro_f1']:8.3f} {e['metrics']['accuracy']:8.3f} "
+            f"{name(e):<22} {start_word(e):<11} {e['image_size']:>4} "
+            f"{e['metrics']['macro_f1']:8.3f} {e['metrics']['accuracy']:8.3f} "
             f"{e['eager']['latency_ms_p50']:8.2f} {onnx:>11} "
             f"{e['eager']['throughput_images_per_s']:9.0f} {e['flops'] / 1e6:8.1f}"
         )

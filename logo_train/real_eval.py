@@ -126,8 +126,8 @@ def score_real(
     device: torch.device,
     batch_size: int = 64,
 ) -> dict:
-    """Top-1 and top-3 accuracy of ``model`` (a classifier) on the real photos, per class, and
-    the mistakes (index, true class, top-3 predictions)."""
+    """Top-1 and top-3 accuracy and macro-F1 of ``model`` (a classifier) on the real photos,
+    per class, and the mistakes (index, true class, top-3 predictions)."""
     model = model.eval().to(device)
     probs = []
     with torch.inference_mode():
@@ -161,9 +161,15 @@ def score_real(
         }
         for i in np.flatnonzero(~hit1)
     ]
+    from logo_train.metrics import classification_metrics
+
+    quality = classification_metrics(y_true=labels, y_pred=top[:, 0], num_classes=p.shape[1])
     return {
         "images": len(labels),
         "top1": float(hit1.mean()),
+        # over the classes the photos hold: a photo called another of the run's classes costs
+        # its class recall and that class precision
+        "macro_f1": quality["macro_f1"],
         "top3": float(hit3.mean()),
         "chance": 1.0 / len(real.classes),
         "per_class": per_class,

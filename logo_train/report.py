@@ -31,6 +31,8 @@ PLOTS = {
 # (column name with unit, how to get it from a benchmark.json entry, format)
 COLUMNS: list[tuple[str, Any, str]] = [
     ("backbone", lambda e: name(e), "{}"),
+    ("starts from", lambda e: start_word(e), "{}"),
+    ("input (px)", lambda e: e["image_size"], "{}"),
     ("params (M)", lambda e: e["params"] / 1e6, "{:.2f}"),
     ("MFLOPs / image", lambda e: e["flops"] / 1e6, "{:.1f}"),
     ("weights (MB)", lambda e: e["weights_mb"], "{:.2f}"),
@@ -48,6 +50,11 @@ COLUMNS: list[tuple[str, Any, str]] = [
 ]
 
 
+def start_word(entry: dict[str, Any]) -> str:
+    """'ImageNet' for a backbone fine-tuned from pretrained weights, else 'random init'."""
+    return "random init" if entry.get("pretrained", "none") == "none" else "ImageNet"
+
+
 def name(entry: dict[str, Any]) -> str:
     """A table's name of an entry: the backbone, ``-round2`` after it for a cleaning round."""
     return entry.get("label") or entry["backbone"]
@@ -56,6 +63,7 @@ def name(entry: dict[str, Any]) -> str:
 REAL_COLUMNS: list[tuple[str, Any, str]] = [
     ("real photos top-1", lambda e: _real(e, "top1"), "{:.3f}"),
     ("real photos top-3", lambda e: _real(e, "top3"), "{:.3f}"),
+    ("real photos macro F1", lambda e: _real(e, "macro_f1"), "{:.3f}"),
 ]
 """After macro F1, in a run with ``data.real_eval``."""
 
@@ -70,7 +78,7 @@ def columns(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
 
 def _real(entry: dict[str, Any], key: str) -> float:
     real = entry.get("real")
-    return float(real[key]) if real else float("nan")
+    return float(real[key]) if real and key in real else float("nan")
 
 
 def _onnx(entry: dict[str, Any], key: str) -> float:
@@ -137,7 +145,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"# Benchmark: {data['run']}",
         "",
         f"Best checkpoint of each backbone (by val macro-F1) on the **{data['split']}** split "
-        f"({first['samples']} images, {len(data['classes'])} classes, {first['image_size']} px); "
+        f"({first['samples']} images, {len(data['classes'])} classes; each model at its own "
+        "input size, 'input (px)'); "
         f"measured {data['created']} on {where}, {dev['device']}, torch {dev['torch']} with "
         f"{dev['torch_threads']} thread(s)"
         + (f", ONNX Runtime {dev['onnxruntime']}" if dev.get("onnxruntime") else "")
@@ -151,7 +160,9 @@ def markdown(data: dict[str, Any]) -> str:
     best = best_entry(data)
     lines += [
         "",
-        "Columns: parameters in millions; MFLOPs = 10^6 floating-point operations per image "
+        "Columns: 'starts from': ImageNet weights fine-tuned, or random init (the five "
+        "reference families train from scratch: the table compares families); parameters in "
+        "millions; MFLOPs = 10^6 floating-point operations per image "
         "(one forward pass, torch.utils.flop_counter; a multiply-add counts 2); weights = "
         "float32 state dict. Accuracy ... macro F1 on the split above (macro = unweighted mean "
         "over classes). Latency: wall time of one batch-1 forward pass after "

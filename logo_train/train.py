@@ -30,7 +30,8 @@ from logo_train.data.augment import normalise, transform_specs
 from logo_train.data.pipeline import small_eval_split, train_val_datasets
 from logo_train.data.shards import Manifest, exists, join, read_bytes, resolve, write_bytes
 from logo_train.engine import build_training, classifier, evaluate, trust_head
-from logo_train.models import build_model, count_parameters, normalisation
+from logo_train.models import build_model, count_parameters, normalisation, weights_source
+from logo_train.weights import NONE
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +268,7 @@ def _build(job: Job, train_counts: list[int], class_names: list[str], rank: int,
         class_names=class_names,
         config=job.config,
         resize=cfg.model.resize,
+        pretrained=weights_source(cfg.model, job.backbone),
     )
     return t, info, mean, std
 
@@ -463,6 +465,24 @@ def check_resources(cfg: Config) -> None:
         )
 
 
+def with_min_steps(cfg: Config, backbone: str, manifest: Manifest, echo=None) -> Config:
+    """``cfg`` with ``train.epochs`` raised so the run takes at least ``train.min_steps``
+    optimisation steps: a fine-tuning recipe sized for the embedded data's 5,555 images would
+    take 15 steps on a user's 400 photos."""
+    tc = cfg.train
+    steps = steps_per_epoch(cfg, manifest)
+    if tc.epochs * steps >= tc.min_steps:
+        return cfg
+    epochs = math.ceil(tc.min_steps / steps)
+    if echo:
+        echo(
+            f"[train] {backbone}: {steps} steps an epoch on {manifest.split_rows('train')} "
+            f"training images: {epochs} epochs instead of {tc.epochs} (train.min_steps "
+            f"{tc.min_steps})"
+        )
+    return cfg.with_train(epochs=epochs)
+
+
 def steps_per_epoch(cfg: Config, manifest: Manifest) -> int:
     per_worker_rows = manifest.split_rows("train") // cfg.train.num_workers
     steps = per_worker_rows // (cfg.train.batch_size // cfg.train.num_workers)
@@ -495,12 +515,27 @@ def _check_same_scaling(configs: dict[str, Config]) -> Config:
                     f"config field 'train.{f}' differs between {first_name} and {name}: one "
                     "worker group trains every backbone"
                 )
-        if cfg.model.image_size != first.model.image_size or cfg.augment != first.augment:
+        if data_key(cfg) != data_key(first):
             raise ValueError(
-                f"config fields 'model.image_size' / 'augment' differ between {first_name} and "
-                f"{name}: the backbones of one run share the data pipeline"
+                f"config fields 'model.image_size' / 'model.resize' / 'augment' differ between "
+                f"{first_name} and {name}: the backbones of one worker group share the data "
+                "pipeline (train_all trains each input size in a group of its own)"
             )
     return first
+
+
+def data_key(cfg: Config) -> tuple:
+    """What the backbones of one worker group must share: their data pipeline's input."""
+    return (cfg.model.image_size, cfg.model.resize, *asdict(cfg.augment).values())
+
+
+def size_groups(configs: dict[str, Config]) -> list[dict[str, Config]]:
+    """The backbones by data pipeline (``data_key``: input size, resize, augmentation), in the
+    order they first appear: one worker group trains each."""
+    groups: dict[tuple, dict[str, Config]] = {}
+    for backbone, cfg in configs.items():
+        groups.setdefault(data_key(cfg), {})[backbone] = cfg
+    return list(groups.values())
 
 
 def train_backbones(
@@ -530,11 +565,12 @@ def train_backbones(
     ``train.max_failures`` times; the backbones trained before it are kept."""
     from ray.train.torch import TorchTrainer
 
+    configs = {b: with_min_steps(c, b, manifest, echo) for b, c in configs.items()}
     cfg = _check_same_scaling(configs)
     tc = cfg.train
     params = {
-        b: count_parameters(build_model(b, len(manifest.classes), cfg.model.image_size))
-        for b in configs
+        b: count_parameters(build_model(b, len(manifest.classes), c.model.image_size))
+        for b, c in configs.items()
     }
     # one pass of the train split per epoch of every backbone, streamed as one; or, with
     # train.shared_passes, max(epochs) passes rendered now and read by every backbone
@@ -711,6 +747,12 @@ def train_backbone(
     return results[0]
 
 
+def _weights_word(cfg: Config, backbone: str) -> str:
+    """'' for random init, else where the starting weights come from (for the plan line)."""
+    source = weights_source(cfg.model, backbone)
+    return "" if source == NONE else f"from ImageNet ({source})"
+
+
 def train_all(
     cfg: Config,
     shards_uri: str,
@@ -718,23 +760,45 @@ def train_all(
     echo=print,
     per_backbone: dict[str, Config] | None = None,
 ) -> list[BackboneResult]:
-    """Train every backbone of ``cfg.model.backbones`` in one worker group; write
-    ``train/summary.json`` (with where each backbone's time went).
+    """Train every backbone of ``cfg.model.backbones``, one worker group per input size
+    (``size_groups``: the backbones of a group share one data pipeline, and Ray's start-up is
+    paid once per group); write ``train/summary.json`` (with where each backbone's time went).
 
     ``per_backbone`` maps a backbone to its own config (``tune.tuned_configs``); the others
     train with ``cfg.for_backbone`` (the profile's recipe per backbone)."""
     check_resources(cfg)
     steps_per_epoch(cfg, manifest)
     configs = {b: (per_backbone or {}).get(b) or cfg.for_backbone(b) for b in cfg.model.backbones}
-    plan = ", ".join(
-        f"{b} ({c.train.epochs} epochs, lr {c.train.lr:g})" for b, c in configs.items()
-    )
-    echo(f"[train] one worker group of {cfg.train.num_workers} worker(s): {plan}")
-    try:
-        results, failures = train_backbones(configs, shards_uri, manifest, echo=echo)
-    except Exception as e:  # written to the summary, then raised
-        log.exception("training failed")
-        results, failures = [], {"run": f"{type(e).__name__}: {e}"}
+    groups = size_groups(configs)
+    name = f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    results, failures = [], {}
+    for number, group in enumerate(groups, 1):
+        first = next(iter(group.values()))
+        plan = ", ".join(
+            f"{b} ({c.train.epochs} epochs, lr {c.train.lr:g}"
+            + (f", {_weights_word(c, b)}" if _weights_word(c, b) else "")
+            + ")"
+            for b, c in group.items()
+        )
+        which = f" {number} of {len(groups)}" if len(groups) > 1 else ""
+        echo(
+            f"[train] worker group{which} ({cfg.train.num_workers} worker(s), "
+            f"{first.model.image_size} px): {plan}"
+        )
+        try:
+            done, failed = train_backbones(
+                group,
+                shards_uri,
+                manifest,
+                echo=echo,
+                name=f"{name}-{first.model.image_size}px" if len(groups) > 1 else name,
+            )
+        except Exception as e:  # written to the summary, then raised
+            log.exception("training failed")
+            key = "run" if len(groups) == 1 else f"run ({first.model.image_size} px group)"
+            done, failed = [], {key: f"{type(e).__name__}: {e}"}
+        results += done
+        failures.update(failed)
     for result in results:
         echo("[train] " + result.line())
     for backbone, error in failures.items():

@@ -109,8 +109,9 @@ def apply_params(cfg: Config, params: dict[str, Any], epochs: int | None = None)
             raise ValueError(f"searched parameter '{key}' is not a train.* config field")
         current = data["train"][key]
         data["train"][key] = int(round(value)) if isinstance(current, int) else float(value)
-    if epochs is not None:
+    if epochs is not None:  # a trial: exactly this long (train.min_steps would stretch it)
         data["train"]["epochs"] = epochs
+        data["train"]["min_steps"] = 0
     return config_from_dict(data)
 
 
@@ -441,7 +442,7 @@ def best_config(cfg: Config, backbone: str, params: dict[str, Any]) -> Config:
         model = dataclasses.replace(
             model,
             backbones=[backbone],
-            pretrained_files={k: v for k, v in model.pretrained_files.items() if k == backbone},
+            pretrained={k: v for k, v in model.pretrained.items() if k == backbone},
         )
     return dataclasses.replace(tuned, tune=tune_cfg, model=model)
 

@@ -30,7 +30,7 @@ def test_profiles_set_every_field_explicitly():
     def keys(tree, prefix=""):
         out = set()
         for k, v in tree.items():
-            if isinstance(v, dict) and v and k not in ("pretrained_files", "space", "per_backbone"):
+            if isinstance(v, dict) and v and k not in ("pretrained", "space", "per_backbone"):
                 out |= keys(v, f"{prefix}{k}.")
             else:
                 out.add(prefix + k)
@@ -71,7 +71,15 @@ def test_overrides_are_yaml_typed_and_validated():
         ("train.gce_q=0", "train.gce_q"),
         ("train.batch_size=1", "train.batch_size"),
         ("train.class_weight_power=2", "train.class_weight_power"),
-        ("model.pretrained_files={resnet50: x.pth}", "model.pretrained_files"),
+        ("model.pretrained={resnet5O: hub}", "model.pretrained"),
+        ("model.pretrained={resnet50: package}", "model.pretrained.resnet50"),
+        ("model.pretrained={efficientnetv2_s: hub}", "model.pretrained.efficientnetv2_s"),
+        ("model.pretrained={swin_nano: hub}", "model.pretrained.swin_nano"),
+        ("train.frozen_stages=-1", "train.frozen_stages"),
+        (
+            "train.per_backbone={swin_nano: {image_size: 48}}",
+            "train.per_backbone.swin_nano.image_size",
+        ),
     ],
 )
 def test_bad_values_name_the_field(override, field):
@@ -121,3 +129,36 @@ def test_recipe_per_backbone_applies_and_names_bad_fields():
         bad.for_backbone("swin_nano")
     with pytest.raises(ValueError, match=r"train\.torch_threads"):
         load_config(ROOT / "configs/quick.yaml", ["train.torch_threads=-1"])
+
+
+def test_per_backbone_recipe_sets_its_own_input_size_and_the_data_the_largest():
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        ["model.backbones=[resnet10t,efficientnet_lite0]", "tune.proxy_backbone="],
+    )
+    assert cfg.image_sizes() == {"resnet10t": 32, "efficientnet_lite0": 112}
+    assert cfg.data.synth.image_size == 112  # 0 in the profile: the largest of the run
+    lite = cfg.for_backbone("efficientnet_lite0")
+    assert lite.model.image_size == 112 and lite.train.frozen_stages == 4
+    assert cfg.for_backbone("resnet10t").model.image_size == 32
+    # without the pretrained backbone the run renders at the families' 32 px
+    small = load_config(ROOT / "configs/quick.yaml", ["model.backbones=[resnet10t]"])
+    assert small.data.synth.image_size == 32
+
+
+def test_min_steps_raises_the_epochs_of_a_small_training_split():
+    from logo_train.data.shards import Manifest
+    from logo_train.train import with_min_steps
+
+    def manifest(rows: int) -> Manifest:
+        return Manifest("x", ["a", "b"], {"train": {"a": rows // 2, "b": rows - rows // 2}},
+                        {}, {}, has_truth=False)  # fmt: skip
+
+    cfg = load_config(None, ["train.epochs=3", "train.min_steps=100", "train.batch_size=32",
+                             "train.num_workers=1"])  # fmt: skip
+    lines = []
+    small = with_min_steps(cfg, "resnet10t", manifest(320), lines.append)  # 10 steps an epoch
+    assert small.train.epochs == 10
+    assert "10 steps an epoch on 320 training images: 10 epochs instead of 3" in lines[0]
+    assert with_min_steps(cfg, "resnet10t", manifest(3200), lines.append) is cfg  # 300 steps
+    assert len(lines) == 1

@@ -3,7 +3,14 @@
 import pytest
 import torch
 
-from logo_train.models import BACKBONES, build_model, count_parameters, get_spec, normalisation
+from logo_train.models import (
+    BACKBONES,
+    REFERENCE_FAMILIES,
+    build_model,
+    count_parameters,
+    get_spec,
+    normalisation,
+)
 
 # DESIGN.md: the reference backbones with 28 classes (EfficientFormer without distillation head)
 REFERENCE_PARAMS = {
@@ -13,7 +20,7 @@ REFERENCE_PARAMS = {
     "efficientformer_l1": 11_404_500,
     "efficientnetv2_s": 20_213_356,
 }
-SMALL = [n for n, s in BACKBONES.items() if s.size == "small"]
+SMALL = [n for n, s in BACKBONES.items() if s.size == "small" and s.family in REFERENCE_FAMILIES]
 
 
 def test_one_small_member_per_reference_family():
@@ -86,11 +93,11 @@ def test_pretrained_file_loads_local_weights_and_skips_other_head(tmp_path):
     source = build_model("efficientformer_l1", 10, 224)
     path = tmp_path / "weights.pth"
     torch.save(source.state_dict(), path)
-    model = build_model("efficientformer_l1", 28, 64, pretrained_file=str(path))
+    model = build_model("efficientformer_l1", 28, 64, weights=str(path))
     assert torch.equal(model.stem.conv1.weight, source.stem.conv1.weight)
     assert model.head.out_features == 28
     # the 7x7 attention biases were resized to the 2x2 map of a 64 px input
     attn = model.stages[-1].blocks[-1].token_mixer
     assert attn.attention_biases.shape[1] == 4
-    with pytest.raises(FileNotFoundError, match="pretrained_file"):
-        build_model("resnet10t", 28, 64, pretrained_file=str(tmp_path / "missing.pth"))
+    with pytest.raises(FileNotFoundError, match="model.pretrained"):
+        build_model("resnet10t", 28, 64, weights=str(tmp_path / "missing.pth"))

@@ -361,3 +361,48 @@ def test_a_uri_output_dir_gets_every_output_and_the_working_directory_none(local
     write_report(f"file://{run_dir}")
     assert (run_dir / "report/benchmark.md").is_file()
     assert sorted(p.name for p in cwd.iterdir()) == before
+
+
+def test_backbones_at_two_input_sizes_train_in_a_group_each(local_ray, tmp_path, capsys):
+    """The pretrained backbone at its own input size beside a family at 32 px: the data is
+    rendered once at the larger size, each size trains in a worker group of its own, each
+    checkpoint (and the benchmark) is at its backbone's size, and the table says which one
+    started from ImageNet."""
+    cfg = tiny_config(
+        tmp_path,
+        "data.synth.image_size=0",  # the largest size of the run's backbones
+        "train.epochs=1",
+        "train.trust_warmup_epochs=0",
+        "tune.epochs=1",
+        "train.num_workers=1",
+        "train.cpus_per_worker=1",
+        "train.torch_threads=2",
+        "model.backbones=[resnet10t,efficientnet_lite0]",
+        "train.per_backbone={efficientnet_lite0: {image_size: 64, frozen_stages: 4}}",
+        "tune.enabled=false",
+        "train.clean.mode=none",
+        "benchmark.latency_runs=2",
+        "benchmark.warmup_runs=1",
+        "benchmark.throughput_runs=1",
+        "benchmark.throughput_batch=4",
+        "benchmark.num_cpus=1",
+    )
+    assert cfg.data.synth.image_size == 64
+    result = run(cfg, progress=False)
+    assert result.manifest.params["image_size"] == 64
+    sizes = {r.backbone: load_model(r.checkpoint)[1].image_size for r in result.training}
+    assert sizes == {"resnet10t": 32, "efficientnet_lite0": 64}
+    out = capsys.readouterr().out
+    assert "[train] worker group 1 of 2 (1 worker(s), 32 px): resnet10t" in out
+    assert "[train] worker group 2 of 2 (1 worker(s), 64 px): efficientnet_lite0" in out
+    assert "from ImageNet (package)" in out
+    runs = sorted(p.name for p in (tmp_path / "quick/train").iterdir() if p.is_dir())
+    assert [r[-4:] for r in runs] == ["32px", "64px"]
+    data = json.loads((tmp_path / "quick/report/benchmark.json").read_text())
+    by_name = {e["backbone"]: e for e in data["backbones"]}
+    assert by_name["efficientnet_lite0"]["image_size"] == 64
+    assert by_name["efficientnet_lite0"]["pretrained"] == "package"
+    assert by_name["resnet10t"]["pretrained"] == "none"
+    table = (tmp_path / "quick/report/benchmark.md").read_text()
+    assert "| efficientnet_lite0 | ImageNet | 64 |" in table
+    assert "| resnet10t | random init | 32 |" in table
