@@ -25,6 +25,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from logo_train.config import (
@@ -36,7 +37,7 @@ from logo_train.config import (
 )
 from logo_train.data.shards import read_manifest
 from logo_train.local import evaluate_split, fit_local, model_transform_specs
-from logo_train.real_eval import load_real_set, score_real
+from logo_train.real_eval import load_outside_set, load_real_set, score_outside, score_real
 
 ROOT = Path(__file__).resolve().parents[1]
 CCTV = "cctv_"
@@ -62,7 +63,17 @@ def real_by_camera(result: dict, paths: list[str]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(kinds.items())}
 
 
-def run_variant(name, overrides, args, manifest, real) -> dict:
+def real_by_class_and_camera(result: dict, real) -> dict[str, float]:
+    """Top-1 per ``class/camera`` (e.g. ``Honda/cctv``)."""
+    wrong = {m["index"] for m in result["mistakes"]}
+    cells: dict[str, list[bool]] = {}
+    for i, (path, label) in enumerate(zip(real.paths, real.labels, strict=True)):
+        kind = "cctv" if Path(path).name.startswith(CCTV) else "web"
+        cells.setdefault(f"{real.classes[label]}/{kind}", []).append(i not in wrong)
+    return {k: sum(v) / len(v) for k, v in sorted(cells.items())}
+
+
+def run_variant(name, overrides, args, manifest, real, outside) -> dict:
     # no search here: the proxy (another size) would be checked against the variant's size
     base = [f"model.backbones=[{args.backbone}]", "tune.proxy_backbone=", *args.set]
     recipe = load_config(ROOT / "configs/quick.yaml", base).for_backbone(args.backbone)
@@ -100,20 +111,93 @@ def run_variant(name, overrides, args, manifest, real) -> dict:
         "train_images_per_s": sum(h["train_images_per_s"] for h in fit.history) / len(fit.history),
         "history": fit.history,
     }
+    _, spec = model_transform_specs(cfg, args.backbone, len(manifest.classes))
+    open_set = calibrated(fit.classifier, spec, args.shards, manifest, cfg)
+    out["calibration"] = {
+        k: v for k, v in open_set.items() if k not in ("unknown", "val_logits", "val_labels")
+    }
     if real is not None:
-        _, spec = model_transform_specs(cfg, args.backbone, len(manifest.classes))
-        scored = score_real(fit.classifier, real, spec, torch.device("cpu"))
+        scored = score_real(fit.classifier, real, spec, torch.device("cpu"), **_answer(open_set))
         out["real_top1"] = scored["top1"]
         out["real_top3"] = scored["top3"]
         out["real_by_camera"] = real_by_camera(scored, real.paths)
         out["real_per_class"] = {c["class"]: c["top1"] for c in scored["per_class"]}
+        out["real_per_class_camera"] = real_by_class_and_camera(scored, real)
+        out["real_right_kept"] = scored["open_set"]["right_kept"]
+    if outside is not None:
+        rejected = score_outside(
+            fit.classifier, outside, spec, torch.device("cpu"), manifest.classes,
+            **_answer(open_set),
+        )  # fmt: skip
+        out["outside_unknown"] = rejected["answered_unknown"]
+    if real is not None and outside is not None:
+        out["open_set_sweep"] = keep_sweep(fit.classifier, spec, real, outside, open_set)
     return out
+
+
+def keep_sweep(model, spec, real, outside, open_set: dict) -> list[dict]:
+    """What other ``benchmark.open_set_keep`` values would do: for each, the threshold fitted
+    on validation, the real photos' right answers kept and the outside photos rejected."""
+    from logo_train.calibration import open_set_answer, open_set_threshold, softmax
+    from logo_train.real_eval import _probabilities
+
+    cpu, t, unknown = torch.device("cpu"), open_set["temperature"], open_set["unknown"]
+    val = softmax(open_set["val_logits"], t)
+    p_real = _probabilities(model, real.images, spec, cpu, 64, t)
+    p_out = _probabilities(model, outside.images, spec, cpu, 64, t)
+    labels = np.asarray(real.labels)
+    right = p_real.argmax(1) == labels
+    rows = []
+    for keep in (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0):
+        threshold = open_set_threshold(val, open_set["val_labels"], keep)
+        kept = open_set_answer(p_real, threshold, unknown) >= 0
+        rows.append({
+            "keep": keep,
+            "min_confidence": threshold,
+            "real_right_kept": float((kept & right).sum() / max(right.sum(), 1)),
+            "outside_unknown": float((open_set_answer(p_out, threshold, unknown) < 0).mean()),
+        })  # fmt: skip
+    return rows
+
+
+def _answer(open_set: dict) -> dict:
+    return {k: open_set[k] for k in ("temperature", "min_confidence", "unknown")}
+
+
+def calibrated(model, spec, shards, manifest, cfg) -> dict:
+    """The benchmark's open-set answer for a model: temperature and threshold fitted on the
+    validation split (``logo_train.calibration``), the validation ECE before and after."""
+    from logo_train.bench import logits_of
+    from logo_train.calibration import calibrate
+    from logo_train.data.brands import UNKNOWN
+    from logo_train.data.shards import read_split
+
+    unknown = manifest.classes.index(UNKNOWN) if UNKNOWN in manifest.classes else None
+    dev = torch.device("cpu")
+    val = read_split(shards, "val", ["image", "label"])
+    test = read_split(shards, "test", ["image", "label"])
+    v = logits_of(model, val["image"].to_pylist(), spec, dev, 128)
+    t = logits_of(model, test["image"].to_pylist(), spec, dev, 128)
+    cal = calibrate(
+        v, np.asarray(val["label"].to_pylist()), t, np.asarray(test["label"].to_pylist()),
+        unknown=unknown, keep=cfg.benchmark.open_set_keep,
+    )  # fmt: skip
+    return {
+        "temperature": cal["temperature"],
+        "min_confidence": cal["min_confidence"],
+        "unknown": unknown,
+        "val_ece_before": cal["val"]["ece_before"],
+        "val_ece_after": cal["val"]["ece_after"],
+        "val_logits": v,
+        "val_labels": np.asarray(val["label"].to_pylist()),
+    }
 
 
 def markdown(rows: list[dict], args) -> str:
     cams = sorted({k for r in rows for k in r.get("real_by_camera", {})})
     head = ["variant", "px", "epochs", "lr", "frozen", "aug", "val F1", "test F1", "real top-1"]
-    head += [f"real {c}" for c in cams] + ["train s", "img/s"]
+    head += [f"real {c}" for c in cams] + ["right kept", "outside unknown", "ECE val"]
+    head += ["train s", "img/s"]
     lines = [
         f"# Fine-tuning recipe search: {args.backbone} on {args.shards}"
         + (f", real photos {args.real}" if args.real else ""),
@@ -133,6 +217,11 @@ def markdown(rows: list[dict], args) -> str:
             f"{r['test_macro_f1']:.3f}",
             f"{r['real_top1']:.3f}" if "real_top1" in r else "-",
             *[f"{r.get('real_by_camera', {}).get(c, float('nan')):.3f}" for c in cams],
+            f"{r['real_right_kept']:.3f}" if "real_right_kept" in r else "-",
+            f"{r['outside_unknown']:.3f}" if "outside_unknown" in r else "-",
+            f"{r['calibration']['val_ece_before']:.3f} → {r['calibration']['val_ece_after']:.3f}"
+            if "calibration" in r
+            else "-",
             f"{r['train_seconds']:.0f}",
             f"{r['train_images_per_s']:.0f}",
         ]
@@ -151,6 +240,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shards", required=True, help="shards folder (e.g. runs/quick/data)")
     p.add_argument("--real", default="", help="ImageFolder of real photos (data.real_eval)")
+    p.add_argument("--outside", default="", help="folder of photos of no class (data.real_outside)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--variant", action="append", default=[], help="'NAME: KEY=VALUE; ...'")
     p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
@@ -163,6 +253,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     manifest = read_manifest(args.shards)
     real = load_real_set(args.real, manifest.classes) if args.real else None
+    outside = load_outside_set(args.outside) if args.outside else None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = out / "finetune_recipe.json"
@@ -170,11 +261,12 @@ def main() -> None:
     for text in args.variant or ["recipe:"]:
         name, overrides = parse_variant(text)
         print(f"=== {name}: {overrides}", flush=True)
-        rows.append(run_variant(name, overrides, args, manifest, real))
+        rows.append(run_variant(name, overrides, args, manifest, real, outside))
         r = rows[-1]
         print(
             f"=== {name}: val {r['val_macro_f1']:.3f} test {r['test_macro_f1']:.3f} real "
             f"{r.get('real_top1', float('nan')):.3f} {r.get('real_by_camera', {})} "
+            f"outside unknown {r.get('outside_unknown', float('nan')):.3f} "
             f"{r['train_seconds']:.0f} s",
             flush=True,
         )

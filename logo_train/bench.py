@@ -30,8 +30,10 @@ import torch
 from torch import nn
 
 from logo_train import checkpoint as ckpt
+from logo_train.calibration import calibrate
 from logo_train.config import BenchmarkConfig
 from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
+from logo_train.data.brands import UNKNOWN
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.metrics import (
     absent_classes,
@@ -49,16 +51,24 @@ BENCHMARK_JSON = "benchmark.json"
 # --- measurements (pure: a model in, numbers out) ---------------------------------------------
 
 
-def predict(
+def logits_of(
     model: nn.Module, images: list[bytes], spec: TransformSpec, device: torch.device, batch: int
 ) -> np.ndarray:
-    """Predicted class of every encoded image (eval transform), in order."""
+    """The logits of every encoded image (eval transform), in order, float64 ``(N, C)``."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             x = torch.from_numpy(eval_inputs(images[start : start + batch], spec))
-            out.append(model(x.to(device)).argmax(1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+            out.append(model(x.to(device)).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def predict(
+    model: nn.Module, images: list[bytes], spec: TransformSpec, device: torch.device, batch: int
+) -> np.ndarray:
+    """Predicted class of every encoded image (eval transform), in order."""
+    logits = logits_of(model, images, spec, device, batch)
+    return logits.argmax(1) if len(logits) else np.zeros(0, np.int64)
 
 
 def quality(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -241,10 +251,14 @@ def benchmark_checkpoint(
     eval_batch_size: int = 256,
     real: Any = None,
     real_sheet_uri: str | None = None,
+    outside: Any = None,
 ) -> dict[str, Any]:
     """Every number of the benchmark for one checkpoint folder (one entry of benchmark.json).
     ``real``: a ``real_eval.RealSet`` scored beside the split (its mistakes' contact sheet
-    written to ``real_sheet_uri``)."""
+    written to ``real_sheet_uri``); ``outside``: a ``real_eval.OutsideSet`` (photos of no
+    class of the run), scored by how many the open-set answer calls ``unknown``. The
+    temperature and open-set threshold are fitted on the shards' validation split
+    (``logo_train.calibration``) and applied to both."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     threads = max(1, int(cfg.num_cpus))
     torch.set_num_threads(threads)
@@ -256,7 +270,8 @@ def benchmark_checkpoint(
     if table.num_rows == 0:
         raise ValueError(f"shards {shards_uri} have no '{cfg.split}' rows to benchmark on")
     y_true = np.asarray(table["label"].to_pylist(), np.int64)
-    y_pred = predict(model, table["image"].to_pylist(), spec, dev, eval_batch_size)
+    test_logits = logits_of(model, table["image"].to_pylist(), spec, dev, eval_batch_size)
+    y_pred = test_logits.argmax(1)
     entry: dict[str, Any] = {
         "backbone": info.backbone,
         "checkpoint": checkpoint,
@@ -270,8 +285,31 @@ def benchmark_checkpoint(
         / 2**20,
         "device": device_info(dev),
     }
+    unknown = info.class_names.index(UNKNOWN) if UNKNOWN in info.class_names else None
+    val = read_split(shards_uri, "val", ["image", "label"])
+    calibration = None
+    if val.num_rows:  # temperature and open-set threshold, fitted on validation
+        val_logits = logits_of(model, val["image"].to_pylist(), spec, dev, eval_batch_size)
+        val_labels = np.asarray(val["label"].to_pylist(), np.int64)
+        calibration = calibrate(
+            val_logits, val_labels, test_logits, y_true, unknown=unknown, keep=cfg.open_set_keep
+        )
+        entry["calibration"] = calibration
+    open_set = {
+        "temperature": calibration["temperature"] if calibration else 1.0,
+        "min_confidence": calibration["min_confidence"] if calibration else 0.0,
+        "unknown": unknown,
+    }
     if real is not None:
-        entry["real"] = _real_entry(model, real, spec, dev, eval_batch_size, real_sheet_uri)
+        entry["real"] = _real_entry(
+            model, real, spec, dev, eval_batch_size, real_sheet_uri, open_set
+        )
+    if outside is not None:
+        from logo_train.real_eval import score_outside
+
+        entry["outside"] = score_outside(
+            model, outside, spec, dev, info.class_names, eval_batch_size, **open_set
+        )
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     entry["eager"] = speed(eager_forward(model, dev), info.image_size, cfg, sync)
     entry["onnx"] = None
@@ -286,13 +324,15 @@ def benchmark_checkpoint(
     return entry
 
 
-def _real_entry(model, real, spec, device, batch_size: int, sheet_uri: str | None) -> dict:
+def _real_entry(
+    model, real, spec, device, batch_size: int, sheet_uri: str | None, open_set: dict
+) -> dict:
     """The real-photo score of one model (``logo_train.real_eval``), at most 200 mistakes
     listed; the contact sheet of its mistakes at ``sheet_uri``."""
     from logo_train.data.shards import write_bytes
     from logo_train.real_eval import mistakes_sheet, score_real
 
-    result = score_real(model, real, spec, device, batch_size)
+    result = score_real(model, real, spec, device, batch_size, **open_set)
     if sheet_uri and result["mistakes"]:
         write_bytes(sheet_uri, mistakes_sheet(real, result, Path(sheet_uri).stem))
         result["mistakes_png"] = sheet_uri
@@ -347,6 +387,7 @@ def benchmark_run(
     on_ray: bool = True,
     echo=print,
     real_eval: str = "",
+    real_outside: str = "",
     out_uri: str | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark.json for ``training`` (rows of ``train/summary.json``): each
@@ -367,6 +408,17 @@ def benchmark_run(
             import ray
 
             real_ref = ray.put(real)  # once, not once per task
+    outside = outside_ref = None
+    if real_outside:
+        from logo_train.real_eval import load_outside_set
+
+        outside = outside_ref = load_outside_set(real_outside)
+        for line in outside.lines():
+            echo(line)
+        if on_ray:
+            import ray
+
+            outside_ref = ray.put(outside)
     entries = []
     for row in training:
         label = ckpt.run_label(row["backbone"], row.get("round", 1))
@@ -375,6 +427,7 @@ def benchmark_run(
             "history": _run_history(row["run_path"]),
             "eval_batch_size": eval_batch_size,
             "real": real_ref,
+            "outside": outside_ref,
             "real_sheet_uri": join(out_uri, f"real_mistakes_{label}.png")
             if (real is not None and out_uri)
             else None,
@@ -402,6 +455,8 @@ def benchmark_run(
         echo("[benchmark] " + summary_line(entry) + f"  ({time.perf_counter() - start:.0f} s)")
     manifest = read_manifest(shards_uri)
     extra = {"real_eval": real.summary()} if real is not None else {}
+    if outside is not None:
+        extra["real_outside"] = outside.summary()
     return {
         **extra,
         "run": run_name,
@@ -423,6 +478,8 @@ def summary_line(entry: dict[str, Any]) -> str:
     )
     if entry.get("real"):
         line += f"  | real photos top-1 {entry['real']['top1']:.3f}"
+    if entry.get("outside"):
+        line += f"  | outside brands unknown {entry['outside']['answered_unknown']:.3f}"
     if o:
         line += f"  | ONNX p50 {o['latency_ms_p50']:.2f} ms (max |diff| {o['max_abs_diff']:.1e})"
     return line

@@ -61,8 +61,8 @@ def add_loss_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--loss",
         choices=list(LOSSES),
-        help="shorthand for --set train.loss=...: ce, ce_weighted (reference recipe) or "
-        "trust_penalty (trust head; default of the shipped profiles)",
+        help="shorthand for --set train.loss=...: " + ", ".join(LOSSES) + " (quick profile: "
+        "gce, a bounded loss; full and reference: trust_penalty; docs/labels.md)",
     )
 
 
@@ -216,6 +216,13 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--split", default="test", help="the split of shards sources (default test)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images: rejected")
+    p.add_argument(
+        "--min-confidence",
+        type=float,
+        default=None,
+        help="answer 'unknown' below this calibrated top probability (default: the model's "
+        "own threshold, fitted on its validation split; 0 turns it off)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -236,6 +243,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
         device=args.device,
         split=args.split,
         max_pixels=args.max_pixels,
+        min_confidence=args.min_confidence,
         progress=not args.no_progress,
     )
     return 0

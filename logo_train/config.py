@@ -66,6 +66,17 @@ class SynthConfig:
     max_aspect: float = 2.0
     """Widest crop, width / height: a detector's crop of a wide badge (Ford's oval, Kia's
     wordmark) is wider than tall; 1 = every crop square."""
+    studio: float = 0.15
+    """Share of crops on a white or light background (clean artwork, product shots), whatever
+    the difficulty: a kind of photo many real sets hold."""
+    surveillance: float = 0.3
+    """Share of crops, times ``difficulty``, seen by a surveillance camera: grey, the badge
+    12-28 px tall, soft, sometimes glare (0.15 at difficulty 0.5)."""
+    classic_badges: bool = True
+    """Draw the badges most cars still wear where simple-icons has the newer design (Citroen's
+    chevrons without the oval, Renault's 1992 lozenge), beside the current one."""
+    unknown_vehicles: bool = True
+    """The ``unknown`` class also holds other makers' badges (19), not only non-vehicle icons."""
     image_format: ImageFormat = "png"
     """Encoding of the stored images."""
     seed: int = 0
@@ -92,6 +103,8 @@ class SynthConfig:
         _check(0.0 <= self.difficulty <= 1.0, p + "difficulty", self.difficulty, "0..1")
         _check(self.min_crop_px >= 8, p + "min_crop_px", self.min_crop_px, ">= 8")
         _check(1.0 <= self.max_aspect <= 4.0, p + "max_aspect", self.max_aspect, "1..4")
+        _check(0.0 <= self.studio <= 1.0, p + "studio", self.studio, "0..1")
+        _check(0.0 <= self.surveillance <= 1.0, p + "surveillance", self.surveillance, "0..1")
         _check(
             self.max_crop_px >= self.min_crop_px,
             p + "max_crop_px",
@@ -145,6 +158,10 @@ class DataConfig:
     """An ImageFolder of real labelled photos (``<root>/<class>/*.jpg``, a local folder), scored
     by the benchmark for every backbone beside the test split; empty = none
     (``logo_train.real_eval``)."""
+    real_outside: str = ""
+    """A folder of real photos of brands that are none of the run's classes (any layout, a
+    local folder): the benchmark reports the share the open-set answer calls ``unknown``;
+    empty = none."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
 
@@ -594,6 +611,10 @@ class BenchmarkConfig:
     (torch.export based, 10-20 s per model on 2 cores)."""
     onnx_tolerance: float = 1e-3
     """Largest absolute difference of logits allowed between ONNX Runtime and PyTorch."""
+    open_set_keep: float = 0.95
+    """The open-set threshold (the exported model's ``min_confidence``) keeps this share of
+    the validation split's right answers: below it an answer is ``unknown``
+    (``logo_train.calibration``)."""
     num_cpus: float = 1.0
     """CPUs of the Ray task that measures (and torch / ONNX Runtime threads)."""
     num_gpus: float = 0.0
@@ -607,6 +628,9 @@ class BenchmarkConfig:
         _check(self.throughput_batch >= 1, p + "throughput_batch", self.throughput_batch, ">= 1")
         _check(self.throughput_runs >= 1, p + "throughput_runs", self.throughput_runs, ">= 1")
         _check(self.onnx_tolerance > 0, p + "onnx_tolerance", self.onnx_tolerance, "> 0")
+        _check(
+            0 < self.open_set_keep <= 1, p + "open_set_keep", self.open_set_keep, "0 < keep <= 1"
+        )
         _check(self.num_cpus >= 1, p + "num_cpus", self.num_cpus, ">= 1")
         _check(self.num_gpus >= 0, p + "num_gpus", self.num_gpus, ">= 0")
 

@@ -159,8 +159,9 @@ def _clean(
     split to ``<run>/clean/<backbone>/round<r>/data``, train the backbone again with its
     recipe (and tuned parameters; ``train.clean.loss`` when set) there, and audit the new
     model on the cleaned split. A round the cleaning refuses (it would empty a class, or act
-    on more than ``train.clean.max_fraction``) is printed with the reason and recorded in
-    ``clean/summary.json``; the run goes on with the models trained so far."""
+    on more than ``train.clean.max_fraction``), or that would act on no row (the labels look
+    clean: training again on the same data is time for nothing), is printed with the reason
+    and recorded in ``clean/summary.json``; the run goes on with the models trained so far."""
     import pyarrow.parquet as pq
 
     from logo_train.audit import SUSPECTED_PARQUET
@@ -201,6 +202,11 @@ def _clean(
             except CleaningError as e:  # the round stops; the models trained so far stand
                 print(f"[clean] {backbone} round {round} refused: {e}")
                 refused.append({"backbone": backbone, "round": round, "reason": str(e)})
+                break
+            if plan.dropped + plan.relabelled == 0:  # the same data again: nothing to learn
+                why = f"the audit acts on no label ({plan.line()}): the data is unchanged"
+                print(f"[clean] {backbone} round {round} not trained: {why}")
+                refused.append({"backbone": backbone, "round": round, "reason": why})
                 break
             data_uri = join(folder, "data")
             cleaned = write_cleaned_shards(source, data_uri, ranked["id"].to_pylist(), plan)
@@ -358,6 +364,7 @@ def benchmark_stage(
         audits=audits,
         eval_batch_size=cfg.train.eval_batch_size,
         real_eval=cfg.data.real_eval,
+        real_outside=cfg.data.real_outside,
         out_uri=report_dir(cfg),
     )
     folder = report_dir(cfg)
@@ -400,7 +407,9 @@ def export_best(folder: str) -> str:
     metrics = entry_metrics(data, best)
     out = join(folder, "model")
     with tempfile.TemporaryDirectory() as tmp:  # then copied: the report may be a URI
-        exported = export_model(best["checkpoint"], tmp, metrics=metrics)
+        exported = export_model(
+            best["checkpoint"], tmp, metrics=metrics, calibration=best.get("calibration")
+        )
         for f in sorted(exported.iterdir()):
             write_bytes(join(out, f.name), f.read_bytes())
     return out

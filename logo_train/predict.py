@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from logo_train.data.brands import UNKNOWN
+
 log = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
@@ -57,6 +59,15 @@ class ExportedModel:
     """How a non-square input becomes square (``model.resize`` of the training)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """The run's test metrics for this checkpoint (empty when exported outside a run)."""
+    temperature: float = 1.0
+    """Logits are divided by this before the softmax (temperature scaling, fitted on the run's
+    validation split; 1 = as trained)."""
+    min_confidence: float = 0.0
+    """The open-set threshold: a top probability below it is answered ``unknown``
+    (``logo-train predict --min-confidence`` overrides it; 0 = every image gets a class)."""
+    unknown_class: str = ""
+    """The class that means "none of mine" (the embedded data's ``unknown``): answered as
+    ``unknown`` too; empty when the classes have none."""
     source_checkpoint: str = ""
     onnx: str = MODEL_ONNX
     onnx_max_abs_diff: float = 0.0
@@ -73,10 +84,12 @@ def export_model(
     metrics: dict[str, Any] | None = None,
     exporter: str = "torchscript",
     tolerance: float = 1e-3,
+    calibration: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``out/model.onnx`` + ``out/model.json`` for a checkpoint folder; the ONNX logits are
     checked against PyTorch on a random batch (raises when they differ by more than
-    ``tolerance``)."""
+    ``tolerance``). ``calibration``: the benchmark's (temperature, ``min_confidence``), kept in
+    ``model.json`` for ``predict``."""
     import torch
 
     from logo_train import checkpoint as ckpt
@@ -105,6 +118,9 @@ def export_model(
         source_checkpoint=str(checkpoint),
         onnx_max_abs_diff=check["max_abs_diff"],
         created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        temperature=float((calibration or {}).get("temperature", 1.0)),
+        min_confidence=float((calibration or {}).get("min_confidence", 0.0)),
+        unknown_class=UNKNOWN if UNKNOWN in info.class_names else "",
     )
     (out / MODEL_JSON).write_text(json.dumps(asdict(meta), indent=2))
     return out
@@ -128,7 +144,12 @@ def export_from(path: str | Path, out: str | Path, backbone: str | None = None) 
         entry = entries.get(backbone) if backbone else best_entry(data)
         if entry is None:
             raise ValueError(f"--backbone {backbone}: not in {p} (it has {sorted(entries)})")
-        return export_model(entry["checkpoint"], out, metrics=entry_metrics(data, entry))
+        return export_model(
+            entry["checkpoint"],
+            out,
+            metrics=entry_metrics(data, entry),
+            calibration=entry.get("calibration"),
+        )
     summary = join(str(p / "train"), "summary.json")
     if exists(summary):  # trained, not benchmarked: no test metrics to carry
         rows = {r["backbone"]: r for r in json.loads(read_bytes(summary))["results"]}
@@ -256,6 +277,7 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
             workdir,
             f"run {p}: best backbone {name(best)}",
             entry_metrics(data, best),
+            best.get("calibration"),
         )
     raise ModelError(
         f"--model {p}: not a run folder (report/benchmark.json), a checkpoint folder "
@@ -279,12 +301,16 @@ def _exported_json(p: Path) -> bool:
 
 
 def _from_checkpoint(
-    checkpoint: Path, workdir: str | Path, described_as: str, metrics: dict | None = None
+    checkpoint: Path,
+    workdir: str | Path,
+    described_as: str,
+    metrics: dict | None = None,
+    calibration: dict | None = None,
 ) -> ResolvedModel:
     if not _is_checkpoint(checkpoint):
         raise ModelError(f"{checkpoint / 'state.pt'}: missing (checkpoint moved or deleted?)")
     out = Path(workdir) / "model"
-    export_model(checkpoint, out, metrics=metrics)
+    export_model(checkpoint, out, metrics=metrics, calibration=calibration)
     return ResolvedModel(load_exported(out), str(out), str(checkpoint), described_as)
 
 
@@ -425,7 +451,14 @@ class Predictor:
     files."""
 
     def __init__(
-        self, meta: dict, onnx: bytes, torch_state: bytes, device: str, threads: int, top_k: int
+        self,
+        meta: dict,
+        onnx: bytes,
+        torch_state: bytes,
+        device: str,
+        threads: int,
+        top_k: int,
+        min_confidence: float = 0.0,
     ):
         from logo_train.data.augment import eval_spec
 
@@ -433,6 +466,10 @@ class Predictor:
         self.classes = np.asarray(meta.class_names, dtype=object)
         self.spec = eval_spec(meta)
         self.top_k = min(top_k, len(meta.class_names))
+        self.temperature = meta.temperature
+        self.min_confidence = min_confidence
+        names = list(meta.class_names)
+        self.unknown = names.index(meta.unknown_class) if meta.unknown_class in names else None
         if device == "cuda" and torch_state:
             import io
 
@@ -467,19 +504,25 @@ class Predictor:
         top_idx = np.zeros((n, k), np.int64)
         top_p = np.zeros((n, k), np.float32)
         if keep:
-            logits = self.run(x).astype(np.float64)
-            logits -= logits.max(1, keepdims=True)
-            prob = np.exp(logits)
-            prob /= prob.sum(1, keepdims=True)
+            from logo_train.calibration import softmax
+
+            prob = softmax(self.run(x), self.temperature)
             order = np.argsort(-prob, axis=1)[:, :k]
             top_idx[keep] = order
             top_p[keep] = np.take_along_axis(prob, order, 1)
+        read = np.asarray(reasons) == ""
+        unsure = read & (top_p[:, 0] < self.min_confidence)
+        unknown_class = read & (top_idx[:, 0] == self.unknown) if self.unknown is not None else 0
+        why = np.where(unsure, f"below min-confidence {self.min_confidence:.3f}", "")
+        why = np.where(~unsure & unknown_class, f"class {UNKNOWN}", why)
+        label = np.where(why != "", UNKNOWN, self.classes[top_idx[:, 0]])
         out = {
             "index": batch["index"],
             "path": batch["path"],
             "true_label": batch["label"],
-            "label": np.where(np.asarray(reasons) == "", self.classes[top_idx[:, 0]], ""),
+            "label": np.where(read, label, ""),
             "probability": top_p[:, 0],
+            "unknown_reason": why,
             "reason": reasons,
             "detail": details,
             "actor": np.full(n, os.getpid()),
@@ -528,11 +571,15 @@ def predict(
     device: str = "cpu",
     split: str = "test",
     max_pixels: int = 40_000_000,
+    min_confidence: float | None = None,
     progress: bool = True,
     echo=print,
 ) -> PredictSummary:
     """Predict every input of ``sources`` with ``model`` into ``out`` (.csv or .parquet), the
-    rejected inputs into ``<out stem>.rejected<suffix>`` beside it."""
+    rejected inputs into ``<out stem>.rejected<suffix>`` beside it. An image whose calibrated
+    top probability is below ``min_confidence`` (None: the model's own, ``model.json``; 0:
+    off), or whose top class is the model's ``unknown`` class, is answered ``unknown``, the
+    reason in ``unknown_reason``; ``top1_label`` keeps the class it would have named."""
     import pyarrow as pa
     import ray
 
@@ -545,6 +592,8 @@ def predict(
         raise ValueError(f"--out {out}: the file must end in .csv or .parquet")
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ValueError(f"--min-confidence must be in 0..1, got {min_confidence}")
     with tempfile.TemporaryDirectory(prefix="logo-train-predict-") as workdir:
         resolved = resolve_model(model, workdir)
         meta = resolved.meta
@@ -561,6 +610,8 @@ def predict(
         # our bar reports progress; Ray Data's periodic progress log lines would repeat it
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         spec = eval_spec(meta)
+        threshold = meta.min_confidence if min_confidence is None else min_confidence
+        echo(open_set_line(meta, threshold, min_confidence is None))
         # decode + resize in tasks, pipelined with the model; not fused into the actors
         ds = _dataset(inputs, max_pixels, actors).map_batches(
             preprocess, fn_kwargs={"spec": spec}, batch_size=batch_size, num_cpus=0.5
@@ -574,6 +625,7 @@ def predict(
                 "device": device,
                 "threads": max(1, int(cpus_per_actor)),
                 "top_k": top_k,
+                "min_confidence": threshold,
             },
             batch_size=batch_size,
             # a block at a time per actor, so a slow-starting actor still gets its share
@@ -596,6 +648,23 @@ def predict(
         got = 0 if result is None else result.num_rows
         raise RuntimeError(f"predict lost inputs: {inputs.seen} seen, {got} came back")
     return _write(result, out, resolved, inputs, top_k, seconds, echo)
+
+
+def open_set_line(meta: ExportedModel, threshold: float, own: bool) -> str:
+    """What the prediction answers ``unknown``, on one line."""
+    if threshold <= 0 and not meta.unknown_class:
+        return "[predict] every image gets one of the model's classes (--min-confidence 0)"
+    where = "the model's own, fitted on its validation split" if own else "--min-confidence"
+    parts = []
+    if threshold > 0:
+        parts.append(f"top probability below {threshold:.3f} ({where})")
+    if meta.unknown_class:
+        parts.append(f"top class '{meta.unknown_class}'")
+    return (
+        f"[predict] answered '{UNKNOWN}': "
+        + " or ".join(parts)
+        + f"; probabilities at temperature {meta.temperature:.3f}"
+    )
 
 
 def _check_cpus(actors: int, cpus_per_actor: float, device: str) -> None:
@@ -670,7 +739,7 @@ def _write(table, out: Path, resolved: ResolvedModel, inputs: Inputs, top_k, sec
     ok = pc.equal(table["reason"], "")
     rows = table.filter(ok)
     rejected = table.filter(pc.invert(ok)).select(["path", "reason", "detail"])
-    columns = ["path", "label", "probability"]
+    columns = ["path", "label", "probability", "unknown_reason"]
     for j in range(min(top_k, len(resolved.meta.class_names))):
         columns += [f"top{j + 1}_label", f"top{j + 1}_probability"]
     labelled = pc.not_equal(rows["true_label"], "")
@@ -703,12 +772,19 @@ def _write(table, out: Path, resolved: ResolvedModel, inputs: Inputs, top_k, sec
         known = [i for i, n in enumerate(names) if n in index]
         summary.unknown_labels = dict(Counter(n for n in names if n not in index))
         summary.labelled = len(known)
-        if known:
-            preds = truth["label"].to_pylist()
+        if known:  # of the class each image would be given (top-1), and of the answers
+            preds = truth["top1_label"].to_pylist()
+            answers = truth["label"].to_pylist()
             summary.metrics = classification_metrics(
                 y_true=[index[names[i]] for i in known],
                 y_pred=[index[preds[i]] for i in known],
                 num_classes=len(index),
+            )
+            answered = [i for i in known if answers[i] != UNKNOWN]
+            right = [i for i in known if preds[i] == names[i]]
+            summary.metrics["answered"] = len(answered) / len(known)
+            summary.metrics["right_kept"] = sum(answers[i] == names[i] for i in right) / max(
+                len(right), 1
             )
     for line in summary_lines(summary):
         echo(line)
@@ -739,7 +815,9 @@ def summary_lines(s: PredictSummary) -> list[str]:
         m = s.metrics
         lines.append(
             f"[predict] against the {s.labelled} labelled input(s): accuracy {m['accuracy']:.3f}, "
-            f"macro-F1 {m['macro_f1']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
+            f"macro-F1 {m['macro_f1']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f} "
+            f"(top-1); answered {m['answered']:.3f} of them, {m['right_kept']:.3f} of the right "
+            f"top-1 answers kept (the rest '{UNKNOWN}')"
         )
     if s.unknown_labels:
         lines.append(f"[predict] labels the model does not know (not scored): {s.unknown_labels}")

@@ -119,22 +119,35 @@ def load_real_set(
     return real
 
 
+def _probabilities(model, images, spec, device, batch_size: int, temperature: float):
+    model = model.eval().to(device)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(eval_inputs(images[start : start + batch_size], spec))
+            out.append((model(x.to(device)).double() / temperature).softmax(1).cpu().numpy())
+    return np.concatenate(out)
+
+
 def score_real(
     model: nn.Module,
     real: RealSet,
     spec: TransformSpec,
     device: torch.device,
     batch_size: int = 64,
+    *,
+    temperature: float = 1.0,
+    min_confidence: float = 0.0,
+    unknown: int | None = None,
 ) -> dict:
     """Top-1 and top-3 accuracy and macro-F1 of ``model`` (a classifier) on the real photos,
-    per class, and the mistakes (index, true class, top-3 predictions)."""
-    model = model.eval().to(device)
-    probs = []
-    with torch.inference_mode():
-        for start in range(0, len(real.images), batch_size):
-            x = torch.from_numpy(eval_inputs(real.images[start : start + batch_size], spec))
-            probs.append(model(x.to(device)).float().softmax(1).cpu().numpy())
-    p = np.concatenate(probs)
+    per class, and the mistakes (index, true class, top-3 predictions); with the open-set
+    answer (``temperature``, ``min_confidence``, the ``unknown`` class: the benchmark fits them
+    on validation) what share of the photos keeps an answer and of the right ones, and the
+    risk-coverage curve."""
+    from logo_train.calibration import open_set_summary, risk_coverage, thin
+
+    p = _probabilities(model, real.images, spec, device, batch_size, temperature)
     labels = np.asarray(real.labels, np.int64)
     k = min(3, p.shape[1])
     top = np.argsort(-p, axis=1, kind="stable")[:, :k]
@@ -172,6 +185,12 @@ def score_real(
         "macro_f1": quality["macro_f1"],
         "top3": float(hit3.mean()),
         "chance": 1.0 / len(real.classes),
+        "open_set": {
+            "temperature": temperature,
+            "min_confidence": min_confidence,
+            **open_set_summary(p, labels, min_confidence, unknown),
+        },
+        "risk_coverage": thin(risk_coverage(p, labels)),
         "per_class": per_class,
         "mistakes": mistakes,
     }
@@ -207,3 +226,97 @@ def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> by
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
+
+
+@dataclass
+class OutsideSet:
+    """Real photos of brands that are none of the run's classes (``data.real_outside``): a
+    model should answer ``unknown`` for each."""
+
+    root: str
+    images: list[bytes] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        return {"root": self.root, "images": len(self.images), "rejected": self.rejected}
+
+    def lines(self) -> list[str]:
+        folders = {Path(p).parts[0] for p in self.paths if len(Path(p).parts) > 1}
+        out = [
+            f"[real] {self.root}: {len(self.images)} photos of no class of the run"
+            + (f" ({len(folders)} folders)" if folders else "")
+        ]
+        if self.rejected:
+            out.append(
+                f"[real] {len(self.rejected)} file(s) there not scored (not a readable image)"
+            )
+        return out
+
+
+OUTSIDE_FIELD = "data.real_outside"
+
+
+def load_outside_set(root: str | Path, max_pixels: int = 40_000_000) -> OutsideSet:
+    """Every image file under ``root`` (any layout); unreadable files are listed, not scored."""
+    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
+
+    base = Path(root)
+    if not base.is_dir():
+        raise ValueError(f"config field '{OUTSIDE_FIELD}' = {str(root)!r}: not a folder")
+    out = OutsideSet(str(root))
+    for path in sorted(p for p in base.rglob("*") if p.is_file()):
+        rel = path.relative_to(base).as_posix()
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            out.rejected.append({"path": rel, "reason": "unsupported_extension", "detail": ""})
+            continue
+        try:
+            out.images.append(stored_bytes(path.read_bytes(), max_pixels))
+            out.paths.append(rel)
+        except Reject as r:
+            out.rejected.append({"path": rel, "reason": r.reason, "detail": r.detail})
+        except OSError as e:
+            out.rejected.append({"path": rel, "reason": "unreadable", "detail": str(e)})
+    if not out.images:
+        raise ValueError(f"config field '{OUTSIDE_FIELD}' = {str(root)!r}: no readable image")
+    return out
+
+
+def score_outside(
+    model: nn.Module,
+    outside: OutsideSet,
+    spec: TransformSpec,
+    device: torch.device,
+    class_names: list[str],
+    batch_size: int = 64,
+    *,
+    temperature: float = 1.0,
+    min_confidence: float = 0.0,
+    unknown: int | None = None,
+) -> dict:
+    """The share of the outside photos the open-set answer calls ``unknown`` (below the
+    threshold, or the ``unknown`` class), per folder, and the classes named for the others."""
+    from collections import Counter
+
+    from logo_train.calibration import open_set_answer
+
+    p = _probabilities(model, outside.images, spec, device, batch_size, temperature)
+    answer = open_set_answer(p, min_confidence, unknown)
+    rejected = answer < 0
+    folders: dict[str, list[bool]] = {}
+    for path, r in zip(outside.paths, rejected, strict=True):
+        parts = Path(path).parts
+        folders.setdefault(parts[0] if len(parts) > 1 else ".", []).append(bool(r))
+    named = Counter(class_names[a] for a in answer[~rejected])
+    below = p.max(axis=1) < min_confidence
+    return {
+        "images": len(outside.images),
+        "answered_unknown": float(rejected.mean()),
+        "below_threshold": float(below.mean()),
+        # the rest of the unknown answers: sure enough, but of the class unknown
+        "unknown_class": float(((p.argmax(axis=1) == unknown) & ~below).mean())
+        if unknown is not None
+        else 0.0,
+        "per_folder": {k: float(np.mean(v)) for k, v in sorted(folders.items())},
+        "named_instead": dict(named.most_common(10)),
+    }

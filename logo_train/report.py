@@ -26,7 +26,18 @@ PLOTS = {
     "curves": "training_curves.png",
     "confusion": "confusion_best.png",
     "per_class": "per_class_f1_by_size.png",
+    "reliability": "reliability_best.png",
+    "risk_coverage": "risk_coverage_best.png",
 }
+CALIBRATION_PLOTS = ("reliability", "risk_coverage")
+"""Drawn when the best model's entry has a calibration (benchmark.json from this version on)."""
+
+
+def plots_for(data: dict[str, Any]) -> list[str]:
+    """The plot keys a benchmark.json gives."""
+    calibrated = bool(best_entry(data).get("calibration"))
+    return [k for k in PLOTS if calibrated or k not in CALIBRATION_PLOTS]
+
 
 # (column name with unit, how to get it from a benchmark.json entry, format)
 COLUMNS: list[tuple[str, Any, str]] = [
@@ -203,8 +214,9 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {pc['class']} | {counts.get(pc['class'], 0)} | {pc['precision']:.3f} | "
             f"{pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |"
         )
+    lines += _calibration_lines(data, best)
     lines += ["", "## Plots", ""]
-    lines += [f"![{key}]({name})" for key, name in PLOTS.items()]
+    lines += [f"![{key}]({PLOTS[key]})" for key in plots_for(data)]
     audits = {name(e): e["audit"] for e in entries if e.get("audit")}
     if audits:
         lines += ["", "## Suspected wrong labels", ""]
@@ -313,6 +325,46 @@ def _real_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _calibration_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
+    """'Calibration and the open-set answer' of the best model (``logo_train.calibration``)."""
+    c = best.get("calibration")
+    if not c:
+        return []
+    val, test = c["val"], c["test"]
+    lines = [
+        "",
+        "## Calibration and the open-set answer",
+        "",
+        f"{name(best)}: temperature **{c['temperature']:.3f}** fitted on the validation split "
+        f"({val['images']} images); expected calibration error (15 bins) on validation "
+        f"{val['ece_before']:.4f} before, **{val['ece_after']:.4f}** after; on "
+        f"{data['split']} {test['ece_before']:.4f} before, **{test['ece_after']:.4f}** after. "
+        f"The open-set threshold, {c['min_confidence']:.3f} (the exported model's "
+        f"`min_confidence`), keeps {c['keep']:.0%} of validation's right answers; below it "
+        f"(or for the class `unknown`) `logo-train predict` answers `unknown`. On "
+        f"{data['split']} it answers {test['answered']:.3f} of the images, "
+        f"{test['accuracy_answered']:.3f} of those right, and keeps "
+        f"{test['right_kept']:.3f} of the right top-1 answers.",
+    ]
+    real = best.get("real", {}).get("open_set")
+    if real:
+        lines.append(
+            f"Real photos (`data.real_eval`): {real['answered']:.3f} answered, "
+            f"{real['accuracy_answered']:.3f} of those right; {real['right_kept']:.3f} of the "
+            "right top-1 answers kept."
+        )
+    out = best.get("outside")
+    if out:
+        folders = ", ".join(f"{k} {v:.2f}" for k, v in out["per_folder"].items())
+        lines.append(
+            f"Photos of brands outside the classes (`data.real_outside`, {out['images']}): "
+            f"**{out['answered_unknown']:.3f} answered `unknown`** "
+            f"({out['below_threshold']:.3f} below the threshold, {out['unknown_class']:.3f} "
+            f"the class `unknown`); per folder: {folders}."
+        )
+    return lines
+
+
 def write_report(path: str | Path) -> str:
     """Regenerate benchmark.md, benchmark.parquet and the plots from benchmark.json (a local
     folder or a URI: every file goes through the same pyarrow filesystem)."""
@@ -348,14 +400,17 @@ def plot_all(data: dict[str, Any], folder: str) -> None:
     from logo_train.data.shards import join, write_bytes
 
     plt = _plt()
-    for key, fn in (
-        ("bars", _bars),
-        ("scatter", _scatter),
-        ("curves", _curves),
-        ("confusion", _confusion),
-        ("per_class", _per_class),
-    ):
-        fig = fn(data, plt)
+    draw = {
+        "bars": _bars,
+        "scatter": _scatter,
+        "curves": _curves,
+        "confusion": _confusion,
+        "per_class": _per_class,
+        "reliability": _reliability,
+        "risk_coverage": _risk_coverage,
+    }
+    for key in plots_for(data):
+        fig = draw[key](data, plt)
         png = io.BytesIO()
         fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
@@ -468,5 +523,49 @@ def _per_class(data, plt):
     twin.plot(range(len(names)), [counts.get(n, 0) for n in names], "k.-", label="training images")
     twin.set_ylabel("training images (given labels)")
     ax.set_title(f"{name(best)}: per-class F1, classes sorted by training-set size")
+    fig.tight_layout()
+    return fig
+
+
+def _reliability(data, plt):
+    best = best_entry(data)
+    val = best["calibration"]["val"]
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect calibration")
+    for key, label, colour in (
+        ("reliability_before", f"before (ECE {val['ece_before']:.3f})", "tab:red"),
+        ("reliability_after", f"after T = {best['calibration']['temperature']:.2f} "
+         f"(ECE {val['ece_after']:.3f})", "tab:blue"),
+    ):  # fmt: skip
+        r = val[key]
+        pts = [
+            (f, a) for f, a, n in zip(r["confidence"], r["accuracy"], r["count"], strict=True) if n
+        ]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=colour, label=label)
+    ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1))
+    ax.set_title(f"{name(best)}: reliability on validation")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _risk_coverage(data, plt):
+    best = best_entry(data)
+    c = best["calibration"]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    curves = [("validation", c["val"]["risk_coverage"], "tab:blue")]
+    if best.get("real", {}).get("risk_coverage"):
+        curves.append(("real photos", best["real"]["risk_coverage"], "tab:green"))
+    for label, rc, colour in curves:
+        ax.plot(rc["coverage"], rc["accuracy"], "-", color=colour, label=label)
+        kept = [i for i, t in enumerate(rc["threshold"]) if t >= c["min_confidence"]]
+        if kept:
+            i = kept[-1]
+            ax.plot(rc["coverage"][i], rc["accuracy"][i], "o", color=colour)
+    ax.set(xlabel="share of images answered (coverage)", ylabel="accuracy of the answers kept")
+    ax.set_title(f"{name(best)}: risk-coverage (dot: min_confidence {c['min_confidence']:.2f})")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

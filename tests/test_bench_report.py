@@ -172,6 +172,13 @@ def test_benchmark_entry_is_complete_and_consistent(benchmark_data):
         assert e["eager"]["throughput_images_per_s"] > 0
         assert e["onnx"]["matches"], e["onnx"]["max_abs_diff"]
         assert [h["epoch"] for h in e["history"]] == [1, 2, 3]
+        # calibration fitted on validation: one image per class there
+        c = e["calibration"]
+        assert c["val"]["images"] == manifest.split_rows("val") and c["temperature"] > 0
+        assert sum(c["val"]["reliability_after"]["count"]) == manifest.split_rows("val")
+        # the threshold is a top probability of validation (0 when nothing there is right)
+        assert 0 <= c["min_confidence"] <= 1
+        assert 0 <= c["test"]["answered"] <= 1 and 0 <= c["test"]["right_kept"] <= 1
 
 
 def test_report_is_made_from_the_json_alone_and_matches_it(benchmark_data, capsys):
@@ -201,6 +208,10 @@ def test_report_is_made_from_the_json_alone_and_matches_it(benchmark_data, capsy
     assert parquet == rows(data)
     best = max(data["backbones"], key=lambda e: e["metrics"]["macro_f1"])
     assert f"**Best backbone: {best['backbone']}**" in text
+    chosen = best_entry(data)["calibration"]
+    assert "## Calibration and the open-set answer" in text
+    assert f"**{chosen['val']['ece_after']:.4f}** after" in text
+    assert f"threshold, {chosen['min_confidence']:.3f}" in text
     assert "report folder" in capsys.readouterr().out
 
 

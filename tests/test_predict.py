@@ -252,3 +252,56 @@ def test_a_broken_model_folder_stops_before_any_work(shards, checkpoint, tmp_pat
     assert not out.exists()
     assert cli(["predict", "--model", str(tmp_path / "nope"), "--out", str(out), "x"]) == 2
     assert cli(["predict", "--model", str(checkpoint), "--out", str(tmp_path / "p.txt"), "x"]) == 2
+
+
+def test_the_open_set_threshold_travels_with_the_model_and_can_be_turned_off(
+    local_ray, shards, checkpoint, tmp_path
+):
+    """``model.json`` keeps the benchmark's temperature and threshold; ``predict`` answers
+    ``unknown`` below it (the reason in its own column, the class it would have named kept),
+    ``min_confidence=0`` turns it off."""
+    from logo_train.bench import logits_of
+    from logo_train.calibration import softmax
+
+    _, uri, manifest = shards
+    images, names = _write_test_split(uri, tmp_path / "crops")
+    model, info = ckpt.load_model(checkpoint)
+    spec = TransformSpec(32, tuple(info.mean), tuple(info.std))
+    probs = softmax(logits_of(model, images, spec, torch.device("cpu"), 16), 2.0)
+    top = probs.max(1)
+    threshold = float(np.median(top))
+    exported = export_model(
+        checkpoint,
+        tmp_path / "model",
+        calibration={"temperature": 2.0, "min_confidence": threshold},
+    )
+    meta = json.loads((exported / MODEL_JSON).read_text())
+    assert meta["temperature"] == 2.0 and meta["min_confidence"] == threshold
+    assert meta["unknown_class"] == "unknown"
+
+    out = tmp_path / "open.csv"
+    summary = predict(exported, [str(tmp_path / "crops")], out, progress=False)
+    table = pacsv.read_csv(out)
+    by_path = {p: i for i, p in enumerate(table["path"].to_pylist())}
+    rows = [by_path[str(tmp_path / "crops" / n / f"{i:04d}.png")] for i, n in enumerate(names)]
+    label = np.array(table["label"].to_pylist(), dtype=object)[rows]
+    top1 = np.array(table["top1_label"].to_pylist(), dtype=object)[rows]
+    reason = np.array([r or "" for r in table["unknown_reason"].to_pylist()], dtype=object)[rows]
+    prob = table["probability"].to_numpy()[rows]
+    np.testing.assert_allclose(prob, top, atol=1e-4)  # probabilities at the model's temperature
+    unsure = top < threshold
+    assert 0 < unsure.sum() < len(top)
+    assert (label[unsure] == "unknown").all()
+    assert all(r.startswith("below min-confidence") for r in reason[unsure])
+    sure = ~unsure & (top1 != "unknown")
+    assert (label[sure] == top1[sure]).all() and (reason[sure] == "").all()
+    assert (top1 == [manifest.classes[k] for k in probs.argmax(1)]).all()
+    assert summary.metrics["answered"] == pytest.approx(np.mean(label != "unknown"))
+
+    off = tmp_path / "off.csv"
+    predict(exported, [str(tmp_path / "crops")], off, min_confidence=0.0, progress=False)
+    t = pacsv.read_csv(off)
+    assert [lab for lab, t1 in zip(t["label"].to_pylist(), t["top1_label"].to_pylist(),
+            strict=True) if lab != t1] == []  # fmt: skip
+    with pytest.raises(ValueError, match="min-confidence"):
+        predict(exported, [str(tmp_path / "crops")], off, min_confidence=1.5, progress=False)

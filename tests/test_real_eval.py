@@ -127,6 +127,12 @@ def test_the_benchmark_scores_real_photos_and_the_report_shows_them(tmp_path):
             (real_root / name / f"{i}.png").write_bytes(_png(colour))
     (real_root / "Not-A-Brand").mkdir()
     (real_root / "Not-A-Brand/x.png").write_bytes(_png((1, 2, 3)))
+    outside = tmp_path / "outside"
+    for folder, n in (("Lexus", 3), ("Mercedes-Benz", 2)):
+        (outside / folder).mkdir(parents=True)
+        for i in range(n):
+            (outside / folder / f"{i}.png").write_bytes(_png((40 * i, 100, 30 * n)))
+    (outside / "Lexus/notes.txt").write_text("not an image")
     torch.manual_seed(0)
     model = build_model("resnet10t", len(classes), 32)
     mean, std = normalisation(model)
@@ -140,9 +146,18 @@ def test_the_benchmark_scores_real_photos_and_the_report_shows_them(tmp_path):
     lines = []
     data = benchmark_run(
         rows_in, uri, cfg, run_name="real", on_ray=False, echo=lines.append,
-        real_eval=str(real_root), out_uri=str(report),
+        real_eval=str(real_root), real_outside=str(outside), out_uri=str(report),
     )  # fmt: skip
     real = data["backbones"][0]["real"]
+    # the outside photos: each answered unknown or named, counted per folder, the text file listed
+    out = data["backbones"][0]["outside"]
+    assert out["images"] == 5 and set(out["per_folder"]) == {"Lexus", "Mercedes-Benz"}
+    named = sum(out["named_instead"].values())
+    assert round(out["answered_unknown"] * 5) + named == 5
+    assert out["answered_unknown"] == pytest.approx(out["below_threshold"] + out["unknown_class"])
+    assert any("5 photos of no class of the run (2 folders)" in line for line in lines)
+    assert any("1 file(s) there not scored" in line for line in lines)
+    assert 0 <= real["open_set"]["right_kept"] <= 1
     assert real["images"] == 6 and 0 <= real["top1"] <= real["top3"] <= 1
     assert len(real["mistakes"]) == round(6 * (1 - real["top1"]))
     assert data["real_eval"]["unknown_classes"] == {"Not-A-Brand": 1}

@@ -35,9 +35,48 @@ def test_every_class_renders_a_different_logo():
         for b in names[i + 1 :]:
             diff = np.abs(small[a] - small[b]).mean()
             assert diff > 0.05, f"{a} and {b} render nearly the same mask ({diff:.3f})"
-    # the unknown class draws from many non-vehicle icons, none of them a car brand
-    assert len(brands.UNKNOWN_SLUGS) >= 20
-    assert not set(brands.UNKNOWN_SLUGS) & set(brands.BRAND_SLUGS.values())
+    # the unknown class draws from many non-vehicle icons and other makers' badges, none of
+    # them one of the 27 brands (nor one of their classic badges)
+    assert len(brands.UNKNOWN_NON_VEHICLE) >= 20 and len(brands.UNKNOWN_VEHICLE) >= 15
+    known = set(brands.BRAND_SLUGS.values()) | set(brands.CLASSIC_SVG)
+    assert not set(brands.UNKNOWN_SLUGS) & known
+    # the makers the real development set's outside photos show are never rendered
+    held_out = {"astonmartin", "bentley", "cadillac", "ferrari", "lamborghini", "maserati",
+                "mini", "rollsroyce"}  # fmt: skip
+    assert not set(brands.UNKNOWN_SLUGS) & held_out
+
+
+def test_classic_badges_render_beside_the_current_artwork():
+    masks = synth.templates()
+    for name, classics in brands.CLASSIC_BADGES.items():
+        slugs = brands.class_slugs(name)
+        assert slugs == (brands.BRAND_SLUGS[name], *classics)
+        current = cv2.resize(masks[slugs[0]][0], (32, 32), interpolation=cv2.INTER_AREA)
+        for slug in classics:
+            mask, rgb = masks[slug]
+            assert rgb == masks[slugs[0]][1], f"{slug} takes its brand's colour"
+            small = cv2.resize(mask, (32, 32), interpolation=cv2.INTER_AREA)
+            assert small.mean() > 0.1, f"{slug} renders (almost) empty"
+            assert np.abs(small - current).mean() > 0.05, f"{slug} is the current artwork"
+    # a class draws each of its artworks: Citroen's renders are not all of one template
+    chevrons = synth.templates()["citroen-chevrons"][0]
+    assert chevrons.shape[1] > chevrons.shape[0]  # wider than tall, unlike the 2022 oval
+
+
+def test_surveillance_crops_are_grey_small_and_soft():
+    rng = np.random.default_rng(0)
+    colour = np.zeros((64, 64, 3), np.float32)
+    colour[:, :32] = (200, 30, 30)
+    colour[:, 32:] = (20, 40, 220)
+    colour[::8] = 255  # fine detail that a 12-28 px camera cannot keep
+    out = badge._surveillance(colour.copy(), np.random.default_rng(1))
+    spread = np.abs(out - out.mean(axis=2, keepdims=True)).mean()
+    assert spread < 0.3 * np.abs(colour - colour.mean(axis=2, keepdims=True)).mean()
+    rows = np.abs(np.diff(out, axis=0)).mean()
+    assert rows < 0.5 * np.abs(np.diff(colour, axis=0)).mean()
+    again = badge._surveillance(colour.copy(), np.random.default_rng(1))
+    assert np.array_equal(out, again)
+    assert badge._studio(40, 60, rng).mean() > 190
 
 
 def test_lookalike_pairs_are_a_perfect_matching():

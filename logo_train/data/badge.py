@@ -4,10 +4,12 @@ A scene is drawn at a small native size (badge crops are often 30-90 px tall) an
 the output height: a crop as wide as a detector would cut around the badge (square, or up to
 ``max_aspect``:1 for wide badges), filled by the badge as in close-ups; a painted body panel
 (gradient, specular band, panel gap or trim strip), a radiator grille (bars or mesh) or
-textured trim plastic; the logo raised in chrome (the surroundings reflected along its bevel,
+textured trim plastic, or (``studio`` of crops) white or light paper behind clean artwork;
+the logo raised in chrome (the surroundings reflected along its bevel,
 highlights, a dark gap at its edge), chrome with coloured enamel in the regions its outline
 encloses (Ford's oval, VW's and BMW's roundels), gloss black or the brand colour; a drop
-shadow; random scale, rotation, perspective, occlusion; then light, blur, noise and JPEG.
+shadow; random scale, rotation, perspective, occlusion; then light, blur, a surveillance
+camera for some (grey, 12-28 px tall, soft, glare), noise and JPEG.
 ``difficulty`` in [0, 1] scales every random range. Everything random comes from the ``rng``
 passed in, so one seed gives one image.
 """
@@ -104,6 +106,16 @@ def _plastic(h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
     y, _ = _grid(h, w)
     img = base * (1.0 + rng.uniform(-0.3, 0.3) * (y - 0.5)) + (6 + 6 * d) * grain[..., None]
     return np.repeat(img, 3, axis=2) * rng.uniform(0.95, 1.05, 3).astype(np.float32)
+
+
+def _studio(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
+    """White or light grey paper, a wall or a web page: where product shots and clean artwork
+    sit (many real crops are the logo on white, not a badge on a car)."""
+    y, x = _grid(h, w)
+    level = rng.uniform(200, 255)
+    shade = 1.0 + rng.uniform(-0.08, 0.08) * (y - 0.5) + rng.uniform(-0.08, 0.08) * (x - 0.5)
+    img = np.full((h, w, 3), level, np.float32) * rng.uniform(0.96, 1.02, 3).astype(np.float32)
+    return img * shade + rng.normal(0, 1.5, (h, w, 1)).astype(np.float32)
 
 
 def _background(h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
@@ -227,6 +239,8 @@ def _flat(mask: np.ndarray, brand_rgb, style: str, rng: np.random.Generator) -> 
 
 STYLES = ("chrome", "black", "colour", "enamel")
 STYLE_P = (0.35, 0.2, 0.2, 0.25)
+STUDIO_STYLE_P = (0.25, 0.3, 0.3, 0.15)
+"""On light backgrounds the logo is mostly flat artwork: black or the brand colour."""
 
 
 def _occlude(img: np.ndarray, rng: np.random.Generator, d: float) -> None:
@@ -241,6 +255,30 @@ def _occlude(img: np.ndarray, rng: np.random.Generator, d: float) -> None:
         cv2.ellipse(img, centre, axes, rng.uniform(0, 180), 0, 360, rng.uniform(40, 220, 3), -1)
 
 
+def _surveillance(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A traffic or parking camera's crop: night-mode grey (or nearly), the badge only 12-28
+    pixels tall upscaled by the detector's crop, soft, flat contrast, sometimes the glare of an
+    infrared lamp or a headlight on the chrome."""
+    h, w = img.shape[:2]
+    grey = img @ np.float32([0.299, 0.587, 0.114])
+    mix = rng.uniform(0.7, 1.0)
+    img = img * (1 - mix) + grey[..., None] * mix
+    rows = int(rng.integers(12, 29))
+    if rows < h:
+        cols = max(2, round(rows * w / h))
+        small = cv2.resize(img, (cols, rows), interpolation=cv2.INTER_AREA)
+        img = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5) * h / 64)
+    mean = img.mean()
+    img = (img - mean) * rng.uniform(0.5, 0.9) + mean * rng.uniform(0.9, 1.2)
+    if rng.random() < 0.4:  # glare: a soft bright spot, often tinted by the lamp
+        y, x = _grid(h, w)
+        cy, cx, r = rng.uniform(0.2, 0.8), rng.uniform(0.1, 0.9), rng.uniform(0.03, 0.12)
+        spot = np.exp(-(((y - cy) ** 2) + (x - cx) ** 2) / (2 * r**2))
+        img = img + spot * rng.uniform(80, 200) * rng.uniform(0.8, 1.0, 3).astype(np.float32)
+    return img
+
+
 def compose_badge(
     template: np.ndarray,
     brand_rgb: tuple[int, int, int],
@@ -251,15 +289,20 @@ def compose_badge(
     max_crop_px: int,
     rng: np.random.Generator,
     max_aspect: float = 1.0,
+    studio: float = 0.15,
+    surveillance: float = 0.3,
 ) -> tuple[np.ndarray, int | None]:
     """Return ``(rgb uint8 [size, width, 3], jpeg_quality or None)`` for one badge crop:
     ``size`` rows; ``width`` from ``size`` (square) up to ``max_aspect * size`` (a wide
-    badge's detector crop)."""
+    badge's detector crop). ``studio``: the share of crops on a light background (whatever
+    the difficulty: a kind of photo, not an easier one; the camera still degrades it);
+    ``surveillance`` x ``difficulty``: the share seen by a surveillance camera."""
     d = float(difficulty)
     h = int(rng.integers(min_crop_px, max_crop_px + 1))
     w = _crop_width(h, template.shape[1] / template.shape[0], max_aspect, rng)
-    bg = _background(h, w, rng, d)
-    style = STYLES[rng.choice(len(STYLES), p=STYLE_P)]
+    light = rng.random() < studio
+    bg = _studio(h, w, rng) if light else _background(h, w, rng, d)
+    style = STYLES[rng.choice(len(STYLES), p=STUDIO_STYLE_P if light else STYLE_P)]
     regions = enamel_regions(template) if style == "enamel" else None
     if regions is not None and regions.sum() < 0.15 * (template > 0.5).sum():
         style, regions = "chrome", None  # nothing enclosed to fill
@@ -305,6 +348,8 @@ def compose_badge(
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
         kernel = cv2.warpAffine(kernel, rot, (k, k))
         img = cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
+    if rng.random() < surveillance * d:
+        img = _surveillance(img, rng)
     img = img + rng.normal(0, rng.uniform(0, 2 + 14 * d), img.shape).astype(np.float32)
     rgb = np.clip(img, 0, 255).astype(np.uint8)
     quality = int(rng.uniform(95 - 70 * d, 96)) if rng.random() < 0.4 + 0.5 * d else None

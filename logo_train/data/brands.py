@@ -42,13 +42,44 @@ BRAND_SLUGS: dict[str, str] = {
 }
 UNKNOWN = "unknown"
 
-# Non-vehicle icons that make up the "unknown" class (a detector's false positives).
-UNKNOWN_SLUGS: tuple[str, ...] = (
+# The "unknown" class: what a badge detector crops that is none of the 27 brands. Non-vehicle
+# icons (its false positives: sportswear, drinks, tech, shop signs) ...
+UNKNOWN_NON_VEHICLE: tuple[str, ...] = (
     "apple", "android", "spotify", "github", "python", "docker", "nike", "adidas",
     "starbucks", "mcdonalds", "facebook", "instagram", "linux", "ubuntu", "firefox",
     "paypal", "visa", "mastercard", "netflix", "youtube", "whatsapp", "telegram",
     "reddit", "steam", "playstation", "intel", "samsung", "shell",
 )  # fmt: skip
+# ... and the badges of other vehicle makers (a detector's true positives of brands the model
+# does not know). Deliberately not every maker simple-icons has: Aston Martin, Bentley,
+# Cadillac, Ferrari, Lamborghini, Maserati, MINI and Rolls-Royce are left out because the real
+# development set's outside-brand photos are of them (docs/rendering.md): the rejection score
+# it gives is then one of makers never rendered.
+UNKNOWN_VEHICLE: tuple[str, ...] = (
+    "acura", "bugatti", "chrysler", "dacia", "daf", "dsautomobiles", "infiniti", "iveco",
+    "koenigsegg", "lada", "lucid", "man", "mclaren", "polestar", "proton", "ram", "scania",
+    "seat", "smart",
+)  # fmt: skip
+UNKNOWN_SLUGS: tuple[str, ...] = UNKNOWN_NON_VEHICLE + UNKNOWN_VEHICLE
+
+# Badges most cars on the road still wear, which simple-icons replaced by a newer design:
+# drawn here as plain geometry (24 x 24 viewBox, like simple-icons), rendered beside the
+# current artwork (each with equal chance). Citroen's double chevrons without the 2022 oval;
+# Renault's 1992-2021 lozenge (a solid frame, not the 2021 interlaced outline). A Volvo with
+# its name cut out of a bar across the ring was tried and dropped: it lowered real Volvo photos
+# (chrome letters on a dark bar) from 0.77-0.91 to 0.48-0.61 (docs/rendering.md).
+CLASSIC_SVG: dict[str, str] = {
+    "citroen-chevrons": (
+        '<path d="M12 2 24 9.2v4.3L12 6.3 0 13.5V9.2zM12 10.5 24 17.7V22l-12-7.2L0 22v-4.3z"/>'
+    ),
+    "renault-lozenge": (
+        '<path fill-rule="evenodd" d="M12 0 21.5 12 12 24 2.5 12zm0 5.2L6.6 12l5.4 6.8 5.4-6.8z"/>'
+    ),
+}
+CLASSIC_BADGES: dict[str, tuple[str, ...]] = {
+    "Citroen": ("citroen-chevrons",),
+    "Renault": ("renault-lozenge",),
+}
 
 # Look-alike partners for "pairs" label noise: a flipped label becomes the partner's.
 # Shapes that a badge photo confuses (H marks, ovals, roundels, shields, T marks, wordmarks);
@@ -88,6 +119,14 @@ class Artwork:
 
 def load_artwork(slug: str) -> Artwork:
     """The SVG and brand colour of one simple-icons slug."""
+    if slug in CLASSIC_SVG:
+        owner = next(n for n, slugs in CLASSIC_BADGES.items() if slug in slugs)
+        svg = (
+            '<svg role="img" viewBox="0 0 24 24" xmlns="http://www.w3.org/2000/svg">'
+            f"{CLASSIC_SVG[slug]}</svg>"
+        )
+        colour = load_artwork(BRAND_SLUGS[owner]).hex_colour
+        return Artwork(slug=slug, title=f"{owner} (classic)", svg=svg, hex_colour=colour)
     import simple_icons_pack
 
     icon = simple_icons_pack.get_icon(slug)
@@ -96,11 +135,13 @@ def load_artwork(slug: str) -> Artwork:
     return Artwork(slug=icon.slug, title=icon.title, svg=icon.svg, hex_colour=icon.hex)
 
 
-def class_slugs(name: str) -> tuple[str, ...]:
-    """The artwork slugs one class draws from."""
+def class_slugs(name: str, classic: bool = True, unknown_vehicles: bool = True) -> tuple[str, ...]:
+    """The artwork slugs one class draws from: its simple-icons artwork and (``classic``) any
+    classic badge; the unknown class's non-vehicle icons and (``unknown_vehicles``) the other
+    makers' badges."""
     if name == UNKNOWN:
-        return UNKNOWN_SLUGS
-    return (BRAND_SLUGS[name],)
+        return UNKNOWN_SLUGS if unknown_vehicles else UNKNOWN_NON_VEHICLE
+    return (BRAND_SLUGS[name], *(CLASSIC_BADGES.get(name, ()) if classic else ()))
 
 
 def partner_index() -> list[int]:

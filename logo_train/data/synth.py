@@ -113,7 +113,7 @@ def render_sample(sample: PlannedSample, cfg: SynthConfig) -> dict:
     """One Parquet row for a planned sample."""
     rng = np.random.default_rng([cfg.seed, 13, _SPLIT_CODE[sample.split], sample.index])
     name = brands.CLASS_NAMES[sample.clean_label]
-    slugs = brands.class_slugs(name)
+    slugs = brands.class_slugs(name, cfg.classic_badges, cfg.unknown_vehicles)
     slug = slugs[rng.integers(len(slugs))]
     mask, rgb = templates()[slug]
     pixels, quality = badge.compose_badge(
@@ -125,6 +125,8 @@ def render_sample(sample: PlannedSample, cfg: SynthConfig) -> dict:
         max_crop_px=cfg.max_crop_px,
         rng=rng,
         max_aspect=cfg.max_aspect,
+        studio=cfg.studio,
+        surveillance=cfg.surveillance,
     )
     return {
         "image": badge.encode_image(pixels, cfg.image_format, quality),
