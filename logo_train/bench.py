@@ -473,7 +473,8 @@ def benchmark_run(
 def summary_line(entry: dict[str, Any]) -> str:
     m, e, o = entry["metrics"], entry["eager"], entry.get("onnx")
     line = (
-        f"{entry['backbone']:<22} macro-F1 {m['macro_f1']:.3f}  acc {m['accuracy']:.3f}  "
+        f"{entry.get('label', entry['backbone']):<22} macro-F1 {m['macro_f1']:.3f}  "
+        f"acc {m['accuracy']:.3f}  "
         f"p50 {e['latency_ms_p50']:.2f} ms  {e['throughput_images_per_s']:.0f} img/s"
     )
     if entry.get("real"):

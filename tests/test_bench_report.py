@@ -237,3 +237,13 @@ def test_report_without_onnx_shows_a_dash_and_bad_path_errors(benchmark_data, tm
     assert "| – |" in markdown(no_onnx)
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     assert "no benchmark.json" in capsys.readouterr().err
+
+
+def test_the_benchmark_line_names_a_round_two_row_as_the_table_does(benchmark_data):
+    from logo_train.bench import summary_line
+
+    data, _, _ = benchmark_data
+    entry = dict(data["backbones"][0], label=f"{data['backbones'][0]['backbone']}-round2")
+    assert summary_line(entry).startswith(f"{entry['backbone']}-round2 ")
+    plain = {k: v for k, v in data["backbones"][0].items() if k != "label"}
+    assert summary_line(plain).startswith(f"{plain['backbone']} ")
