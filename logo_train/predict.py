@@ -806,7 +806,12 @@ def summary_lines(s: PredictSummary) -> list[str]:
         f"[predict] files seen {s.seen}: predicted {s.predicted}, rejected {s.rejected}"
         + (f" ({', '.join(f'{k} {v}' for k, v in sorted(s.reasons.items()))})" if s.reasons else "")
         + f"; {s.seconds:.1f} s ({s.start_seconds:.1f} s to the first batch, then "
-        f"{s.images_per_s:.0f} images/s on {s.actors_used} actor(s))",
+        + (
+            f"{s.images_per_s:.0f} images/s"
+            if s.images_per_s > 0
+            else "too few batches to time a steady rate"
+        )
+        + f" on {s.actors_used} actor(s))",
         f"[predict] predictions: {s.out}",
     ]
     if s.rejected:

@@ -109,3 +109,20 @@ def test_generalised_ce_is_the_formula_bounded_and_warms_up_on_weighted_ce():
     assert active.loss < warm.loss
     with pytest.raises(ValueError, match="q must be"):
         GeneralisedCrossEntropy(None, 0.0)
+
+
+def test_balanced_accuracy_is_sklearns_without_its_warning_for_extra_predicted_classes():
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from logo_train.metrics import classification_metrics
+
+    y_true = [0, 0, 1, 1, 1, 2]
+    y_pred = [0, 3, 1, 1, 4, 2]  # 3 and 4: classes of the model that no label has
+    with warnings.catch_warnings():
+        expected = balanced_accuracy_score(y_true, y_pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = classification_metrics(y_true=y_true, y_pred=y_pred, num_classes=5)
+    assert m["balanced_accuracy"] == pytest.approx(expected) == pytest.approx((0.5 + 2 / 3 + 1) / 3)

@@ -111,6 +111,16 @@ def test_files_get_the_benchmarks_predictions(local_ray, shards, checkpoint, tmp
     assert summary.labelled == len(images)
     accuracy = np.mean([manifest.classes[e] == n for e, n in zip(expected, names, strict=True)])
     assert summary.metrics["accuracy"] == pytest.approx(accuracy)
+    # a batch too few to time says so, not "then 0 images/s"
+    from dataclasses import replace
+
+    from logo_train.predict import summary_lines
+
+    line = summary_lines(replace(summary, images_per_s=0.0))[0]
+    assert "too few batches to time a steady rate" in line and " 0 images/s" not in line
+    assert f"{summary.images_per_s:.0f} images/s" in summary_lines(summary)[0] or (
+        summary.images_per_s == 0
+    )
 
 
 def test_wide_crops_are_made_square_as_the_model_was_trained(
