@@ -113,9 +113,7 @@ def run_variant(name, overrides, args, manifest, real, outside) -> dict:
     }
     _, spec = model_transform_specs(cfg, args.backbone, len(manifest.classes))
     open_set = calibrated(fit.classifier, spec, args.shards, manifest, cfg)
-    out["calibration"] = {
-        k: v for k, v in open_set.items() if k not in ("unknown", "val_logits", "val_labels")
-    }
+    out["calibration"] = {k: v for k, v in open_set.items() if k != "unknown"}
     if real is not None:
         scored = score_real(fit.classifier, real, spec, torch.device("cpu"), **_answer(open_set))
         out["real_top1"] = scored["top1"]
@@ -131,25 +129,29 @@ def run_variant(name, overrides, args, manifest, real, outside) -> dict:
         )  # fmt: skip
         out["outside_unknown"] = rejected["answered_unknown"]
     if real is not None and outside is not None:
-        out["open_set_sweep"] = keep_sweep(fit.classifier, spec, real, outside, open_set)
+        sweep = keep_sweep(fit.classifier, spec, args.shards, real, outside, open_set)
+        out["open_set_sweep"] = sweep
     return out
 
 
-def keep_sweep(model, spec, real, outside, open_set: dict) -> list[dict]:
+def keep_sweep(model, spec, shards, real, outside, open_set: dict) -> list[dict]:
     """What other ``benchmark.open_set_keep`` values would do: for each, the threshold fitted
     on validation, the real photos' right answers kept and the outside photos rejected."""
-    from logo_train.calibration import open_set_answer, open_set_threshold, softmax
-    from logo_train.real_eval import _probabilities
+    from logo_train.calibration import open_set_answer, open_set_threshold
+    from logo_train.data.shards import read_split
+    from logo_train.real_eval import probabilities
 
     cpu, t, unknown = torch.device("cpu"), open_set["temperature"], open_set["unknown"]
-    val = softmax(open_set["val_logits"], t)
-    p_real = _probabilities(model, real.images, spec, cpu, 64, t)
-    p_out = _probabilities(model, outside.images, spec, cpu, 64, t)
+    split = read_split(shards, "val", ["image", "label"])
+    val = probabilities(model, split["image"].to_pylist(), spec, cpu, 128, t)
+    val_labels = np.asarray(split["label"].to_pylist())
+    p_real = probabilities(model, real.images, spec, cpu, 64, t)
+    p_out = probabilities(model, outside.images, spec, cpu, 64, t)
     labels = np.asarray(real.labels)
     right = p_real.argmax(1) == labels
     rows = []
     for keep in (0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 1.0):
-        threshold = open_set_threshold(val, open_set["val_labels"], keep)
+        threshold = open_set_threshold(val, val_labels, keep)
         kept = open_set_answer(p_real, threshold, unknown) >= 0
         rows.append({
             "keep": keep,
@@ -165,31 +167,22 @@ def _answer(open_set: dict) -> dict:
 
 
 def calibrated(model, spec, shards, manifest, cfg) -> dict:
-    """The benchmark's open-set answer for a model: temperature and threshold fitted on the
-    validation split (``logo_train.calibration``), the validation ECE before and after."""
-    from logo_train.bench import logits_of
-    from logo_train.calibration import calibrate
-    from logo_train.data.brands import UNKNOWN
+    """The benchmark's open-set answer for a model (``bench.fit_open_set``: temperature and
+    threshold fitted on the validation split) and the validation ECE before and after."""
+    from logo_train.bench import fit_open_set, logits_of
     from logo_train.data.shards import read_split
 
-    unknown = manifest.classes.index(UNKNOWN) if UNKNOWN in manifest.classes else None
     dev = torch.device("cpu")
-    val = read_split(shards, "val", ["image", "label"])
     test = read_split(shards, "test", ["image", "label"])
-    v = logits_of(model, val["image"].to_pylist(), spec, dev, 128)
     t = logits_of(model, test["image"].to_pylist(), spec, dev, 128)
-    cal = calibrate(
-        v, np.asarray(val["label"].to_pylist()), t, np.asarray(test["label"].to_pylist()),
-        unknown=unknown, keep=cfg.benchmark.open_set_keep,
+    cal, open_set = fit_open_set(
+        model, shards, spec, dev, manifest.classes, t, np.asarray(test["label"].to_pylist()),
+        keep=cfg.benchmark.open_set_keep, batch=128,
     )  # fmt: skip
     return {
-        "temperature": cal["temperature"],
-        "min_confidence": cal["min_confidence"],
-        "unknown": unknown,
+        **open_set,
         "val_ece_before": cal["val"]["ece_before"],
         "val_ece_after": cal["val"]["ece_after"],
-        "val_logits": v,
-        "val_labels": np.asarray(val["label"].to_pylist()),
     }
 
 

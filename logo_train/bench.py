@@ -285,21 +285,12 @@ def benchmark_checkpoint(
         / 2**20,
         "device": device_info(dev),
     }
-    unknown = info.class_names.index(UNKNOWN) if UNKNOWN in info.class_names else None
-    val = read_split(shards_uri, "val", ["image", "label"])
-    calibration = None
-    if val.num_rows:  # temperature and open-set threshold, fitted on validation
-        val_logits = logits_of(model, val["image"].to_pylist(), spec, dev, eval_batch_size)
-        val_labels = np.asarray(val["label"].to_pylist(), np.int64)
-        calibration = calibrate(
-            val_logits, val_labels, test_logits, y_true, unknown=unknown, keep=cfg.open_set_keep
-        )
+    calibration, open_set = fit_open_set(
+        model, shards_uri, spec, dev, info.class_names, test_logits, y_true,
+        keep=cfg.open_set_keep, batch=eval_batch_size,
+    )  # fmt: skip
+    if calibration is not None:
         entry["calibration"] = calibration
-    open_set = {
-        "temperature": calibration["temperature"] if calibration else 1.0,
-        "min_confidence": calibration["min_confidence"] if calibration else 0.0,
-        "unknown": unknown,
-    }
     if real is not None:
         entry["real"] = _real_entry(
             model, real, spec, dev, eval_batch_size, real_sheet_uri, open_set
@@ -322,6 +313,40 @@ def benchmark_checkpoint(
         for h in history
     ]
     return entry
+
+
+def fit_open_set(
+    model: nn.Module,
+    shards_uri: str,
+    spec: TransformSpec,
+    device: torch.device,
+    class_names: list[str],
+    test_logits: np.ndarray,
+    test_labels: np.ndarray,
+    *,
+    keep: float,
+    batch: int = 256,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The open-set answer of a model, fitted on the shards' validation split
+    (``calibration.calibrate``): ``(calibration, open_set)``, where ``open_set`` holds the
+    ``temperature``, ``min_confidence`` and ``unknown`` class index that ``score_real`` /
+    ``score_outside`` / ``predict`` apply (1, 0: as trained, when there is no validation split;
+    ``calibration`` is then None)."""
+    unknown = class_names.index(UNKNOWN) if UNKNOWN in class_names else None
+    val = read_split(shards_uri, "val", ["image", "label"])
+    if not val.num_rows:
+        return None, {"temperature": 1.0, "min_confidence": 0.0, "unknown": unknown}
+    val_logits = logits_of(model, val["image"].to_pylist(), spec, device, batch)
+    val_labels = np.asarray(val["label"].to_pylist(), np.int64)
+    calibration = calibrate(
+        val_logits, val_labels, test_logits, test_labels, unknown=unknown, keep=keep
+    )
+    open_set = {
+        "temperature": calibration["temperature"],
+        "min_confidence": calibration["min_confidence"],
+        "unknown": unknown,
+    }
+    return calibration, open_set
 
 
 def _real_entry(

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from logo_train.data.augment import TransformSpec, eval_inputs
+from logo_train.data.augment import TransformSpec
 
 FIELD = "data.real_eval"
 
@@ -78,8 +78,6 @@ def load_real_set(
 ) -> RealSet:
     """Read ``root/<class>/*`` for the run's ``classes``. Raises ``ValueError`` naming
     ``data.real_eval`` when the folder is missing or none of its folders is a class of the run."""
-    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
-
     base = Path(root)
     if not base.is_dir():
         raise ValueError(f"config field '{FIELD}' = {str(root)!r}: not a folder")
@@ -94,22 +92,11 @@ def load_real_set(
             continue
         for path in files:
             rel = path.relative_to(base).as_posix()
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                real.rejected.append(
-                    {"path": rel, "reason": "unsupported_extension", "detail": path.suffix}
-                )
-                continue
-            try:
-                data = stored_bytes(path.read_bytes(), max_pixels)
-            except Reject as r:
-                real.rejected.append({"path": rel, "reason": r.reason, "detail": r.detail})
-                continue
-            except OSError as e:
-                real.rejected.append({"path": rel, "reason": "unreadable", "detail": str(e)})
-                continue
-            real.images.append(data)
-            real.labels.append(label)
-            real.paths.append(rel)
+            data = _read_image(path, rel, max_pixels, real.rejected)
+            if data is not None:
+                real.images.append(data)
+                real.labels.append(label)
+                real.paths.append(rel)
     if not real.images:
         known = sorted(real.unknown_classes) or [p.name for p in folders]
         raise ValueError(
@@ -119,14 +106,30 @@ def load_real_set(
     return real
 
 
-def _probabilities(model, images, spec, device, batch_size: int, temperature: float):
-    model = model.eval().to(device)
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(eval_inputs(images[start : start + batch_size], spec))
-            out.append((model(x.to(device)).double() / temperature).softmax(1).cpu().numpy())
-    return np.concatenate(out)
+def _read_image(path: Path, rel: str, max_pixels: int, rejected: list) -> bytes | None:
+    """The stored bytes of one photo (the ingest's checks), or None with the reason appended
+    to ``rejected``."""
+    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
+
+    if path.suffix.lower() not in IMAGE_EXTENSIONS:
+        rejected.append({"path": rel, "reason": "unsupported_extension", "detail": path.suffix})
+        return None
+    try:
+        return stored_bytes(path.read_bytes(), max_pixels)
+    except Reject as r:
+        rejected.append({"path": rel, "reason": r.reason, "detail": r.detail})
+    except OSError as e:
+        rejected.append({"path": rel, "reason": "unreadable", "detail": str(e)})
+    return None
+
+
+def probabilities(model, images, spec, device, batch_size: int = 64, temperature: float = 1.0):
+    """``softmax(logits / temperature)`` of every image, through the evaluation path."""
+    from logo_train.bench import logits_of
+    from logo_train.calibration import softmax
+
+    logits = logits_of(model.eval().to(device), images, spec, device, batch_size)
+    return softmax(logits, temperature)
 
 
 def score_real(
@@ -147,7 +150,7 @@ def score_real(
     risk-coverage curve."""
     from logo_train.calibration import open_set_summary, risk_coverage, thin
 
-    p = _probabilities(model, real.images, spec, device, batch_size, temperature)
+    p = probabilities(model, real.images, spec, device, batch_size, temperature)
     labels = np.asarray(real.labels, np.int64)
     k = min(3, p.shape[1])
     top = np.argsort(-p, axis=1, kind="stable")[:, :k]
@@ -259,24 +262,16 @@ OUTSIDE_FIELD = "data.real_outside"
 
 def load_outside_set(root: str | Path, max_pixels: int = 40_000_000) -> OutsideSet:
     """Every image file under ``root`` (any layout); unreadable files are listed, not scored."""
-    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
-
     base = Path(root)
     if not base.is_dir():
         raise ValueError(f"config field '{OUTSIDE_FIELD}' = {str(root)!r}: not a folder")
     out = OutsideSet(str(root))
     for path in sorted(p for p in base.rglob("*") if p.is_file()):
         rel = path.relative_to(base).as_posix()
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            out.rejected.append({"path": rel, "reason": "unsupported_extension", "detail": ""})
-            continue
-        try:
-            out.images.append(stored_bytes(path.read_bytes(), max_pixels))
+        data = _read_image(path, rel, max_pixels, out.rejected)
+        if data is not None:
+            out.images.append(data)
             out.paths.append(rel)
-        except Reject as r:
-            out.rejected.append({"path": rel, "reason": r.reason, "detail": r.detail})
-        except OSError as e:
-            out.rejected.append({"path": rel, "reason": "unreadable", "detail": str(e)})
     if not out.images:
         raise ValueError(f"config field '{OUTSIDE_FIELD}' = {str(root)!r}: no readable image")
     return out
@@ -300,7 +295,7 @@ def score_outside(
 
     from logo_train.calibration import open_set_answer
 
-    p = _probabilities(model, outside.images, spec, device, batch_size, temperature)
+    p = probabilities(model, outside.images, spec, device, batch_size, temperature)
     answer = open_set_answer(p, min_confidence, unknown)
     rejected = answer < 0
     folders: dict[str, list[bool]] = {}
