@@ -199,9 +199,9 @@ def main() -> None:
         p.error(f"--settings: unknown {unknown}; known: {', '.join(known)}")
     cfg = ns.base_config(args, args.seed)
     if args.loss:
-        cfg = ns.with_train(cfg, loss=args.loss)
+        cfg = cfg.with_train(loss=args.loss)
     if args.epochs:
-        cfg = ns.with_train(cfg, epochs=args.epochs)
+        cfg = cfg.with_train(epochs=args.epochs)
     if args.average_from < 1 or args.average_from > cfg.train.epochs:
         p.error(f"--average-from must be in 1..{cfg.train.epochs} (train.epochs)")
     uris = ns.make_data(cfg, ns._data_dir(args, args.seed), names)

@@ -44,8 +44,9 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from logo_train.audit import detection_metrics, score_split
 from logo_train.config import CleanConfig, Config, config_from_dict, config_to_dict, load_config
-from logo_train.data.shards import exists, join, read_manifest, read_split
+from logo_train.data.shards import read_manifest, read_split
 from logo_train.local import evaluate_split, fit_local, model_transform_specs
+from logo_train.storage import exists, join
 
 ROOT = Path(__file__).resolve().parents[1]
 LOSS_ORDER = ["ce", "ce_weighted", "gce", "trust_penalty"]
@@ -106,12 +107,6 @@ def make_data(cfg: Config, data_dir: str, names: list[str]) -> dict[str, str]:
             print(f"rendered {name} -> {uri}", flush=True)
         uris[name] = uri
     return uris
-
-
-def with_train(cfg: Config, **fields) -> Config:
-    d = config_to_dict(cfg)
-    d["train"].update(fields)
-    return config_from_dict(d)
 
 
 def train_scores(model, cfg: Config, backbone: str, uri: str, manifest, device):
@@ -238,7 +233,7 @@ def clean_round(cfg, backbone, uri, manifest, args, label, mode, then, scores, t
     keep = np.flatnonzero(plan.keep)
     round1 = cfg
     loss, _ = round_loss(clean_cfg, cfg.train.loss, plan)
-    cfg = with_train(cfg, loss=loss)
+    cfg = cfg.with_train(loss=loss)
     fit = _fit(
         cfg, backbone, uri, manifest, args,
         eval_every=args.eval_every, train_indices=keep, train_labels=plan.labels,
@@ -272,7 +267,7 @@ def cleanlearning_run(cfg, backbone, uri, manifest, args, label: str) -> dict:
     from cleanlab.classification import CleanLearning
 
     start = time.perf_counter()
-    c = with_train(cfg, loss="ce_weighted")
+    c = cfg.with_train(loss="ce_weighted")
     table = read_split(uri, "train", ["label", "is_noisy"])
     labels = np.asarray(table["label"].to_pylist(), np.int64)
     is_noisy = np.asarray(table["is_noisy"].to_pylist(), bool)
@@ -647,7 +642,7 @@ def _job(job, uris: dict[int, dict[str, str]], args: argparse.Namespace):
     label = f"s{seed} {name} {spec['loss']}" + (
         f" pw={spec['penalty_weight']:g}" if "penalty_weight" in spec else ""
     )
-    return job, run_one(with_train(cfg, **spec), args.backbone, uri, manifest, args, label)
+    return job, run_one(cfg.with_train(**spec), args.backbone, uri, manifest, args, label)
 
 
 def _selected(runs: str, setting: str, train: dict) -> bool:

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from logo_train.config import Config, load_config
-from logo_train.data.shards import exists, join, read_manifest
+from logo_train.data.shards import read_manifest
 from logo_train.local import evaluate_split, fit_local
+from logo_train.storage import exists, join
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = {"square": 1.0, "wide": 2.0}

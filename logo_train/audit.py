@@ -32,10 +32,12 @@ import torch
 from torch import nn
 
 from logo_train.checkpoint import load_trust_model
+from logo_train.config import Config
 from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.badge import decode_image
-from logo_train.data.shards import join, read_manifest, read_split, write_bytes
+from logo_train.data.shards import read_manifest, read_split
 from logo_train.models import TrustModel
+from logo_train.storage import join, write_bytes
 
 SUSPECTED_PARQUET = "suspected_labels.parquet"
 SUSPECTED_PNG = "suspected_labels.png"
@@ -336,3 +338,44 @@ def audit_on_ray(
             echo=None,
         )
     )
+
+
+# --- the pipeline's audit stage -------------------------------------------------------------
+
+
+def audit_cpus(cfg: Config) -> float:
+    """CPUs of one audit task. On GPU a task takes one GPU and a worker's CPUs; on a fixed CPU
+    cluster the largest node's CPUs up to 4 (its torch threads: the stage runs alone, and 2
+    threads audit ~1.5x faster than 1 on a 2-core machine); with ``train.autoscale`` one
+    worker's CPUs, which the node types are sized for."""
+    import ray
+
+    tc = cfg.train
+    if tc.use_gpu or tc.autoscale:
+        return min(tc.cpus_per_worker, 1.0)
+    # one task runs on one node: the largest node's CPUs (a task asking for the cluster's
+    # total would never be scheduled on a cluster of small nodes)
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    return max(1, min(int(max(nodes, default=1.0)), 4))
+
+
+def audit_model(cfg: Config, model, shards_uri: str, echo=print) -> AuditResult:
+    """The audit of one trained model (a ``train.BackboneResult``) on the shards it was trained
+    on, as a Ray task, into ``cfg.layout.audit(backbone, round)``; one line per finding."""
+    result = audit_on_ray(
+        model.checkpoint,
+        shards_uri,
+        cfg.layout.audit(model.backbone, model.round),
+        num_cpus=audit_cpus(cfg),
+        num_gpus=min(cfg.train.gpus_per_worker, 1.0),
+        batch_size=cfg.train.eval_batch_size,
+    )
+    for line in result.lines():
+        echo(line.replace("[audit]", f"[audit] {model.label}:", 1))
+    return result
+
+
+def audit_stage(cfg: Config, shards_uri: str, models: list) -> dict[str, AuditResult]:
+    """The ``audit`` stage: every trained model's audit, one after another (each a Ray task: on
+    a cluster it runs on a worker node), by model label; ``<run>/audit/<backbone>/``."""
+    return {m.label: audit_model(cfg, m, shards_uri) for m in models}

@@ -13,7 +13,6 @@ the plots.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -30,11 +29,15 @@ import torch
 from torch import nn
 
 from logo_train import checkpoint as ckpt
+from logo_train.audit import SUMMARY_JSON as AUDIT_SUMMARY_JSON
+from logo_train.audit import SUSPECTED_PARQUET, SUSPECTED_PNG
 from logo_train.calibration import calibrate
-from logo_train.config import BenchmarkConfig
+from logo_train.config import BenchmarkConfig, Config
 from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.brands import UNKNOWN
 from logo_train.data.shards import read_manifest, read_split
+from logo_train.engine import logits_of
+from logo_train.layout import CLEANING_PARQUET
 from logo_train.metrics import (
     absent_classes,
     classification_metrics,
@@ -42,25 +45,28 @@ from logo_train.metrics import (
     per_class_metrics,
 )
 from logo_train.models import count_parameters
+from logo_train.real_eval import (
+    load_outside_set,
+    load_real_set,
+    mistakes_sheet,
+    score_outside,
+    score_real,
+)
+from logo_train.storage import (
+    exists,
+    is_file,
+    join,
+    read_bytes,
+    read_json,
+    resolve,
+    write_bytes,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
-BENCHMARK_JSON = "benchmark.json"
-
 
 # --- measurements (pure: a model in, numbers out) ---------------------------------------------
-
-
-def logits_of(
-    model: nn.Module, images: list[bytes], spec: TransformSpec, device: torch.device, batch: int
-) -> np.ndarray:
-    """The logits of every encoded image (eval transform), in order, float64 ``(N, C)``."""
-    out = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch):
-            x = torch.from_numpy(eval_inputs(images[start : start + batch], spec))
-            out.append(model(x.to(device)).double().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
 
 
 def predict(
@@ -234,8 +240,6 @@ def _folder_mb(uri: str | Path) -> float:
     """Size of a folder's files (a local path or a URI), MiB."""
     from pyarrow import fs as pafs
 
-    from logo_train.data.shards import resolve
-
     fs, path = resolve(str(uri))
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     return sum(i.size for i in infos if i.type == pafs.FileType.File) / 2**20
@@ -278,12 +282,7 @@ def benchmark_checkpoint(
         "image_size": info.image_size,
         "pretrained": info.pretrained,
         **quality(y_true, y_pred, info.class_names),
-        "params": count_parameters(model),
-        "flops": count_flops(model, info.image_size),
-        "checkpoint_mb": _folder_mb(checkpoint),
-        "weights_mb": sum(p.numel() * p.element_size() for p in model.state_dict().values())
-        / 2**20,
-        "device": device_info(dev),
+        **_cost(model, info.image_size, checkpoint, dev),
     }
     calibration, open_set = fit_open_set(
         model, shards_uri, spec, dev, info.class_names, test_logits, y_true,
@@ -296,8 +295,6 @@ def benchmark_checkpoint(
             model, real, spec, dev, eval_batch_size, real_sheet_uri, open_set
         )
     if outside is not None:
-        from logo_train.real_eval import score_outside
-
         entry["outside"] = score_outside(
             model, outside, spec, dev, info.class_names, eval_batch_size, **open_set
         )
@@ -306,13 +303,26 @@ def benchmark_checkpoint(
     entry["onnx"] = None
     if cfg.onnx and dev.type == "cpu":
         entry["onnx"] = _onnx(model, info.image_size, table, spec, cfg, threads)
-    if history is None:
-        history = ckpt.load_state(checkpoint)["history"]
-    entry["history"] = [
-        {k: h[k] for k in ("epoch", "train_loss", "val_loss", "val_macro_f1") if k in h}
-        for h in history
-    ]
+    entry["history"] = _curves(history or ckpt.load_state(checkpoint)["history"])
     return entry
+
+
+def _cost(model: nn.Module, image_size: int, checkpoint: str, device: torch.device) -> dict:
+    """What a model costs: parameters, FLOPs, checkpoint and weights size, the device."""
+    return {
+        "params": count_parameters(model),
+        "flops": count_flops(model, image_size),
+        "checkpoint_mb": _folder_mb(checkpoint),
+        "weights_mb": sum(p.numel() * p.element_size() for p in model.state_dict().values())
+        / 2**20,
+        "device": device_info(device),
+    }
+
+
+def _curves(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The training history's curves, as the report plots them."""
+    keys = ("epoch", "train_loss", "val_loss", "val_macro_f1")
+    return [{k: h[k] for k in keys if k in h} for h in history]
 
 
 def fit_open_set(
@@ -354,8 +364,6 @@ def _real_entry(
 ) -> dict:
     """The real-photo score of one model (``logo_train.real_eval``), at most 200 mistakes
     listed; the contact sheet of its mistakes at ``sheet_uri``."""
-    from logo_train.data.shards import write_bytes
-    from logo_train.real_eval import mistakes_sheet, score_real
 
     result = score_real(model, real, spec, device, batch_size, **open_set)
     if sheet_uri and result["mistakes"]:
@@ -419,43 +427,28 @@ def benchmark_run(
     checkpoint in a Ray task with ``cfg.num_cpus`` / ``num_gpus`` (or in-process). With
     ``real_eval`` (``data.real_eval``) every model is also scored on those real photos, the
     contact sheets of its mistakes written to ``out_uri``."""
-    from logo_train.data.shards import join
 
-    real = real_ref = None
-    if real_eval:
-        from logo_train.real_eval import load_real_set
-
-        real = load_real_set(real_eval, read_manifest(shards_uri).classes)
-        for line in real.lines():
+    manifest = read_manifest(shards_uri)
+    real = load_real_set(real_eval, manifest.classes) if real_eval else None
+    outside = load_outside_set(real_outside) if real_outside else None
+    for photos in (p for p in (real, outside) if p is not None):
+        for line in photos.lines():
             echo(line)
-        real_ref = real
-        if on_ray:
-            import ray
-
-            real_ref = ray.put(real)  # once, not once per task
-    outside = outside_ref = None
-    if real_outside:
-        from logo_train.real_eval import load_outside_set
-
-        outside = outside_ref = load_outside_set(real_outside)
-        for line in outside.lines():
-            echo(line)
-        if on_ray:
-            import ray
-
-            outside_ref = ray.put(outside)
+    # the photos go to Ray's object store once, not once per task
+    real_ref, outside_ref = (_put(x) if on_ray else x for x in (real, outside))
     entries = []
     for row in training:
         label = ckpt.run_label(row["backbone"], row.get("round", 1))
+        sheet = (
+            join(out_uri, f"real_mistakes_{label}.png") if real is not None and out_uri else None
+        )
         kwargs = {
             "device": "cuda" if cfg.num_gpus > 0 else "cpu",
             "history": _run_history(row["run_path"]),
             "eval_batch_size": eval_batch_size,
             "real": real_ref,
             "outside": outside_ref,
-            "real_sheet_uri": join(out_uri, f"real_mistakes_{label}.png")
-            if (real is not None and out_uri)
-            else None,
+            "real_sheet_uri": sheet,
         }
         start = time.perf_counter()
         if on_ray:
@@ -465,20 +458,8 @@ def benchmark_run(
             entry = ray.get(task.remote(row["checkpoint"], shards_uri, cfg, **kwargs))
         else:
             entry = benchmark_checkpoint(row["checkpoint"], shards_uri, cfg, **kwargs)
-        entry["train"] = {
-            k: row[k]
-            for k in ("best_val_macro_f1", "best_epoch", "epochs", "seconds", "train_images_per_s")
-            if k in row
-        }
-        entry["round"] = row.get("round", 1)
-        entry["label"] = label
-        if row.get("cleaning"):
-            entry["cleaning"] = row["cleaning"]
-        if audits and entry["label"] in audits:
-            entry["audit"] = audits[entry["label"]]
-        entries.append(entry)
+        entries.append(_with_training(entry, row, label, audits or {}))
         echo("[benchmark] " + summary_line(entry) + f"  ({time.perf_counter() - start:.0f} s)")
-    manifest = read_manifest(shards_uri)
     extra = {"real_eval": real.summary()} if real is not None else {}
     if outside is not None:
         extra["real_outside"] = outside.summary()
@@ -493,6 +474,26 @@ def benchmark_run(
         "train_counts": [manifest.counts["train"].get(c, 0) for c in manifest.classes],
         "backbones": entries,
     }
+
+
+def _put(value: Any) -> Any:
+    """``value`` in Ray's object store (None stays None)."""
+    import ray
+
+    return None if value is None else ray.put(value)
+
+
+def _with_training(entry: dict, row: dict, label: str, audits: dict[str, dict]) -> dict:
+    """A benchmark entry with what its training row and audit say about the model."""
+    keys = ("best_val_macro_f1", "best_epoch", "epochs", "seconds", "train_images_per_s")
+    entry["train"] = {k: row[k] for k in keys if k in row}
+    entry["round"] = row.get("round", 1)
+    entry["label"] = label
+    if row.get("cleaning"):
+        entry["cleaning"] = row["cleaning"]
+    if label in audits:
+        entry["audit"] = audits[label]
+    return entry
 
 
 def summary_line(entry: dict[str, Any]) -> str:
@@ -511,9 +512,74 @@ def summary_line(entry: dict[str, Any]) -> str:
     return line
 
 
-def write_json(data: dict[str, Any], uri: str | Path) -> str:
-    """``data`` as JSON at ``uri`` (a local path or a URI)."""
-    from logo_train.data.shards import write_bytes
+# --- the pipeline's benchmark stage ---------------------------------------------------------
 
-    write_bytes(str(uri), json.dumps(data, indent=1).encode())
-    return str(uri)
+
+def trained_models(cfg: Config, models: list | None = None) -> list[dict]:
+    """The models to benchmark: ``models`` (this invocation's ``BackboneResult``s), else the
+    run's ``train/summary.json`` and, when the run has one, ``clean/summary.json``."""
+    if models:
+        return [asdict(m) for m in models]
+    layout = cfg.layout
+    if not exists(layout.train_summary):
+        raise FileNotFoundError(
+            f"{layout.train_summary} not found: train first (logo-train run, or logo-train train)"
+        )
+    rows = read_json(layout.train_summary)["results"]
+    if not rows:
+        raise ValueError(f"{layout.train_summary} lists no trained backbone")
+    if exists(layout.clean_summary):
+        rows += read_json(layout.clean_summary)["results"]
+    return rows
+
+
+def audit_summaries(cfg: Config, rows: list[dict]) -> dict[str, dict]:
+    """Each model's audit summary (when it was audited), by its label (``ckpt.run_label``)."""
+    out = {}
+    for row in rows:
+        r = row.get("round", 1)
+        uri = join(cfg.layout.audit(row["backbone"], r), AUDIT_SUMMARY_JSON)
+        if exists(uri):
+            out[ckpt.run_label(row["backbone"], r)] = read_json(uri)
+    return out
+
+
+def benchmark_models(cfg: Config, models: list | None, shards_uri: str) -> dict[str, Any]:
+    """The ``benchmark`` stage: every model's best checkpoint (``trained_models``) on the test
+    split, in a Ray task; writes ``report/benchmark.json`` and copies the best model's
+    suspected-label list beside it. Returns the benchmark data."""
+    from logo_train.raysetup import init_ray
+
+    rows = trained_models(cfg, models)
+    init_ray()
+    data = benchmark_run(
+        rows,
+        shards_uri,
+        cfg.benchmark,
+        run_name=cfg.name,
+        audits=audit_summaries(cfg, rows),
+        eval_batch_size=cfg.train.eval_batch_size,
+        real_eval=cfg.data.real_eval,
+        real_outside=cfg.data.real_outside,
+        out_uri=cfg.layout.report,
+    )
+    write_json(cfg.layout.benchmark_json, data)
+    copy_suspected(cfg, data)
+    return data
+
+
+def copy_suspected(cfg: Config, data: dict) -> None:
+    """The best backbone's suspected-label list and contact sheet, into the report folder.
+    When a cleaning round acted on that backbone's audit, the list is the round's
+    ``cleaning.parquet``: the audit's ranking with what was done to each label (``action``:
+    kept, dropped or relabelled; ``train_label``)."""
+    from logo_train.report import best_entry
+
+    best = best_entry(data)["backbone"]
+    sources = {n: join(cfg.layout.audit(best), n) for n in (SUSPECTED_PARQUET, SUSPECTED_PNG)}
+    cleaning = join(cfg.layout.clean_round(best, 2), CLEANING_PARQUET)
+    if is_file(cleaning):
+        sources[SUSPECTED_PARQUET] = cleaning
+    for name, src in sources.items():
+        if is_file(src):
+            write_bytes(join(cfg.layout.report, name), read_bytes(src))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from logo_train.models import TrustModel, build_model
+from logo_train.storage import exists, join, read_bytes
 
 STATE = "state.pt"
 MODEL_JSON = "model.json"
@@ -73,8 +74,6 @@ def load_state(directory: str | Path) -> dict[str, Any]:
     """``state.pt`` of a checkpoint folder (a local path or a URI)."""
     import io
 
-    from logo_train.data.shards import join, read_bytes
-
     data = read_bytes(join(str(directory), STATE))
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
@@ -85,7 +84,6 @@ HISTORY_JSON = "history.json"
 def run_history(run_path: str) -> list[dict[str, float]]:
     """Per-epoch metrics of one backbone's whole training (``BackboneResult.run_path``, the
     folder holding ``history.json``; the best checkpoint may be an earlier epoch)."""
-    from logo_train.data.shards import exists, join, read_bytes
 
     uri = join(str(run_path), HISTORY_JSON)
     if not exists(uri):
@@ -95,7 +93,6 @@ def run_history(run_path: str) -> list[dict[str, float]]:
 
 def load_info(directory: str | Path) -> ModelInfo:
     """``model.json`` of a checkpoint folder (a local path or a URI)."""
-    from logo_train.data.shards import join, read_bytes
 
     return ModelInfo(**json.loads(read_bytes(join(str(directory), MODEL_JSON))))
 

@@ -3,8 +3,9 @@
 ``plan_cleaning`` decides, per training row, whether its label is kept, dropped or changed to
 the audited model's prediction (``train.clean``); ``write_cleaned_shards`` writes the train
 split that is left as a new shards folder (val and test copied unchanged) with a
-``cleaning.parquet`` that lists every row's action. The pipeline's ``clean`` stage then trains
-the same backbone, with the same recipe, on that folder (``logo_train.pipeline``).
+``cleaning.parquet`` that lists every row's action. ``clean_stage`` (the pipeline's ``clean``
+stage) runs the rounds: plan, write, train the same backbone with the same recipe on the cleaned
+folder, audit the new model.
 
 A round that would empty a class or act on more than ``train.clean.max_fraction`` of the rows
 stops with a message naming the field; classes left with fewer rows than one batch needs are
@@ -13,36 +14,38 @@ reported, never dropped silently.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logo_train.config import CleanConfig
+from logo_train.audit import SUSPECTED_PARQUET, AuditResult, audit_model
+from logo_train.config import CleanConfig, Config
 from logo_train.data.shards import (
     SPLITS,
     Manifest,
-    join,
     prepare_output,
-    read_bytes,
     read_manifest,
-    resolve,
     shard_schema,
-    write_bytes,
     write_manifest,
     write_shard,
 )
+from logo_train.layout import CLEANING_JSON, CLEANING_PARQUET
+from logo_train.storage import join, read_bytes, resolve, write_bytes, write_json
+from logo_train.train import BackboneResult, train_backbones
+from logo_train.tune import SearchResult, tuned_configs
 
 KEPT, DROPPED, RELABELLED = "kept", "dropped", "relabelled"
-CLEANING_PARQUET = "cleaning.parquet"
-CLEANING_JSON = "cleaning.json"
 
 
 class CleaningError(ValueError):
     """A cleaning round that would remove too much (a whole class, too many rows)."""
+
+
+class NothingToClean(CleaningError):
+    """A round that would act on no label: training again on the same data is not done."""
 
 
 @dataclass
@@ -148,24 +151,9 @@ def plan_cleaning(
         rule += f"; relabelled where the prediction's probability >= {cfg.relabel_confidence:g}"
     else:
         action[chosen] = DROPPED
-    acted = int(chosen.sum())
-    if acted > cfg.max_fraction * len(given):
-        raise CleaningError(
-            f"the cleaning round would act on {acted} of {len(given)} training rows "
-            f"({acted / max(len(given), 1):.0%}, rule: {rule}), more than "
-            f"train.clean.max_fraction = {cfg.max_fraction:g}: the audit is not to be trusted "
-            "that far (raise train.clean.max_fraction, or lower train.clean.fraction / "
-            "train.clean.given_prob)"
-        )
     before = np.bincount(given, minlength=num_classes)
     after = np.bincount(labels[action != DROPPED], minlength=num_classes)
-    emptied = [class_names[c] for c in range(num_classes) if before[c] > 0 and after[c] == 0]
-    if emptied:
-        raise CleaningError(
-            f"the cleaning round would leave class(es) {emptied} without a training row "
-            f"(rule: {rule}): lower train.clean.given_prob or train.clean.fraction, or set "
-            "train.clean.mode: none"
-        )
+    _check_round(int(chosen.sum()), len(given), before, after, class_names, rule, cfg)
     thin = [
         class_names[c]
         for c in range(num_classes)
@@ -182,6 +170,26 @@ def plan_cleaning(
         counts_after=after.tolist(),
         thin_classes=thin,
     )
+
+
+def _check_round(acted, rows, before, after, class_names, rule: str, cfg: CleanConfig) -> None:
+    """``CleaningError`` (naming the field) when a round acts on more than
+    ``train.clean.max_fraction`` of the ``rows`` or leaves a class without a row."""
+    if acted > cfg.max_fraction * rows:
+        raise CleaningError(
+            f"the cleaning round would act on {acted} of {rows} training rows "
+            f"({acted / max(rows, 1):.0%}, rule: {rule}), more than "
+            f"train.clean.max_fraction = {cfg.max_fraction:g}: the audit is not to be trusted "
+            "that far (raise train.clean.max_fraction, or lower train.clean.fraction / "
+            "train.clean.given_prob)"
+        )
+    emptied = [c for c, b, a in zip(class_names, before, after, strict=True) if b > 0 and a == 0]
+    if emptied:
+        raise CleaningError(
+            f"the cleaning round would leave class(es) {emptied} without a training row "
+            f"(rule: {rule}): lower train.clean.given_prob or train.clean.fraction, or set "
+            "train.clean.mode: none"
+        )
 
 
 def round_loss(cfg: CleanConfig, own_loss: str, plan: CleanPlan) -> tuple[str, str]:
@@ -262,30 +270,13 @@ def write_cleaned_shards(
     for name in manifest.files.get("train", []):
         fs, path = resolve(join(shards_uri, name))
         table = pq.read_table(path, filesystem=fs)
-        try:
-            rows = np.asarray([by_id[i] for i in table["id"].to_pylist()], np.int64)
-        except KeyError as e:
-            raise ValueError(
-                f"training row {e.args[0]!r} of {shards_uri} is not in the audit: the audit was "
-                "made on other shards"
-            ) from None
-        keep = plan.action[rows] != DROPPED
-        new = plan.labels[rows][keep]
-        table = table.filter(pa.array(keep))
-        columns = {
-            "label": pa.array(new, pa.int32()),
-            "label_name": pa.array([classes[c] for c in new]),
-        }
+        table, rows, new = _clean_shard(table, by_id, plan, manifest, shards_uri)
         if manifest.has_truth:
-            wrong = new != np.asarray(table["clean_label"].to_pylist(), np.int64)
-            columns["is_noisy"] = pa.array(wrong)
-            train_noisy += int(wrong.sum())
-        for column, values in columns.items():
-            table = table.set_column(table.schema.get_field_index(column), column, values)
+            train_noisy += int(np.asarray(table["is_noisy"].to_pylist()).sum())
         write_shard(join(out_uri, name), table.select(schema.names).cast(schema))
         files["train"].append(name)
         kept_labels.append(new)
-        seen += len(rows)
+        seen += rows
     if seen != len(ids):
         raise ValueError(
             f"the audit lists {len(ids)} training rows, {shards_uri} has {seen}: the audit was "
@@ -302,21 +293,13 @@ def write_cleaned_shards(
         for name in manifest.files.get(split, []):
             write_bytes(join(out_uri, name), read_bytes(join(shards_uri, name)))
             files[split].append(name)
+    cleaning = {k: getattr(plan, k) for k in ("mode", "rule", "dropped", "relabelled")}
     cleaned = Manifest(
         source=shards_uri,
         classes=classes,
         counts=counts,
         files=files,
-        params={
-            **manifest.params,
-            "cleaned_from": shards_uri,
-            "cleaning": {
-                "mode": plan.mode,
-                "rule": plan.rule,
-                "dropped": plan.dropped,
-                "relabelled": plan.relabelled,
-            },
-        },
+        params={**manifest.params, "cleaned_from": shards_uri, "cleaning": cleaning},
         has_truth=manifest.has_truth,
         noisy_counts=noisy,
         clean_counts=manifest.clean_counts,
@@ -326,6 +309,31 @@ def write_cleaned_shards(
     return cleaned
 
 
+def _clean_shard(table: pa.Table, by_id: dict[str, int], plan: CleanPlan, manifest, shards_uri):
+    """One train shard with the plan applied: (the rows kept, with their new labels and, on
+    the embedded data, ``is_noisy`` recomputed; the rows it had; the kept rows' labels)."""
+    try:
+        rows = np.asarray([by_id[i] for i in table["id"].to_pylist()], np.int64)
+    except KeyError as e:
+        raise ValueError(
+            f"training row {e.args[0]!r} of {shards_uri} is not in the audit: the audit was "
+            "made on other shards"
+        ) from None
+    keep = plan.action[rows] != DROPPED
+    new = plan.labels[rows][keep]
+    table = table.filter(pa.array(keep))
+    columns = {
+        "label": pa.array(new, pa.int32()),
+        "label_name": pa.array([manifest.classes[c] for c in new]),
+    }
+    if manifest.has_truth:
+        wrong = new != np.asarray(table["clean_label"].to_pylist(), np.int64)
+        columns["is_noisy"] = pa.array(wrong)
+    for column, values in columns.items():
+        table = table.set_column(table.schema.get_field_index(column), column, values)
+    return table, len(rows), new
+
+
 def write_cleaning(out_uri: str, table: pa.Table, summary: dict) -> tuple[str, str]:
     """``cleaning.parquet`` (every row: rank, scores, action, train label) and
     ``cleaning.json`` (the counts) under ``out_uri``."""
@@ -333,5 +341,159 @@ def write_cleaning(out_uri: str, table: pa.Table, summary: dict) -> tuple[str, s
     pq.write_table(table, sink)
     parquet, summary_uri = join(out_uri, CLEANING_PARQUET), join(out_uri, CLEANING_JSON)
     write_bytes(parquet, sink.getvalue().to_pybytes())
-    write_bytes(summary_uri, json.dumps(summary, indent=2, default=float).encode())
+    write_json(summary_uri, summary, default=float)
     return parquet, summary_uri
+
+
+# --- the pipeline's clean stage -------------------------------------------------------------
+
+
+def clean_stage(
+    cfg: Config,
+    shards_uri: str,
+    models: list[BackboneResult],
+    searches: dict[str, SearchResult],
+) -> tuple[list[BackboneResult], dict[str, AuditResult]]:
+    """``train.clean``: for the best backbone on validation (or ``train.clean.backbones``),
+    ``rounds`` times: act on the last audit, write the cleaned train split to
+    ``<run>/clean/<backbone>/round<r>/data``, train the backbone again with its recipe (and
+    tuned parameters; ``train.clean.loss`` when set) there, and audit the new model on the
+    cleaned split. A round the cleaning refuses (it would empty a class, or act on more than
+    ``train.clean.max_fraction``), or that would act on no row (the labels look clean: training
+    again on the same data is time for nothing), is printed with the reason and recorded in
+    ``clean/summary.json``; the run goes on with the models trained so far."""
+    by_backbone = {m.backbone: m for m in models}
+    missing = [b for b in cfg.train.clean.backbones if b not in by_backbone]
+    if missing:
+        raise ValueError(f"train.clean.backbones {missing} were not trained in this run")
+    if not models:
+        raise ValueError("stage 'clean' needs trained backbones (stage 'train')")
+    chosen = cfg.train.clean.backbones or [max(models, key=lambda m: m.best_val_macro_f1).backbone]
+    tuned = tuned_configs(cfg, searches) if searches else {}
+    results, audits, refused = [], {}, []
+    for backbone in chosen:
+        own = tuned.get(backbone) or cfg.for_backbone(backbone)
+        done, found, refusal = _clean_rounds(cfg, own, by_backbone[backbone], shards_uri)
+        results += done
+        audits.update(found)
+        refused += [refusal] if refusal else []
+    write_json(
+        cfg.layout.clean_summary,
+        {"results": [asdict(r) for r in results], "refused": refused},
+    )
+    return results, audits
+
+
+def _clean_rounds(
+    cfg: Config, own: Config, model: BackboneResult, shards_uri: str
+) -> tuple[list[BackboneResult], dict[str, AuditResult], dict | None]:
+    """One backbone's rounds (``own``: its config), each on the last round's data and audit;
+    returns the new models, their audits and the refusal that ended the rounds, if one did."""
+    models, audits = [], {}
+    source, loss_before = shards_uri, own.train.loss
+    for round in range(2, cfg.train.clean.rounds + 2):
+        manifest = read_manifest(source)
+        fs, path = resolve(join(cfg.layout.audit(model.backbone, model.round), SUSPECTED_PARQUET))
+        ranked = pq.read_table(path, filesystem=fs)
+        try:
+            plan = _round_plan(ranked, manifest, cfg.train.clean, own.train.batch_size)
+        except CleaningError as e:  # the round stops; the models trained so far stand
+            verb = "not trained" if isinstance(e, NothingToClean) else "refused"
+            print(f"[clean] {model.backbone} round {round} {verb}: {e}")
+            return models, audits, {"backbone": model.backbone, "round": round, "reason": str(e)}
+        data_uri = cfg.layout.round_data(model.backbone, round)
+        cleaned = write_cleaned_shards(source, data_uri, ranked["id"].to_pylist(), plan)
+        summary = cleaning_summary(plan, ranked, manifest, cleaned, model, source)
+        loss, why = round_loss(cfg.train.clean, own.train.loss, plan)
+        summary.update(loss_before=loss_before, loss=loss, loss_why=why)
+        write_cleaning(
+            cfg.layout.clean_round(model.backbone, round),
+            cleaning_table(ranked, plan, manifest.classes),
+            summary,
+        )
+        round_cfg = own.with_train(loss=loss)
+        _print_round(model.backbone, round, plan, summary, cleaned, round_cfg, why)
+        model = _train_round(cfg, round_cfg, model.backbone, round, data_uri, cleaned)
+        model.cleaning = summary
+        audits[model.label] = audit_model(cfg, model, data_uri)
+        models.append(model)
+        source, loss_before = data_uri, round_cfg.train.loss
+    return models, audits, None
+
+
+def _round_plan(ranked: pa.Table, manifest: Manifest, cc: CleanConfig, batch_size: int):
+    """``plan_from_audit``, refused (``CleaningError``) when it acts on no label: the same
+    data again, nothing to learn."""
+    plan = plan_from_audit(ranked, manifest, cc, batch_size)
+    if plan.dropped + plan.relabelled == 0:
+        raise NothingToClean(f"the audit acts on no label ({plan.line()}): the data is unchanged")
+    return plan
+
+
+def _print_round(backbone, round, plan, summary, cleaned, round_cfg, why) -> None:
+    print(f"[clean] {backbone} round {round}: {plan.line()}")
+    print(f"[clean] {backbone} round {round} trains with {round_cfg.train.loss} ({why})")
+    if "flipped_acted_on" in summary:
+        print(
+            f"[clean] {backbone} round {round}: {summary['flipped_acted_on']} of the "
+            f"{summary['flipped_before']} flipped labels dropped or relabelled "
+            f"({summary['relabelled_right']} of {plan.relabelled} relabelled to the true "
+            f"class); wrong labels left: {summary['flipped_after']} of "
+            f"{cleaned.split_rows('train')}"
+        )
+    if plan.thin_classes:
+        print(
+            f"[clean] {backbone} round {round}: class(es) {plan.thin_classes} lost more "
+            f"than half their rows or fell below one batch ({round_cfg.train.batch_size}); "
+            "trained on as they are"
+        )
+
+
+def _train_round(
+    cfg: Config, round_cfg: Config, backbone: str, round: int, data_uri: str, cleaned: Manifest
+) -> BackboneResult:
+    """The backbone trained again on a round's cleaned shards, in a Ray Train run of its own."""
+    done, failures = train_backbones(
+        {backbone: round_cfg},
+        data_uri,
+        cleaned,
+        name=f"round{round}",
+        storage_path=cfg.layout.round_train(backbone, round),
+        echo=print,
+        tensorboard_uri=cfg.layout.tensorboard_of(f"{backbone}-round{round}"),
+    )
+    if failures:
+        raise RuntimeError(f"cleaning round {round} of {backbone} failed: {failures}")
+    model = done[0]
+    model.round = round
+    print("[clean] " + model.line())
+    return model
+
+
+def cleaning_summary(plan, ranked, manifest, cleaned, trained, source: str) -> dict:
+    """The counts of a cleaning round (and, on the embedded data, how many of its actions hit
+    a really wrong label)."""
+    out = {
+        "mode": plan.mode,
+        "rule": plan.rule,
+        "rows_before": len(plan.action),
+        "rows_after": cleaned.split_rows("train"),
+        "dropped": plan.dropped,
+        "relabelled": plan.relabelled,
+        "thin_classes": plan.thin_classes,
+        "from_model": trained.label,
+        "from_shards": source,
+    }
+    if manifest.has_truth and "is_noisy" in ranked.column_names:
+        noisy = np.asarray(ranked["is_noisy"].to_pylist(), bool)
+        index = {n: i for i, n in enumerate(manifest.classes)}
+        truth = np.asarray([index[n] for n in ranked["true_label"].to_pylist()])
+        relabelled = plan.action == "relabelled"
+        out.update(
+            flipped_before=int(noisy.sum()),
+            flipped_acted_on=int((plan.suspected & noisy).sum()),
+            clean_acted_on=int((plan.suspected & ~noisy).sum()),
+            relabelled_right=int((relabelled & (plan.labels == truth)).sum()),
+            flipped_after=int(cleaned.noisy_counts.get("train", 0)),
+        )
+    return out

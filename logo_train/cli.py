@@ -11,6 +11,9 @@ logo-train export RUN_OR_CHECKPOINT OUT [--backbone B]  (a self-contained ONNX m
 logo-train data synth [--out URI] [--noise-rate R ...]
 logo-train data ingest SRC OUT [--layout splits|single ...]
 logo-train data show URI
+
+Each command imports its module when it runs (the imports inside the ``_cmd_*`` functions):
+``logo-train --help`` and a config error answer without loading Ray, timm or the Tune stack.
 """
 
 from __future__ import annotations
@@ -104,7 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_pipeline_commands(sub)
+    _add_model_commands(sub)
+    _add_data_commands(sub.add_parser("data", help="make or inspect Parquet shards"))
+    return parser
 
+
+def _add_pipeline_commands(sub) -> None:
+    """``run``, ``train``, ``tune``: the pipeline, whole or in part."""
     run = sub.add_parser("run", help="the whole pipeline for a config (see README)")
     add_config_args(run)
     add_loss_arg(run)
@@ -135,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+
+def _add_model_commands(sub) -> None:
+    """``audit``, ``benchmark``, ``report``, ``predict``, ``export``: what a trained model does."""
     audit = sub.add_parser(
         "audit", help="rank the training labels of shards by how wrong they look to a checkpoint"
     )
@@ -171,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--backbone", help="with a run folder: this backbone (default: the best on validation)"
     )
 
-    data = sub.add_parser("data", help="make or inspect Parquet shards")
+
+def _add_data_commands(data: argparse.ArgumentParser) -> None:
+    """``data synth``, ``data ingest``, ``data show``."""
     dsub = data.add_subparsers(dest="data_command", required=True)
 
     synth = dsub.add_parser("synth", help="render the embedded vehicle-logo dataset to shards")
@@ -192,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     show = dsub.add_parser("show", help="print the summary of a shards folder")
     show.add_argument("uri")
-    return parser
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
@@ -271,7 +285,8 @@ def _data_overrides(args: argparse.Namespace, flags: dict, prefix: str) -> list[
 def _cmd_data(args: argparse.Namespace) -> int:
     from logo_train.data import ingest, synth
     from logo_train.data.preview import CONTACT_SHEET, contact_sheet, summary_table
-    from logo_train.data.shards import join, read_manifest
+    from logo_train.data.shards import read_manifest
+    from logo_train.storage import join
 
     if args.data_command == "show":
         print(summary_table(read_manifest(args.uri), max_rejected=10**9))
@@ -319,15 +334,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from logo_train.pipeline import train_stage
+    from logo_train.pipeline import train_run
 
     cfg = config_from_args(args)
-    train_stage(cfg, progress=not args.no_progress)
+    train_run(cfg, progress=not args.no_progress)
     return 0
 
 
 def _cmd_tune(args: argparse.Namespace) -> int:
-    from logo_train.pipeline import tune_stage
+    from logo_train.pipeline import tune_run
 
     if args.resume:
         if args.config or args.overrides or args.loss:
@@ -341,7 +356,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         print(f"[tune] trials: {result.path}/trials.md")
         print(f"[tune] best config: {result.path}/best_config.yaml")
         return 0 if result.complete else 130
-    result = tune_stage(config_from_args(args), progress=not args.no_progress)
+    result = tune_run(config_from_args(args), progress=not args.no_progress)
     return 0 if result.complete else 130
 
 
@@ -362,9 +377,10 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 def load_config_of_run(run_dir: str, overrides: list[str]) -> Config:
     """The config a run folder (a local path or a URI) was made with (its config.yaml), plus
     overrides."""
-    from logo_train.data.shards import is_file, join
+    from logo_train.layout import RunLayout
+    from logo_train.storage import is_file
 
-    path = join(run_dir, "config.yaml")
+    path = RunLayout(run_dir).config
     if not is_file(path):
         raise FileNotFoundError(f"{run_dir}: no config.yaml (not a logo-train run folder)")
     return load_config(path, overrides)

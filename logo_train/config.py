@@ -1,7 +1,9 @@
 """Typed configuration: nested dataclasses, loaded from YAML plus dotted CLI overrides.
 
 Every field is validated in ``__post_init__``; errors name the dotted field and the bad value,
-so a typo in a profile fails before any work starts.
+so a typo in a profile fails before any work starts. The backbone registry
+(``logo_train.models``, which loads torch and timm) is imported inside the checks that need it,
+so reading a config stays light for the command line and the job entrypoints.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from logo_train.layout import RunLayout
+from logo_train.storage import is_file, read_bytes
 
 NoiseKind = Literal["symmetric", "pairs"]
 ImageFormat = Literal["png", "jpeg"]
@@ -736,9 +741,12 @@ class Config:
         }
 
     def with_train(self, **fields: Any) -> Config:
-        """This config with ``train.<field>`` set for each keyword, validated."""
+        """This config with ``train.<field>`` set for each keyword, validated like a loaded
+        config: the one way every caller (a backbone's recipe, a Tune trial's sampled
+        parameters, a cleaning round's loss, the studies) sets training fields. A number is
+        coerced to the field's type (a sampled 31.6 for ``batch_size`` is 32)."""
         data = config_to_dict(self)
-        data["train"].update(fields)
+        _set_fields(data, "train", fields)
         return config_from_dict(data)
 
     def for_backbone(self, backbone: str) -> Config:
@@ -751,10 +759,8 @@ class Config:
             recipes = data["train"]["per_backbone"]
             for other, size in self.image_sizes().items():
                 recipes.setdefault(other, {}).setdefault("image_size", size)
-        for key, value in overrides.items():
-            section = "model" if key in MODEL_RECIPE_FIELDS else "train"
-            current = data[section][key]
-            data[section][key] = int(round(value)) if isinstance(current, int) else float(value)
+        for key, value in overrides.items():  # the same coercion as with_train
+            _set_fields(data, "model" if key in MODEL_RECIPE_FIELDS else "train", {key: value})
         try:
             return config_from_dict(data)
         except ValueError as e:
@@ -765,12 +771,33 @@ class Config:
         return f"{self.output_dir.rstrip('/')}/{self.name}"
 
     @property
+    def layout(self) -> RunLayout:
+        """The paths under ``run_dir`` (``logo_train.layout``)."""
+        return RunLayout(self.run_dir)
+
+    @property
     def shards_uri(self) -> str:
-        return self.data.shards_uri or f"{self.run_dir}/data"
+        return self.data.shards_uri or self.layout.data
 
 
 # ---------------------------------------------------------------------------------------------
 # dict <-> dataclass
+
+
+def _set_fields(data: dict[str, Any], section: str, fields: dict[str, Any]) -> None:
+    """``data[section][key] = value`` for each field of a config dict; a number coerced to the
+    field's type (int fields round); an unknown key names the section."""
+    for key, value in fields.items():
+        if key not in data[section]:
+            raise ValueError(f"'{key}' is not a {section}.* config field")
+        current = data[section][key]
+        if _is_number(value) and _is_number(current):
+            value = int(round(value)) if isinstance(current, int) else float(value)
+        data[section][key] = value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _is_dataclass_type(tp: Any) -> bool:
@@ -874,7 +901,6 @@ def parse_override(text: str) -> tuple[str, Any]:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML profile (or the defaults; a local path or a URI such as a run folder's
     ``s3://…/config.yaml``), apply ``KEY=VALUE`` overrides, validate."""
-    from logo_train.data.shards import is_file, read_bytes
 
     data: dict[str, Any] = {}
     if path is not None:

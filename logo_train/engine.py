@@ -13,12 +13,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from torch import nn
 
 from logo_train.config import Config
+from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.losses import build_loss
 from logo_train.metrics import classification_metrics
 from logo_train.models import TrustModel, build_model, freeze_leading, weights_source
@@ -77,6 +79,21 @@ class Training:
         return bool(getattr(self.criterion, "needs_trust", False))
 
 
+def _criterion(cfg: Config, train_counts: list[int]) -> nn.Module:
+    """``train.loss`` with its fields (class weights from ``train_counts``)."""
+    tc = cfg.train
+    return build_loss(
+        tc.loss,
+        train_counts,
+        tc.class_weight_power,
+        penalty_weight=tc.penalty_weight,
+        normalise=tc.trust_normalise,
+        rescale=tc.trust_rescale,
+        label_smoothing=tc.label_smoothing,
+        gce_q=tc.gce_q,
+    )
+
+
 def build_training(
     cfg: Config,
     backbone: str,
@@ -101,20 +118,11 @@ def build_training(
         field=f"model.pretrained.{backbone}",
     )
     frozen = freeze_leading(model, tc.frozen_stages)
-    criterion = build_loss(
-        tc.loss,
-        train_counts,
-        tc.class_weight_power,
-        penalty_weight=tc.penalty_weight,
-        normalise=tc.trust_normalise,
-        rescale=tc.trust_rescale,
-        label_smoothing=tc.label_smoothing,
-        gce_q=tc.gce_q,
-    ).to(device)
+    criterion = _criterion(cfg, train_counts).to(device)
     if criterion.needs_trust:
         model = TrustModel(model, num_classes, tc.trust_dim)
     # on CPU too: oneDNN's depthwise convolutions run 1.6-1.9x faster in NHWC (MobileNetV2,
-    # EfficientNetV2 at 32 px, 2 threads; docs/benchmarks.md)
+    # EfficientNetV2 at 32 px, 2 threads; docs/history/benchmarks-2026-11.md)
     channels_last = tc.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -353,3 +361,15 @@ def fit(
             on_epoch_end(record, improved)
         record["epoch_seconds"] = time.perf_counter() - start
     return history
+
+
+def logits_of(
+    model: nn.Module, images: list[bytes], spec: TransformSpec, device: torch.device, batch: int
+) -> np.ndarray:
+    """The logits of every encoded image (eval transform), in order, float64 ``(N, C)``."""
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(eval_inputs(images[start : start + batch], spec))
+            out.append(model(x.to(device)).double().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0))

@@ -147,18 +147,7 @@ def fit_local(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     num_classes = len(manifest.classes)
     train_spec, eval_spec = model_transform_specs(cfg, backbone, num_classes)
-    train_set = ShardDataset(shards_uri, "train", train_spec, train=True, decoded=decode_once)
-    if train_labels is not None:
-        if len(train_labels) != len(train_set.labels):
-            raise ValueError(
-                f"train_labels has {len(train_labels)} labels, the train split of "
-                f"{shards_uri} {len(train_set.labels)} rows"
-            )
-        train_set.labels = np.asarray(train_labels, np.int64)
-    labels = train_set.labels
-    if train_indices is not None:
-        labels = labels[train_indices]
-        train_set = Subset(train_set, train_indices.tolist())
+    train_set, labels = _train_set(shards_uri, train_spec, decode_once, train_indices, train_labels)
     val_set = ShardDataset(shards_uri, "val", eval_spec, train=False)
     train_loader = loader(
         train_set, tc.batch_size, train=True, workers=loader_workers, seed=tc.seed
@@ -175,18 +164,10 @@ def fit_local(
 
     def epoch_end(record: dict, improved: bool) -> None:
         if echo:
-            show(record)
+            echo(epoch_line(backbone, record, tc.epochs))
         if on_epoch_end:
             on_epoch_end(t, record)
             t.model.train()
-
-    def show(record: dict) -> None:
-        shown = ("train_loss", "train_mean_trust", "val_loss", "val_macro_f1", "lr")
-        echo(
-            f"  {backbone} epoch {record['epoch']}/{tc.epochs} "
-            + " ".join(f"{k}={record[k]:.3g}" for k in shown if k in record)
-            + f" images/s={record['train_images_per_s']:.0f}"
-        )
 
     history = fit(
         t,
@@ -199,6 +180,31 @@ def fit_local(
         on_epoch_end=epoch_end if echo or on_epoch_end else None,
     )
     return LocalFit(t, history)
+
+
+def _train_set(shards_uri, spec, decode_once, indices, labels) -> tuple[Dataset, np.ndarray]:
+    """The train split as a dataset (its rows ``indices``, with ``labels`` for the whole
+    split when given) and the labels it trains on."""
+    train_set = ShardDataset(shards_uri, "train", spec, train=True, decoded=decode_once)
+    if labels is not None:
+        if len(labels) != len(train_set.labels):
+            raise ValueError(
+                f"train_labels has {len(labels)} labels, the train split of "
+                f"{shards_uri} {len(train_set.labels)} rows"
+            )
+        train_set.labels = np.asarray(labels, np.int64)
+    if indices is None:
+        return train_set, train_set.labels
+    return Subset(train_set, indices.tolist()), train_set.labels[indices]
+
+
+def epoch_line(backbone: str, record: dict, epochs: int) -> str:
+    shown = ("train_loss", "train_mean_trust", "val_loss", "val_macro_f1", "lr")
+    return (
+        f"  {backbone} epoch {record['epoch']}/{epochs} "
+        + " ".join(f"{k}={record[k]:.3g}" for k in shown if k in record)
+        + f" images/s={record['train_images_per_s']:.0f}"
+    )
 
 
 def _pairs(data_loader: DataLoader):

@@ -4,7 +4,7 @@ penalty the wrong labels.
 ``class_weights``: ``w_c = (N_max / N_c) ** power``, normalised to mean 1; ``power = 1`` is the
 reference recipe (max_count / count), ``power = 0`` no weighting.
 
-``trust_penalty_loss`` (DESIGN.md, "The method")::
+``trust_penalty_loss`` (docs/labels.md, "The trust penalty")::
 
     L = mean_i(w_{y_i} * t_i * CE_i) + penalty_weight * s * mean_i(-log t_i)
 

@@ -12,7 +12,8 @@ Image-size handling per family:
   (``image_size // 32``) and resize its learned bias table bilinearly, the way timm resizes
   Swin's relative-position tables, so a 224 px weights file still carries over. Its
   distillation head is tied to the main head: timm always averages the two, and tying them
-  gives the plain single-head model (11,404,500 parameters with 28 classes, as in DESIGN.md).
+  gives the plain single-head model (11,404,500 parameters with 28 classes, as the reference
+  project counts it; docs/training.md, "Backbones").
 
 ``efficientnet_lite0`` is the pretrained backbone: timm's ``tf_efficientnet_lite0`` (TensorFlow's
 "same" padding and batch-norm epsilon, as the weights were trained) with ImageNet weights from
@@ -156,7 +157,7 @@ def _fit_mobile_stem(model: nn.Module, image_size: int) -> None:
     """Stride 1 in the stem of a stride-32 mobile network at small inputs: at 32 px it would
     otherwise end on a 1x1 map after its first block (measured: clean-test macro-F1 0.04 ->
     0.18 for mobilenetv2_050, 0.14 -> 0.41 for efficientnetv2_nano in 8 epochs,
-    docs/benchmarks.md). No parameter changes, so weight files still load."""
+    docs/history/benchmarks-2026-11.md). No parameter changes, so weight files still load."""
     if image_size < SMALL_INPUT:
         model.conv_stem.stride = (1, 1)
 
@@ -258,7 +259,7 @@ def _load_file(
     and whether its classifier is new (not from the file)."""
     import tempfile
 
-    from logo_train.data.shards import is_file, read_bytes
+    from logo_train.storage import is_file, read_bytes
 
     if not is_file(uri):
         raise FileNotFoundError(f"config field '{field}' = {uri!r}: weights file not found")
@@ -331,7 +332,8 @@ def _zero_init_residuals(model: nn.Module) -> None:
     its branch gets gamma 0, as timm does for ResNets (``zero_init_last``) and Goyal et al.
     (2017) recommend; timm's MobileNetV2 / EfficientNetV2 blocks do not. From random init at
     32 px, in process: efficientnetv2_nano clean-test macro-F1 0.33 -> 0.44 in 6 epochs,
-    mobilenetv2_050 0.56 in 10 epochs against 0.42 in 16 without (docs/benchmarks.md)."""
+    mobilenetv2_050 0.56 in 10 epochs against 0.42 in 16 without
+    (docs/history/benchmarks-2026-11.md)."""
     from timm.models._efficientnet_blocks import EdgeResidual, InvertedResidual
 
     for block in model.modules():

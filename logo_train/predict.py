@@ -11,6 +11,9 @@ evaluation path of training (``augment.eval_inputs``: decode, make square as the
 trained to (``resize`` in ``model.json``), resize to its input size, normalise) and the model
 in a pool of Ray actors (ONNX Runtime on CPU, PyTorch on GPU).
 Rows written + rejected = files seen.
+
+The exporter, the checkpoint loader and timm are imported inside the functions that export a
+checkpoint or run PyTorch: an exported model is predicted on CPU with ONNX Runtime alone.
 """
 
 from __future__ import annotations
@@ -27,7 +30,15 @@ from typing import Any
 
 import numpy as np
 
+from logo_train.data.augment import RESIZE_MODES, decode_image, eval_spec, eval_uint8, normalise
 from logo_train.data.brands import UNKNOWN
+from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
+from logo_train.data.pipeline import configure_data_context, one_opencv_thread
+from logo_train.data.shards import read_manifest, shard_uris
+from logo_train.layout import MODEL_DIR, RunLayout
+from logo_train.raysetup import init_ray
+from logo_train.report import best_entry, load, name
+from logo_train.storage import copy_dir, exists, join, read_bytes, resolve
 
 log = logging.getLogger(__name__)
 
@@ -129,16 +140,14 @@ def export_model(
 def export_from(path: str | Path, out: str | Path, backbone: str | None = None) -> Path:
     """``logo-train export``: a checkpoint folder, or a run folder's best backbone (chosen on
     validation; ``backbone`` picks another), with the run's test metrics when it has them."""
-    from logo_train.data.shards import exists, join, read_bytes
 
     p = Path(path)
     if _is_checkpoint(p):
         if backbone:
             raise ValueError("--backbone goes with a run folder, not a checkpoint folder")
         return export_model(p, out)
-    if (p / "report" / "benchmark.json").is_file():
-        from logo_train.report import best_entry, load, name
-
+    run = RunLayout(str(p))
+    if Path(run.benchmark_json).is_file():
         data, _ = load(p)
         entries = {name(e): e for e in data["backbones"]}
         entry = entries.get(backbone) if backbone else best_entry(data)
@@ -150,7 +159,7 @@ def export_from(path: str | Path, out: str | Path, backbone: str | None = None) 
             metrics=entry_metrics(data, entry),
             calibration=entry.get("calibration"),
         )
-    summary = join(str(p / "train"), "summary.json")
+    summary = run.train_summary
     if exists(summary):  # trained, not benchmarked: no test metrics to carry
         rows = {r["backbone"]: r for r in json.loads(read_bytes(summary))["results"]}
         if not rows:
@@ -193,7 +202,6 @@ def load_exported(folder: str | Path) -> ExportedModel:
     missing = [k for k in needed if k not in raw]
     if missing:
         raise ModelError(f"{meta_path}: missing field(s) {missing}")
-    from logo_train.data.augment import RESIZE_MODES
 
     if raw.get("resize", "stretch") not in RESIZE_MODES:
         raise ModelError(
@@ -264,12 +272,10 @@ def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
                 f"{p / ckpt.MODEL_JSON}: missing (a checkpoint holds state.pt and model.json)"
             )
         return _from_checkpoint(p, workdir, f"checkpoint {p}")
-    report = p / "report"
-    if (report / "model" / MODEL_JSON).exists():
-        return _exported(report / "model", f"run {p}: exported best backbone {report / 'model'}")
-    if (report / "benchmark.json").is_file():
-        from logo_train.report import best_entry, load, name
-
+    run = RunLayout(str(p))
+    if (Path(run.model) / MODEL_JSON).exists():
+        return _exported(Path(run.model), f"run {p}: exported best backbone {run.model}")
+    if Path(run.benchmark_json).is_file():
         data, _ = load(p)
         best = best_entry(data)
         return _from_checkpoint(
@@ -337,7 +343,6 @@ def collect_inputs(sources: list[str], class_names: list[str], split: str = "tes
     """Files, folders (recursive, any layout) and shards folders / URIs. A file inside
     ``<folder>/<class name>/...`` (case-insensitive) is labelled with that class. A source that
     does not exist stops everything before any work, naming it."""
-    from logo_train.data.shards import exists, join, read_manifest, shard_uris
 
     by_name = {c.lower(): c for c in class_names}
     out = Inputs(split=split)
@@ -372,7 +377,6 @@ def collect_inputs(sources: list[str], class_names: list[str], split: str = "tes
 
 def read_files(batch: dict[str, np.ndarray], max_pixels: int) -> dict[str, list]:
     """``map_batches``: path -> the bytes a shard would hold, or a reject reason."""
-    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
 
     images, reasons, details = [], [], []
     for path in batch["path"]:
@@ -399,8 +403,6 @@ def preprocess(batch: dict[str, np.ndarray], spec) -> dict[str, Any]:
     """``map_batches`` (tasks, beside the model's actors): stored bytes -> ``pixels``, the
     evaluation path's uint8 NCHW (``augment.eval_uint8``); a row OpenCV cannot decode is
     rejected here. Rejected rows get zeros, the model skips them."""
-    from logo_train.data.augment import decode_image, eval_uint8
-    from logo_train.data.pipeline import one_opencv_thread
 
     one_opencv_thread()
     images = list(batch["image"])
@@ -424,8 +426,6 @@ def preprocess(batch: dict[str, np.ndarray], spec) -> dict[str, Any]:
 def read_shard_rows(batch: dict[str, np.ndarray], split: str) -> dict[str, list]:
     """``map_batches``: shard URIs -> their rows (path = the row's source path or id)."""
     import pyarrow.parquet as pq
-
-    from logo_train.data.shards import resolve
 
     out: dict[str, list] = {k: [] for k in ("index", "path", "label", "image", "reason", "detail")}
     for index, uri in zip(batch["index"], batch["shard"], strict=True):
@@ -460,7 +460,6 @@ class Predictor:
         top_k: int,
         min_confidence: float = 0.0,
     ):
-        from logo_train.data.augment import eval_spec
 
         meta = ExportedModel(**meta)
         self.classes = np.asarray(meta.class_names, dtype=object)
@@ -494,7 +493,6 @@ class Predictor:
             return self.model(torch.from_numpy(x).cuda()).float().cpu().numpy()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        from logo_train.data.augment import normalise
 
         n = len(batch["path"])
         reasons, details = batch["reason"], batch["detail"]
@@ -581,19 +579,9 @@ def predict(
     off), or whose top class is the model's ``unknown`` class, is answered ``unknown``, the
     reason in ``unknown_reason``; ``top1_label`` keeps the class it would have named."""
     import pyarrow as pa
-    import ray
-
-    from logo_train.data.augment import eval_spec
-    from logo_train.data.pipeline import configure_data_context
-    from logo_train.raysetup import init_ray
 
     out = Path(out)
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise ValueError(f"--out {out}: the file must end in .csv or .parquet")
-    if top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {top_k}")
-    if min_confidence is not None and not 0 <= min_confidence <= 1:
-        raise ValueError(f"--min-confidence must be in 0..1, got {min_confidence}")
+    _check_args(out, top_k, min_confidence)
     with tempfile.TemporaryDirectory(prefix="logo-train-predict-") as workdir:
         resolved = resolve_model(model, workdir)
         meta = resolved.meta
@@ -609,45 +597,86 @@ def predict(
         configure_data_context()
         # our bar reports progress; Ray Data's periodic progress log lines would repeat it
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        spec = eval_spec(meta)
         threshold = meta.min_confidence if min_confidence is None else min_confidence
         echo(open_set_line(meta, threshold, min_confidence is None))
-        # decode + resize in tasks, pipelined with the model; not fused into the actors
-        ds = _dataset(inputs, max_pixels, actors).map_batches(
-            preprocess, fn_kwargs={"spec": spec}, batch_size=batch_size, num_cpus=0.5
-        )
-        ds = ds.map_batches(
-            Predictor,
-            fn_constructor_kwargs={
-                "meta": asdict(meta),
-                "onnx": Path(resolved.onnx_dir, MODEL_ONNX).read_bytes(),
-                "torch_state": _torch_state(resolved.checkpoint) if device == "cuda" else b"",
-                "device": device,
-                "threads": max(1, int(cpus_per_actor)),
-                "top_k": top_k,
-                "min_confidence": threshold,
-            },
+        ds = _predictions(
+            _dataset(inputs, max_pixels, actors),
+            resolved,
             batch_size=batch_size,
-            # a block at a time per actor, so a slow-starting actor still gets its share
-            compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-            num_cpus=cpus_per_actor,
-            num_gpus=1 if device == "cuda" else 0,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            device=device,
+            top_k=top_k,
+            min_confidence=threshold,
         )
-        start = time.perf_counter()
-        tables, first = [], None
-        bar = _progress(inputs.seen, progress)
-        for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            if first is None:  # Ray Data is lazy: start-up (actors, model load) ends here
-                first = (time.perf_counter(), table.num_rows)
-            tables.append(table)
-            bar.update(table.num_rows)
-        bar.close()
-        seconds = (start, first, time.perf_counter())
+        tables, seconds = _collect(ds, inputs.seen, progress)
     result = pa.concat_tables(tables).sort_by("index") if tables else None
     if result is None or result.num_rows != inputs.seen:
         got = 0 if result is None else result.num_rows
         raise RuntimeError(f"predict lost inputs: {inputs.seen} seen, {got} came back")
     return _write(result, out, resolved, inputs, top_k, seconds, echo)
+
+
+def _check_args(out: Path, top_k: int, min_confidence: float | None) -> None:
+    if out.suffix.lower() not in (".csv", ".parquet"):
+        raise ValueError(f"--out {out}: the file must end in .csv or .parquet")
+    if top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {top_k}")
+    if min_confidence is not None and not 0 <= min_confidence <= 1:
+        raise ValueError(f"--min-confidence must be in 0..1, got {min_confidence}")
+
+
+def _predictions(
+    ds,
+    resolved: ResolvedModel,
+    *,
+    batch_size: int,
+    actors: int,
+    cpus_per_actor: float,
+    device: str,
+    top_k: int,
+    min_confidence: float,
+):
+    """The inputs' dataset through ``preprocess`` (decode + resize, in tasks pipelined with
+    the model; not fused into the actors) and a pool of ``Predictor`` actors."""
+    import ray
+
+    meta = resolved.meta
+    ds = ds.map_batches(
+        preprocess, fn_kwargs={"spec": eval_spec(meta)}, batch_size=batch_size, num_cpus=0.5
+    )
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={
+            "meta": asdict(meta),
+            "onnx": Path(resolved.onnx_dir, MODEL_ONNX).read_bytes(),
+            "torch_state": _torch_state(resolved.checkpoint) if device == "cuda" else b"",
+            "device": device,
+            "threads": max(1, int(cpus_per_actor)),
+            "top_k": top_k,
+            "min_confidence": min_confidence,
+        },
+        batch_size=batch_size,
+        # a block at a time per actor, so a slow-starting actor still gets its share
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        num_cpus=cpus_per_actor,
+        num_gpus=1 if device == "cuda" else 0,
+    )
+
+
+def _collect(ds, seen: int, progress: bool):
+    """Every predicted block (a progress bar over ``seen`` inputs) and the timings: (start,
+    (first block's time, its rows), end)."""
+    start = time.perf_counter()
+    tables, first = [], None
+    bar = _progress(seen, progress)
+    for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        if first is None:  # Ray Data is lazy: start-up (actors, model load) ends here
+            first = (time.perf_counter(), table.num_rows)
+        tables.append(table)
+        bar.update(table.num_rows)
+    bar.close()
+    return tables, (start, first, time.perf_counter())
 
 
 def open_set_line(meta: ExportedModel, threshold: float, own: bool) -> str:
@@ -731,8 +760,6 @@ def _progress(total: int, enabled: bool):
 def _write(table, out: Path, resolved: ResolvedModel, inputs: Inputs, top_k, seconds, echo):
     import pyarrow.compute as pc
 
-    from logo_train.metrics import classification_metrics
-
     start, first, end = seconds
     first_at, first_rows = first or (end, 0)
     steady = first is not None and end > first_at and table.num_rows > first_rows
@@ -766,29 +793,35 @@ def _write(table, out: Path, resolved: ResolvedModel, inputs: Inputs, top_k, sec
         actors_used=len(set(table["actor"].to_pylist())),
     )
     if has_labels:
-        index = {c: i for i, c in enumerate(resolved.meta.class_names)}
-        truth = rows.filter(labelled)
-        names = truth["true_label"].to_pylist()
-        known = [i for i, n in enumerate(names) if n in index]
-        summary.unknown_labels = dict(Counter(n for n in names if n not in index))
-        summary.labelled = len(known)
-        if known:  # of the class each image would be given (top-1), and of the answers
-            preds = truth["top1_label"].to_pylist()
-            answers = truth["label"].to_pylist()
-            summary.metrics = classification_metrics(
-                y_true=[index[names[i]] for i in known],
-                y_pred=[index[preds[i]] for i in known],
-                num_classes=len(index),
-            )
-            answered = [i for i in known if answers[i] != UNKNOWN]
-            right = [i for i in known if preds[i] == names[i]]
-            summary.metrics["answered"] = len(answered) / len(known)
-            summary.metrics["right_kept"] = sum(answers[i] == names[i] for i in right) / max(
-                len(right), 1
-            )
+        _score_labelled(summary, rows.filter(labelled), resolved.meta.class_names)
     for line in summary_lines(summary):
         echo(line)
     return summary
+
+
+def _score_labelled(summary: PredictSummary, truth, class_names: list[str]) -> None:
+    """The metrics of the labelled inputs (``truth``: their rows) into ``summary``: of the
+    class each image would be given (top-1), and of the answers (``unknown`` included)."""
+    from logo_train.metrics import classification_metrics
+
+    index = {c: i for i, c in enumerate(class_names)}
+    names = truth["true_label"].to_pylist()
+    known = [i for i, n in enumerate(names) if n in index]
+    summary.unknown_labels = dict(Counter(n for n in names if n not in index))
+    summary.labelled = len(known)
+    if not known:
+        return
+    preds = truth["top1_label"].to_pylist()
+    answers = truth["label"].to_pylist()
+    summary.metrics = classification_metrics(
+        y_true=[index[names[i]] for i in known],
+        y_pred=[index[preds[i]] for i in known],
+        num_classes=len(index),
+    )
+    answered = [i for i in known if answers[i] != UNKNOWN]
+    right = [i for i in known if preds[i] == names[i]]
+    summary.metrics["answered"] = len(answered) / len(known)
+    summary.metrics["right_kept"] = sum(answers[i] == names[i] for i in right) / max(len(right), 1)
 
 
 def _write_table(table, path: Path) -> None:
@@ -827,3 +860,23 @@ def summary_lines(s: PredictSummary) -> list[str]:
     if s.unknown_labels:
         lines.append(f"[predict] labels the model does not know (not scored): {s.unknown_labels}")
     return lines
+
+
+def export_best(folder: str) -> str:
+    """``<report>/model/``: the best backbone (chosen on validation) of the report ``folder`` as
+    a self-contained ONNX model + model.json, with its test metrics; what ``logo-train predict``
+    takes."""
+    import tempfile
+
+    data, _ = load(folder)
+    best = best_entry(data)
+    out = join(folder, MODEL_DIR)
+    with tempfile.TemporaryDirectory() as tmp:  # then copied: the report may be a URI
+        exported = export_model(
+            best["checkpoint"],
+            tmp,
+            metrics=entry_metrics(data, best),
+            calibration=best.get("calibration"),
+        )
+        copy_dir(exported, out)
+    return out

@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from logo_train.calibration import open_set_answer, open_set_summary, risk_coverage, softmax, thin
 from logo_train.data.augment import TransformSpec
+from logo_train.data.badge import decode_image
+from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
+from logo_train.engine import logits_of
+from logo_train.metrics import classification_metrics
 
 FIELD = "data.real_eval"
 
@@ -109,7 +114,6 @@ def load_real_set(
 def _read_image(path: Path, rel: str, max_pixels: int, rejected: list) -> bytes | None:
     """The stored bytes of one photo (the ingest's checks), or None with the reason appended
     to ``rejected``."""
-    from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
 
     if path.suffix.lower() not in IMAGE_EXTENSIONS:
         rejected.append({"path": rel, "reason": "unsupported_extension", "detail": path.suffix})
@@ -125,8 +129,6 @@ def _read_image(path: Path, rel: str, max_pixels: int, rejected: list) -> bytes 
 
 def probabilities(model, images, spec, device, batch_size: int = 64, temperature: float = 1.0):
     """``softmax(logits / temperature)`` of every image, through the evaluation path."""
-    from logo_train.bench import logits_of
-    from logo_train.calibration import softmax
 
     logits = logits_of(model.eval().to(device), images, spec, device, batch_size)
     return softmax(logits, temperature)
@@ -148,7 +150,6 @@ def score_real(
     answer (``temperature``, ``min_confidence``, the ``unknown`` class: the benchmark fits them
     on validation) what share of the photos keeps an answer and of the right ones, and the
     risk-coverage curve."""
-    from logo_train.calibration import open_set_summary, risk_coverage, thin
 
     p = probabilities(model, real.images, spec, device, batch_size, temperature)
     labels = np.asarray(real.labels, np.int64)
@@ -156,28 +157,6 @@ def score_real(
     top = np.argsort(-p, axis=1, kind="stable")[:, :k]
     hit1 = top[:, 0] == labels
     hit3 = (top == labels[:, None]).any(1)
-    per_class = []
-    for c in sorted(set(real.labels)):
-        rows = labels == c
-        per_class.append(
-            {
-                "class": real.classes[c],
-                "images": int(rows.sum()),
-                "top1": float(hit1[rows].mean()),
-                "top3": float(hit3[rows].mean()),
-            }
-        )
-    mistakes = [
-        {
-            "index": int(i),
-            "path": real.paths[i],
-            "true": real.classes[labels[i]],
-            "predicted": [real.classes[j] for j in top[i]],
-            "probability": float(p[i, top[i, 0]]),
-        }
-        for i in np.flatnonzero(~hit1)
-    ]
-    from logo_train.metrics import classification_metrics
 
     quality = classification_metrics(y_true=labels, y_pred=top[:, 0], num_classes=p.shape[1])
     return {
@@ -194,9 +173,31 @@ def score_real(
             **open_set_summary(p, labels, min_confidence, unknown),
         },
         "risk_coverage": thin(risk_coverage(p, labels)),
-        "per_class": per_class,
-        "mistakes": mistakes,
+        "per_class": [
+            {
+                "class": real.classes[c],
+                "images": int((labels == c).sum()),
+                "top1": float(hit1[labels == c].mean()),
+                "top3": float(hit3[labels == c].mean()),
+            }
+            for c in sorted(set(real.labels))
+        ],
+        "mistakes": _mistakes(real, p, top, np.flatnonzero(~hit1)),
     }
+
+
+def _mistakes(real: RealSet, p: np.ndarray, top: np.ndarray, wrong: np.ndarray) -> list[dict]:
+    """The photos answered wrong: index, path, true class, top-k classes, top probability."""
+    return [
+        {
+            "index": int(i),
+            "path": real.paths[i],
+            "true": real.classes[real.labels[i]],
+            "predicted": [real.classes[j] for j in top[i]],
+            "probability": float(p[i, top[i, 0]]),
+        }
+        for i in wrong
+    ]
 
 
 def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> bytes:
@@ -205,8 +206,6 @@ def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> by
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from logo_train.data.badge import decode_image
 
     shown = result["mistakes"][:top]
     cols = 8
@@ -292,8 +291,6 @@ def score_outside(
     """The share of the outside photos the open-set answer calls ``unknown`` (below the
     threshold, or the ``unknown`` class), per folder, and the classes named for the others."""
     from collections import Counter
-
-    from logo_train.calibration import open_set_answer
 
     p = probabilities(model, outside.images, spec, device, batch_size, temperature)
     answer = open_set_answer(p, min_confidence, unknown)

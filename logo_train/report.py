@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from logo_train.bench import BENCHMARK_JSON
+from logo_train.layout import BENCHMARK_JSON, MODEL_DIR, REPORT_DIR
+from logo_train.storage import is_dir, is_file, join, parent, read_bytes, write_bytes
 
-REPORT_DIR = "report"
 BENCHMARK_MD = "benchmark.md"
 BENCHMARK_PARQUET = "benchmark.parquet"
 PLOTS = {
@@ -106,7 +106,6 @@ def _cell(fmt: str, value: Any) -> str:
 def load(path: str | Path) -> tuple[dict[str, Any], str]:
     """benchmark.json from a run folder, its report folder, or the file itself (a local path or
     a URI); returns the data and the folder (URI) holding it."""
-    from logo_train.data.shards import is_file, join, parent, read_bytes
 
     uri = str(path).rstrip("/")
     candidates = [join(uri, BENCHMARK_JSON), join(join(uri, REPORT_DIR), BENCHMARK_JSON)]
@@ -147,7 +146,27 @@ def markdown(data: dict[str, Any]) -> str:
     entries = data["backbones"]
     if not entries:
         raise ValueError("benchmark.json lists no backbones")
-    first = entries[0]
+    best = best_entry(data)
+    lines = _table_lines(data) + _best_lines(data, best)
+    lines += _cleaning_lines(entries)
+    lines += _real_lines(data, best)
+    lines += _per_class_lines(data, best)
+    lines += _calibration_lines(data, best)
+    lines += ["", "## Plots", ""]
+    lines += [f"![{key}]({PLOTS[key]})" for key in plots_for(data)]
+    audits = {name(e): e["audit"] for e in entries if e.get("audit")}
+    if audits:
+        lines += ["", "## Suspected wrong labels", ""]
+        for backbone, a in audits.items():
+            lines.append(
+                f"- {backbone}: {a.get('suspected', '?')} suspected — {a.get('parquet', '')}"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _table_lines(data: dict[str, Any]) -> list[str]:
+    """The title, where and how it was measured, the table and what its columns mean."""
+    first = data["backbones"][0]
     dev = first["device"]
     cfg = data.get("benchmark_config", {})
     where = dev.get("gpu") or f"{dev['cpu']} ({dev['cpu_count']} logical CPUs)"
@@ -166,10 +185,9 @@ def markdown(data: dict[str, Any]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|",
     ]
-    for e in entries:
+    for e in data["backbones"]:
         lines.append("| " + " | ".join(_cell(fmt, get(e)) for _, get, fmt in columns(data)) + " |")
-    best = best_entry(data)
-    lines += [
+    return lines + [
         "",
         "Columns: 'starts from': ImageNet weights fine-tuned, or random init (the five "
         "reference families train from scratch: the table compares families); parameters in "
@@ -181,6 +199,12 @@ def markdown(data: dict[str, Any]) -> str:
         f"{cfg.get('latency_runs', '?')} passes, eager PyTorch in inference mode vs ONNX Runtime "
         "(CPU execution provider) on the same exported model; throughput: images/s at batch "
         f"{first['eager']['throughput_batch']}. '–': not measured (ONNX Runtime runs on CPU only).",
+    ]
+
+
+def _best_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
+    """The best backbone, the classes the split lacks, the ONNX Runtime check."""
+    lines = [
         "",
         f"**Best backbone: {name(best)}** (chosen on {selected_on(data)} macro-F1"
         + (f" {best['train']['best_val_macro_f1']:.4f}" if selected_on(data) == "val" else "")
@@ -193,7 +217,7 @@ def markdown(data: dict[str, Any]) -> str:
             + ", ".join(absent)
             + "."
         )
-    checks = [e for e in entries if e.get("onnx")]
+    checks = [e for e in data["backbones"] if e.get("onnx")]
     if checks:
         worst = max(e["onnx"]["max_abs_diff"] for e in checks)
         ok = all(e["onnx"]["matches"] for e in checks)
@@ -201,9 +225,11 @@ def markdown(data: dict[str, Any]) -> str:
             f"ONNX Runtime vs PyTorch logits: largest |difference| {worst:.2e} "
             f"({'within' if ok else 'OUTSIDE'} the tolerance {checks[0]['onnx']['tolerance']:g})."
         )
-    lines += _cleaning_lines(entries)
-    lines += _real_lines(data, best)
-    lines += ["", f"## Per class: {name(best)} (sorted by training images)", ""]
+    return lines
+
+
+def _per_class_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
+    lines = ["", f"## Per class: {name(best)} (sorted by training images)", ""]
     lines += [
         "| class | training images | precision | recall | F1 | support |",
         "|---|---:|---:|---:|---:|---:|",
@@ -214,17 +240,7 @@ def markdown(data: dict[str, Any]) -> str:
             f"| {pc['class']} | {counts.get(pc['class'], 0)} | {pc['precision']:.3f} | "
             f"{pc['recall']:.3f} | {pc['f1']:.3f} | {pc['support']} |"
         )
-    lines += _calibration_lines(data, best)
-    lines += ["", "## Plots", ""]
-    lines += [f"![{key}]({PLOTS[key]})" for key in plots_for(data)]
-    audits = {name(e): e["audit"] for e in entries if e.get("audit")}
-    if audits:
-        lines += ["", "## Suspected wrong labels", ""]
-        for backbone, a in audits.items():
-            lines.append(
-                f"- {backbone}: {a.get('suspected', '?')} suspected — {a.get('parquet', '')}"
-            )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _cleaning_lines(entries: list[dict[str, Any]]) -> list[str]:
@@ -246,35 +262,19 @@ def _cleaning_lines(entries: list[dict[str, Any]]) -> list[str]:
         "| val macro F1 | test macro F1 |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-
-    def row(e: dict[str, Any], c: dict[str, Any]) -> str:
-        left = c.get("flipped_after", c.get("flipped_before"))
-        return (
-            f"| {name(e)} | {c.get('loss', '?')} "
-            f"| {c.get('rows_after', c.get('rows_before', '?'))} "
-            f"| {c.get('dropped', 0)} | {c.get('relabelled', 0)} "
-            f"| {'?' if left is None else left} "
-            f"| {e['train'].get('best_val_macro_f1', float('nan')):.4f} "
-            f"| {e['metrics']['macro_f1']:.4f} |"
-        )
-
     shown: set[int] = set()
     for e in cleaned:
         c = e["cleaning"]
         before = first.get(e["backbone"])
         if before is not None and id(before) not in shown:
             shown.add(id(before))
-            lines.append(
-                row(
-                    before,
-                    {
-                        "rows_after": c["rows_before"],
-                        "flipped_before": c.get("flipped_before"),
-                        "loss": c.get("loss_before", "?"),
-                    },
-                )
-            )
-        lines.append(row(e, c))
+            as_given = {
+                "rows_after": c["rows_before"],
+                "flipped_before": c.get("flipped_before"),
+                "loss": c.get("loss_before", "?"),
+            }
+            lines.append(_cleaning_row(before, as_given))
+        lines.append(_cleaning_row(e, c))
     for e in entries:
         c = e.get("cleaning")
         if c and "flipped_acted_on" in c:
@@ -289,6 +289,19 @@ def _cleaning_lines(entries: list[dict[str, Any]]) -> list[str]:
                 )
             )
     return lines
+
+
+def _cleaning_row(e: dict[str, Any], c: dict[str, Any]) -> str:
+    """One model's row of the cleaning table (``c``: its round's counts)."""
+    left = c.get("flipped_after", c.get("flipped_before"))
+    return (
+        f"| {name(e)} | {c.get('loss', '?')} "
+        f"| {c.get('rows_after', c.get('rows_before', '?'))} "
+        f"| {c.get('dropped', 0)} | {c.get('relabelled', 0)} "
+        f"| {'?' if left is None else left} "
+        f"| {e['train'].get('best_val_macro_f1', float('nan')):.4f} "
+        f"| {e['metrics']['macro_f1']:.4f} |"
+    )
 
 
 def _real_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
@@ -371,8 +384,6 @@ def write_report(path: str | Path) -> str:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from logo_train.data.shards import join, write_bytes
-
     data, folder = load(path)
     write_bytes(join(folder, BENCHMARK_MD), markdown(data).encode())
     sink = pa.BufferOutputStream()
@@ -396,8 +407,6 @@ def _plt():
 
 def plot_all(data: dict[str, Any], folder: str) -> None:
     import io
-
-    from logo_train.data.shards import join, write_bytes
 
     plt = _plt()
     draw = {
@@ -569,3 +578,31 @@ def _risk_coverage(data, plt):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def print_summary(folder: str, stage_seconds: dict[str, float]) -> None:
+    """The run's stage times and the benchmark table's headline columns, on stdout."""
+
+    data, _ = load(folder)
+    print("\n=== summary " + "=" * 68)
+    print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items()))
+    print(
+        f"{'backbone':<22} {'starts from':<11} {'px':>4} {'macro F1':>8} {'accuracy':>8} "
+        f"{'p50 ms':>8} {'ONNX p50 ms':>11} {'images/s':>9} {'MFLOPs':>8}"
+    )
+    for e in data["backbones"]:
+        onnx = f"{e['onnx']['latency_ms_p50']:.2f}" if e.get("onnx") else "-"
+        print(
+            f"{name(e):<22} {start_word(e):<11} {e['image_size']:>4} "
+            f"{e['metrics']['macro_f1']:8.3f} {e['metrics']['accuracy']:8.3f} "
+            f"{e['eager']['latency_ms_p50']:8.2f} {onnx:>11} "
+            f"{e['eager']['throughput_images_per_s']:9.0f} {e['flops'] / 1e6:8.1f}"
+        )
+    print(
+        f"best: {name(best_entry(data))} (chosen on {selected_on(data)} macro-F1; table: "
+        f"{data['split']} split, {len(data['classes'])} classes)"
+    )
+    print(f"report folder: {folder}  (benchmark.md, plots, suspected_labels.parquet)")
+    model = join(folder, MODEL_DIR)
+    if is_dir(model):
+        print(f"model: {model}  (logo-train predict --model {model} ...)")

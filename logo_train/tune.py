@@ -21,11 +21,23 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from logo_train.config import Config, SearchParam, config_from_dict, config_to_dict, dump_config
-from logo_train.data.shards import Manifest, exists, join, read_bytes, resolve, write_bytes
+from logo_train.data.shards import Manifest
+from logo_train.raysetup import init_ray
+from logo_train.storage import (
+    absolute,
+    exists,
+    join,
+    make_dir,
+    read_json,
+    resolve,
+    write_bytes,
+    write_json,
+)
+from logo_train.train import check_resources, shared_datasets, steps_per_epoch, train_backbone
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +50,8 @@ CONTEXT = "search.json"
 TRIALS_PARQUET = "trials.parquet"
 TRIALS_MD = "trials.md"
 BEST_CONFIG = "best_config.yaml"
+TRIAL_TENSORBOARD = "tensorboard"
+"""Inside an experiment folder: each trial's event files, ``tensorboard/<trial id>``."""
 PLOT = "search.png"
 
 
@@ -103,16 +117,12 @@ def trial_epochs(cfg: Config) -> int:
 def apply_params(cfg: Config, params: dict[str, Any], epochs: int | None = None) -> Config:
     """``cfg`` with ``train.<key> = value`` for every searched parameter (and ``epochs``),
     validated like a loaded config."""
-    data = config_to_dict(cfg)
-    for key, value in params.items():
-        if key not in data["train"]:
-            raise ValueError(f"searched parameter '{key}' is not a train.* config field")
-        current = data["train"][key]
-        data["train"][key] = int(round(value)) if isinstance(current, int) else float(value)
     if epochs is not None:  # a trial: exactly this long (train.min_steps would stretch it)
-        data["train"]["epochs"] = epochs
-        data["train"]["min_steps"] = 0
-    return config_from_dict(data)
+        params = {**params, "epochs": epochs, "min_steps": 0}
+    try:
+        return cfg.with_train(**params)
+    except ValueError as e:
+        raise ValueError(f"searched parameter: {e}") from None
 
 
 def experiment_name(cfg: Config, backbone: str, shards_uri: str) -> str:
@@ -148,8 +158,6 @@ def check_trial_resources(cfg: Config) -> None:
     """A trial = its driver (``tune.trial_cpus``) + the Train workers; Ray Data needs CPU too."""
     import ray
 
-    from logo_train.train import check_resources
-
     check_resources(cfg)
     tc = cfg.train
     if tc.autoscale or tc.use_gpu:
@@ -168,56 +176,78 @@ def check_trial_resources(cfg: Config) -> None:
 # --- the trial --------------------------------------------------------------------------------
 
 
+@dataclass
+class SearchContext:
+    """What every trial of one search shares (handed to the trials as it is, through
+    ``tune.with_parameters``); ``search_context.json`` in the experiment folder, from which
+    ``resume`` restores it."""
+
+    config: Config
+    backbone: str
+    shards_uri: str
+    manifest: Manifest
+    epochs: int
+    """Most epochs a trial runs (``trial_epochs``)."""
+    trial_cpus: float
+    concurrency: int
+    path: str
+    """The experiment folder: ``<run>/tune/<backbone>-<hash>``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**out, "config": config_to_dict(self.config), "manifest": self.manifest.to_json()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchContext:
+        config, manifest = config_from_dict(data["config"]), Manifest.from_json(data["manifest"])
+        return cls(**{**data, "config": config, "manifest": manifest})
+
+
 def _trial(
-    config: dict[str, Any], *, context: dict[str, Any], datasets: dict[str, Any] | None = None
+    config: dict[str, Any], *, context: SearchContext, datasets: dict[str, Any] | None = None
 ) -> None:
-    """One Tune trial: a Ray Train run of ``context["backbone"]`` with the sampled ``config``
+    """One Tune trial: a Ray Train run of ``context.backbone`` with the sampled ``config``
     (Tune's name for the parameters) applied; on the search's shared passes when given."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from logo_train.train import train_backbone
-
-    backbone = context["backbone"]
-    base = config_from_dict(context["config"]).for_backbone(backbone)
-    cfg = apply_params(base, config, context["epochs"])
+    backbone = context.backbone
+    cfg = apply_params(context.config.for_backbone(backbone), config, context.epochs)
     trial_id = ray.tune.get_context().get_trial_id()
     train_backbone(
         cfg,
         backbone,
-        context["shards_uri"],
-        Manifest.from_json(context["manifest"]),
+        context.shards_uri,
+        context.manifest,
         # stable across a restore: an interrupted trial's Train run resumes from its checkpoint
         name=f"{backbone}-{trial_id}",
-        storage_path=join(context["path"], "runs"),
-        tensorboard_uri=join(context["path"], f"tensorboard/{trial_id}"),
+        storage_path=join(context.path, "runs"),
+        tensorboard_uri=join(join(context.path, TRIAL_TENSORBOARD), trial_id),
         callbacks=[TuneReportCallback()],
         datasets=datasets,
     )
 
 
-def _trainable(context: dict[str, Any], echo=print):
+def _trainable(context: SearchContext, echo=print):
     """The trial function with its resources; with ``train.shared_passes`` the trials' passes
     are rendered here, once for the whole search (every trial reads the same augmented
     passes: one rendering instead of one per trial, and trials compared on the same data)."""
     from ray import tune
 
-    from logo_train.train import shared_datasets
-
-    cfg = config_from_dict(context["config"])
+    cfg = context.config
     datasets = None
     if cfg.train.shared_passes:
         datasets = shared_datasets(
             cfg,
-            context["shards_uri"],
-            Manifest.from_json(context["manifest"]),
-            context["epochs"],
+            context.shards_uri,
+            context.manifest,
+            context.epochs,
             echo=echo,
             prefix="tune",
         )
     fn = tune.with_parameters(_trial, context=context, datasets=datasets)
     # Tune refuses an all-zero request; a trial that takes no CPU asks for a little memory
-    return tune.with_resources(fn, {"CPU": context["trial_cpus"], "memory": TRIAL_MEMORY})
+    return tune.with_resources(fn, {"CPU": context.trial_cpus, "memory": TRIAL_MEMORY})
 
 
 def _tune_config(cfg: Config, concurrency: int):
@@ -288,30 +318,27 @@ def search(
     ``backbone`` and write its outputs."""
     from ray import tune
 
-    from logo_train.train import _absolute, steps_per_epoch
-
     check_trial_resources(cfg)
     steps_per_epoch(cfg, manifest)
-    storage = _absolute(join(cfg.run_dir, "tune"))
+    storage = absolute(cfg.layout.tune)
     name = experiment_name(cfg, backbone, shards_uri)
     path = join(storage, name)
     if exists(join(path, CONTEXT)) and tune.Tuner.can_restore(path):
         echo(f"[tune] {backbone}: found {path}; resuming it (finished trials are kept)")
         return resume(path, echo=echo)
     concurrency = concurrent_trials(cfg)
-    context = {
-        "config": config_to_dict(cfg),
-        "backbone": backbone,
-        "shards_uri": _absolute(shards_uri),
-        "manifest": manifest.to_json(),
-        "epochs": trial_epochs(cfg),
-        "trial_cpus": cfg.tune.trial_cpus,
-        "concurrency": concurrency,
-        "path": path,
-    }
-    fs, local = resolve(path)
-    fs.create_dir(local, recursive=True)
-    write_bytes(join(path, CONTEXT), json.dumps(context, indent=1).encode())
+    context = SearchContext(
+        config=cfg,
+        backbone=backbone,
+        shards_uri=absolute(shards_uri),
+        manifest=manifest,
+        epochs=trial_epochs(cfg),
+        trial_cpus=cfg.tune.trial_cpus,
+        concurrency=concurrency,
+        path=path,
+    )
+    make_dir(path)
+    write_json(join(path, CONTEXT), context.to_dict())
     t = cfg.tune
     echo(
         f"[tune] {backbone}: {t.num_samples} trials x <= {trial_epochs(cfg)} epochs, "
@@ -347,21 +374,21 @@ def resume(path: str, echo=print) -> SearchResult:
     check_resumable(path)
     if not tune.Tuner.can_restore(path):
         raise FileNotFoundError(f"{path}: Ray Tune finds no experiment state to restore")
-    context = json.loads(read_bytes(join(path, CONTEXT)))
+    context = SearchContext.from_dict(read_json(join(path, CONTEXT)))
     tuner = tune.Tuner.restore(path, _trainable(context, echo), resume_unfinished=True)
     return _finish(tuner, context, echo)
 
 
-def _finish(tuner, context: dict[str, Any], echo) -> SearchResult:
+def _finish(tuner, context: SearchContext, echo) -> SearchResult:
     start = time.perf_counter()
     grid = tuner.fit()
-    cfg = config_from_dict(context["config"])
-    rows = trial_rows(grid, list(cfg.tune.space), context["epochs"])
+    cfg = context.config
+    rows = trial_rows(grid, list(cfg.tune.space), context.epochs)
     complete = grid.num_terminated + grid.num_errors >= cfg.tune.num_samples
-    result = summarise(cfg, context["backbone"], context["path"], rows, complete)
+    result = summarise(cfg, context.backbone, context.path, rows, complete)
     echo(f"[tune] {result.line()}  ({time.perf_counter() - start:.0f} s)")
     if not complete:
-        echo(f"[tune] interrupted; resume with: logo-train tune --resume {context['path']}")
+        echo(f"[tune] interrupted; resume with: logo-train tune --resume {context.path}")
     for row in rows:
         if row["status"] == "ERROR":
             echo(f"[tune] trial {row['trial_id']} FAILED: {row['error']}")
@@ -544,3 +571,15 @@ def tuned_configs(cfg: Config, searches: dict[str, SearchResult]) -> dict[str, C
         best = {b: searches[b].best_params for b in cfg.model.backbones}
     # the profile's recipe per backbone first, the tuned parameters on top
     return {b: apply_params(cfg.for_backbone(b), best[b]) for b in cfg.model.backbones}
+
+
+def tune_stage(cfg: Config, shards_uri: str, manifest: Manifest) -> dict[str, SearchResult]:
+    """The ``tune`` stage: Ray started (or joined), the searches of ``tune.scope``, and where
+    each one's trials table and best config are."""
+
+    init_ray()
+    searches = tune_all(cfg, shards_uri, manifest)
+    for result in searches.values():
+        print(f"[tune] trials: {join(result.path, 'trials.md')}")
+        print(f"[tune] best config: {join(result.path, 'best_config.yaml')}")
+    return searches

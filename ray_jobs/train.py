@@ -8,7 +8,7 @@ ray job submit --working-dir . -- python -m ray_jobs.train --config configs/full
 import argparse
 
 from logo_train.cli import add_config_args, add_loss_arg, config_from_args, job_entry
-from logo_train.pipeline import train_stage
+from logo_train.pipeline import train_run
 
 
 def main() -> None:
@@ -16,7 +16,7 @@ def main() -> None:
     add_config_args(parser)
     add_loss_arg(parser)
     args = parser.parse_args()
-    train_stage(config_from_args(args), progress=False)
+    train_run(config_from_args(args), progress=False)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from logo_train.bench import (
     onnx_session,
     predict,
     quality,
-    write_json,
 )
 from logo_train.cli import main
 from logo_train.config import BenchmarkConfig
@@ -37,6 +36,7 @@ from logo_train.report import (
     rows,
     selected_on,
 )
+from logo_train.storage import write_json
 
 
 class ByBrightness(torch.nn.Module):
@@ -155,7 +155,7 @@ def benchmark_data(tmp_path_factory):
         "train_counts": [manifest.counts["train"][c] for c in manifest.classes],
         "backbones": entries,
     }
-    write_json(data, root / "run" / "report" / "benchmark.json")
+    write_json(root / "run" / "report" / "benchmark.json", data)
     return data, root, manifest
 
 

@@ -162,3 +162,15 @@ def test_min_steps_raises_the_epochs_of_a_small_training_split():
     assert "10 steps an epoch on 320 training images: 10 epochs instead of 3" in lines[0]
     assert with_min_steps(cfg, "resnet10t", manifest(3200), lines.append) is cfg  # 300 steps
     assert len(lines) == 1
+
+
+def test_with_train_coerces_numbers_validates_and_names_unknown_fields():
+    cfg = Config()
+    tuned = cfg.with_train(batch_size=31.6, lr=1, loss="ce")
+    assert (tuned.train.batch_size, tuned.train.lr, tuned.train.loss) == (32, 1.0, "ce")
+    assert isinstance(tuned.train.lr, float)
+    assert cfg.with_train() == cfg  # a new config; the old one is not changed
+    with pytest.raises(ValueError, match="'batch_sise' is not a train.\\* config field"):
+        cfg.with_train(batch_sise=32)
+    with pytest.raises(ValueError, match="train.epochs"):
+        cfg.with_train(epochs=0)

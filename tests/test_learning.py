@@ -19,7 +19,7 @@ from logo_train.data.augment import eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
 from logo_train.metrics import classification_metrics
-from logo_train.train import train_all
+from logo_train.train import train_stage
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def test_the_quick_recipe_learns_far_beyond_chance(local_ray, tmp_path):
         ],
     )
     uri, manifest, _ = prepare_data(cfg, progress=False)
-    (result,) = train_all(cfg, uri, manifest, echo=lambda line: None)
+    (result,) = train_stage(cfg, uri, manifest, echo=lambda line: None)
     model, info = load_model(result.checkpoint)
     test = read_split(uri, "test", ["image", "clean_label"])
     spec = eval_spec(info)

@@ -12,7 +12,8 @@ from logo_train.models import (
     normalisation,
 )
 
-# DESIGN.md: the reference backbones with 28 classes (EfficientFormer without distillation head)
+# The reference backbones with 28 classes (EfficientFormer without distillation head;
+# docs/training.md, "Backbones")
 REFERENCE_PARAMS = {
     "resnet50": 23_565_404,
     "mobilenetv2_100": 2_259_740,

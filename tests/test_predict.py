@@ -270,8 +270,8 @@ def test_the_open_set_threshold_travels_with_the_model_and_can_be_turned_off(
     """``model.json`` keeps the benchmark's temperature and threshold; ``predict`` answers
     ``unknown`` below it (the reason in its own column, the class it would have named kept),
     ``min_confidence=0`` turns it off."""
-    from logo_train.bench import logits_of
     from logo_train.calibration import softmax
+    from logo_train.engine import logits_of
 
     _, uri, manifest = shards
     images, names = _write_test_split(uri, tmp_path / "crops")

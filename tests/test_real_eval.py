@@ -108,11 +108,12 @@ def test_the_benchmark_scores_real_photos_and_the_report_shows_them(tmp_path):
     """benchmark_run with data.real_eval: every model gets a 'real' entry, its mistakes'
     contact sheet lands in the report folder, and the table and the report show them."""
     from logo_train import checkpoint as ckpt
-    from logo_train.bench import benchmark_run, write_json
+    from logo_train.bench import benchmark_run
     from logo_train.config import BenchmarkConfig, SynthConfig
     from logo_train.data import synth
     from logo_train.models import build_model, normalisation
     from logo_train.report import markdown, rows
+    from logo_train.storage import write_json
 
     tiny = SynthConfig(
         image_size=32, images_per_class=4, imbalance_ratio=2, val_per_class=1, test_per_class=1
@@ -164,7 +165,7 @@ def test_the_benchmark_scores_real_photos_and_the_report_shows_them(tmp_path):
     assert any("Not-A-Brand (1)" in line for line in lines)
     if real["mistakes"]:
         assert (report / "real_mistakes_resnet10t.png").is_file()
-    write_json(data, report / "benchmark.json")
+    write_json(report / "benchmark.json", data)
     assert rows(data)[0]["real photos top-1"] == real["top1"]
     text = markdown(data)
     assert "## Real photos" in text and "Not-A-Brand (1 files)" in text

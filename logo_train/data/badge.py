@@ -300,6 +300,17 @@ def compose_badge(
     d = float(difficulty)
     h = int(rng.integers(min_crop_px, max_crop_px + 1))
     w = _crop_width(h, template.shape[1] / template.shape[0], max_aspect, rng)
+    img = _badge_on_body(template, brand_rgb, h, w, rng, d, studio)
+    return _camera(img, size, h, w, rng, d, surveillance)
+
+
+# The two halves of a crop draw from ``rng`` in a fixed order: the order of the draws is the
+# dataset (moving one changes every image rendered after it).
+
+
+def _badge_on_body(template, brand_rgb, h: int, w: int, rng, d: float, studio: float):
+    """The badge in its style (chrome, enamel, flat) on a car body or a light background, at
+    the crop's own size ``h`` x ``w``, float32 RGB."""
     light = rng.random() < studio
     bg = _studio(h, w, rng) if light else _background(h, w, rng, d)
     style = STYLES[rng.choice(len(STYLES), p=STUDIO_STYLE_P if light else STYLE_P)]
@@ -328,7 +339,12 @@ def compose_badge(
             logo = logo * (1 - share) + _enamel(fill, brand_rgb, rng) * share
     else:
         logo = _flat(ink, brand_rgb, style, rng)
-    img = bg * (1.0 - mask[..., None]) + logo * mask[..., None]
+    return bg * (1.0 - mask[..., None]) + logo * mask[..., None]
+
+
+def _camera(img, size: int, h: int, w: int, rng, d: float, surveillance: float):
+    """What the camera does to the crop: occlusion, exposure, resize to ``size`` rows, blur,
+    a surveillance camera's look, sensor noise; ``(rgb uint8, jpeg_quality or None)``."""
     if rng.random() < 0.35 * d:
         _occlude(img, rng, d)
     # light: exposure, contrast, colour cast of the camera

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 # class name -> simple-icons slug. The reference project's brands that the package has, then
-# the extra ones named in DESIGN.md; "unknown" is drawn from UNKNOWN_SLUGS.
+# the extra ones the embedded dataset adds (docs/rendering.md); "unknown" is drawn from
+# UNKNOWN_SLUGS.
 BRAND_SLUGS: dict[str, str] = {
     "Audi": "audi",
     "BMW": "bmw",

@@ -338,77 +338,29 @@ def ingest(
         e = c.entry
         rejected.append(Rejection(e.rel, e.split or "", e.class_name or "", reason, detail))
 
-    ok: list[Checked] = []
     for c in checked:
         if c.reason:
             reject(c, c.reason, c.detail)
-        else:
-            ok.append(c)
-
-    # Same bytes twice: keep the first (train before val before test), reject the others.
-    split_rank = {"train": 0, "val": 1, "test": 2, None: 0}
-    ok.sort(key=lambda c: (split_rank[c.entry.split], c.entry.rel))
-    first: dict[str, Checked] = {}
-    unique: list[Checked] = []
-    for c in ok:
-        if c.sha256 in first:
-            orig = first[c.sha256].entry
-            leak = " across splits (leakage)" if orig.split != c.entry.split else ""
-            reject(c, "duplicate", f"same bytes as {orig.rel}{leak}")
-        else:
-            first[c.sha256] = c
-            unique.append(c)
-
-    # Splits: as given, and what is missing carved out of train.
-    present = {c.entry.split for c in unique} if layout == "splits" else set()
-    fractions = {}
-    if "val" not in present:
-        fractions["val"] = cfg.val_fraction
-    if "test" not in present:
-        fractions["test"] = cfg.test_fraction
-    train_items = [c for c in unique if c.entry.split in (None, "train")]
-    carved = stratified_split(train_items, fractions, cfg.seed)
-    assigned = {id(c): carved[i] for i, c in enumerate(train_items)}
-    split_of = {id(c): assigned.get(id(c), c.entry.split) for c in unique}
-
+    ok = [c for c in checked if not c.reason]
+    unique = _first_of_each(ok, reject)
+    split_of = _splits(unique, layout, cfg)
     classes = sorted({c.entry.class_name for c in unique if split_of[id(c)] == "train"})
-    rows_in: list[Checked] = []
+    rows_in = [c for c in unique if c.entry.class_name in classes]
     for c in unique:
-        if c.entry.class_name in classes:
-            rows_in.append(c)
-        else:
+        if c.entry.class_name not in classes:
             reject(c, "class_not_in_train", f"class {c.entry.class_name!r} has no training image")
     if not rows_in:
         raise IngestError(
             f"no readable images under {root}: {len(entries)} files seen, all rejected "
             f"({dict(Counter(r.reason for r in rejected))})"
         )
-
     # Rows shuffled within each split so shards mix classes.
     order = np.random.default_rng([cfg.seed, 99]).permutation(len(rows_in))
     rows_in = [rows_in[i] for i in order]
-    label_of = {name: i for i, name in enumerate(classes)}
-    counts = {s: dict.fromkeys(classes, 0) for s in SPLITS}
-    converted: Counter[str] = Counter()
     prepare_output(uri, overwrite)
-
-    def rows() -> Iterator[dict]:
-        images = map_chunks(_load_chunk, rows_in, str(root), cfg.max_pixels, desc="writing", **pool)
-        for c, image in zip(rows_in, images, strict=True):
-            split = split_of[id(c)]
-            counts[split][c.entry.class_name] += 1
-            converted.update(c.conversions)
-            yield {
-                "image": image,
-                "label": label_of[c.entry.class_name],
-                "label_name": c.entry.class_name,
-                "id": c.entry.rel,
-                "split": split,
-                "source_path": c.entry.rel,
-            }
-
-    files, written = write_splits(uri, rows(), with_truth=False, rows_per_shard=rows_per_shard)
-    n_rows = sum(written.values())
+    files, counts, converted, n_rows = _write_rows(
+        uri, root, rows_in, split_of, classes, cfg, pool, rows_per_shard
+    )
     if len(entries) != n_rows + len(rejected):  # the ingest's own invariant: nothing lost
         raise RuntimeError(
             f"ingest lost files: seen {len(entries)} != rows {n_rows} + rejected {len(rejected)}"
@@ -428,3 +380,61 @@ def ingest(
     write_manifest(uri, manifest)
     log.info("ingested %d of %d files from %s into %s", n_rows, len(entries), root, uri)
     return manifest
+
+
+def _first_of_each(ok: list[Checked], reject) -> list[Checked]:
+    """Same bytes twice: keep the first (train before val before test), reject the others."""
+    split_rank = {"train": 0, "val": 1, "test": 2, None: 0}
+    ok.sort(key=lambda c: (split_rank[c.entry.split], c.entry.rel))
+    first: dict[str, Checked] = {}
+    unique: list[Checked] = []
+    for c in ok:
+        if c.sha256 in first:
+            orig = first[c.sha256].entry
+            leak = " across splits (leakage)" if orig.split != c.entry.split else ""
+            reject(c, "duplicate", f"same bytes as {orig.rel}{leak}")
+        else:
+            first[c.sha256] = c
+            unique.append(c)
+    return unique
+
+
+def _splits(unique: list[Checked], layout: str, cfg: IngestConfig) -> dict[int, str]:
+    """Each file's split (by ``id`` of its ``Checked``): as given, and what is missing carved
+    out of train (stratified, ``cfg.val_fraction`` / ``cfg.test_fraction``)."""
+    present = {c.entry.split for c in unique} if layout == "splits" else set()
+    fractions = {}
+    if "val" not in present:
+        fractions["val"] = cfg.val_fraction
+    if "test" not in present:
+        fractions["test"] = cfg.test_fraction
+    train_items = [c for c in unique if c.entry.split in (None, "train")]
+    carved = stratified_split(train_items, fractions, cfg.seed)
+    assigned = {id(c): carved[i] for i, c in enumerate(train_items)}
+    return {id(c): assigned.get(id(c), c.entry.split) for c in unique}
+
+
+def _write_rows(uri, root: Path, rows_in, split_of, classes, cfg, pool, rows_per_shard):
+    """The accepted files, converted, as shards: (files per split, rows per split and class,
+    conversions counted, rows written)."""
+    label_of = {name: i for i, name in enumerate(classes)}
+    counts = {s: dict.fromkeys(classes, 0) for s in SPLITS}
+    converted: Counter[str] = Counter()
+
+    def rows() -> Iterator[dict]:
+        images = map_chunks(_load_chunk, rows_in, str(root), cfg.max_pixels, desc="writing", **pool)
+        for c, image in zip(rows_in, images, strict=True):
+            split = split_of[id(c)]
+            counts[split][c.entry.class_name] += 1
+            converted.update(c.conversions)
+            yield {
+                "image": image,
+                "label": label_of[c.entry.class_name],
+                "label_name": c.entry.class_name,
+                "id": c.entry.rel,
+                "split": split,
+                "source_path": c.entry.rel,
+            }
+
+    files, written = write_splits(uri, rows(), with_truth=False, rows_per_shard=rows_per_shard)
+    return files, counts, converted, sum(written.values())

@@ -23,7 +23,8 @@ import pyarrow as pa
 import ray.data
 
 from logo_train.data.augment import TransformSpec, decode_batch, to_uint8_batch, train_transform
-from logo_train.data.shards import Manifest, resolve, shard_uris
+from logo_train.data.shards import Manifest, shard_uris
+from logo_train.storage import resolve
 
 COLUMNS = ["image", "label"]
 # Small output blocks let batches stream to the trainer while a read task is still running

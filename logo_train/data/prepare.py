@@ -14,7 +14,8 @@ from pathlib import Path
 from logo_train.config import Config
 from logo_train.data import ingest, synth
 from logo_train.data.preview import contact_sheet
-from logo_train.data.shards import MANIFEST, Manifest, exists, join, read_manifest
+from logo_train.data.shards import MANIFEST, Manifest, read_manifest
+from logo_train.storage import exists, join
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,8 @@ import io
 from collections import Counter
 
 from logo_train.data.badge import decode_image
-from logo_train.data.shards import SPLITS, Manifest, iter_batches, join, write_bytes
+from logo_train.data.shards import SPLITS, Manifest, iter_batches
+from logo_train.storage import join, write_bytes
 
 CONTACT_SHEET = "contact_sheet.png"
 

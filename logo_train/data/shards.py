@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from logo_train.storage import exists, join, read_bytes, resolve, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -45,52 +46,6 @@ TRUTH_FIELDS = [
 def shard_schema(with_truth: bool) -> pa.Schema:
     """Schema of the rows; ``with_truth`` adds ``clean_label``/``is_noisy`` (embedded data only)."""
     return pa.schema(BASE_FIELDS + (TRUTH_FIELDS if with_truth else []))
-
-
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A filesystem and a path inside it, for a local path or an s3://, gs://, file:// URI."""
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
-
-
-def join(uri: str, name: str) -> str:
-    return f"{uri.rstrip('/')}/{name}"
-
-
-def exists(uri: str) -> bool:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def is_file(uri: str) -> bool:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.File
-
-
-def is_dir(uri: str) -> bool:
-    fs, path = resolve(uri)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
-
-
-def parent(uri: str) -> str:
-    """The folder holding ``uri`` (a local path or a URI)."""
-    if "://" not in uri:
-        return os.path.dirname(os.path.abspath(uri))
-    return uri.rstrip("/").rsplit("/", 1)[0]
-
-
-def write_bytes(uri: str, data: bytes) -> None:
-    fs, path = resolve(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
-
-
-def read_bytes(uri: str) -> bytes:
-    fs, path = resolve(uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
 
 
 def prepare_output(uri: str, overwrite: bool) -> None:
