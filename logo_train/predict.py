@@ -38,7 +38,15 @@ from logo_train.data.shards import read_manifest, shard_uris
 from logo_train.layout import MODEL_DIR, RunLayout
 from logo_train.raysetup import init_ray
 from logo_train.report import best_entry, load, name
-from logo_train.storage import copy_dir, exists, join, read_bytes, resolve
+from logo_train.storage import (
+    copy_dir,
+    download_dir,
+    exists,
+    is_file,
+    join,
+    read_json,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -137,40 +145,49 @@ def export_model(
     return out
 
 
-def export_from(path: str | Path, out: str | Path, backbone: str | None = None) -> Path:
+def export_from(path: str | Path, out: str | Path, backbone: str | None = None) -> str:
     """``logo-train export``: a checkpoint folder, or a run folder's best backbone (chosen on
-    validation; ``backbone`` picks another), with the run's test metrics when it has them."""
+    validation; ``backbone`` picks another), with the run's test metrics when it has them.
+    ``path`` and ``out`` are local paths or URIs (s3://, gs://, file://); returns ``out``."""
+    out = str(out)
+    if "://" not in out:
+        return str(_export_from(str(path).rstrip("/"), Path(out), backbone))
+    with tempfile.TemporaryDirectory(prefix="logo-train-export-") as tmp:
+        copy_dir(_export_from(str(path).rstrip("/"), Path(tmp), backbone), out)
+    return out
 
-    p = Path(path)
-    if _is_checkpoint(p):
+
+def _export_from(uri: str, out: Path, backbone: str | None) -> Path:
+    if _is_checkpoint(uri):
         if backbone:
             raise ValueError("--backbone goes with a run folder, not a checkpoint folder")
-        return export_model(p, out)
-    run = RunLayout(str(p))
-    if Path(run.benchmark_json).is_file():
-        data, _ = load(p)
+        return export_model(uri, out)
+    run = RunLayout(uri)
+    if is_file(run.benchmark_json):
+        data, _ = load(uri)
         entries = {name(e): e for e in data["backbones"]}
         entry = entries.get(backbone) if backbone else best_entry(data)
         if entry is None:
-            raise ValueError(f"--backbone {backbone}: not in {p} (it has {sorted(entries)})")
+            raise ValueError(f"--backbone {backbone}: not in {uri} (it has {sorted(entries)})")
         return export_model(
             entry["checkpoint"],
             out,
             metrics=entry_metrics(data, entry),
             calibration=entry.get("calibration"),
         )
-    summary = run.train_summary
-    if exists(summary):  # trained, not benchmarked: no test metrics to carry
-        rows = {r["backbone"]: r for r in json.loads(read_bytes(summary))["results"]}
+    if exists(run.train_summary):  # trained, not benchmarked: no test metrics to carry
+        rows = {r["backbone"]: r for r in read_json(run.train_summary)["results"]}
         if not rows:
-            raise ValueError(f"{summary}: no trained backbone")
+            raise ValueError(f"{run.train_summary}: no trained backbone")
         best = max(rows.values(), key=lambda r: r["best_val_macro_f1"])
         row = rows.get(backbone) if backbone else best
         if row is None:
-            raise ValueError(f"--backbone {backbone}: not in {summary} (it has {sorted(rows)})")
+            raise ValueError(
+                f"--backbone {backbone}: not in {run.train_summary} (it has {sorted(rows)})"
+            )
         return export_model(row["checkpoint"], out)
     raise ModelError(
-        f"{p}: not a checkpoint folder (state.pt) or a run folder (report/benchmark.json or "
+        f"{uri}: not a checkpoint folder (state.pt) or a run folder (report/benchmark.json or "
         "train/summary.json)"
     )
 
@@ -250,71 +267,85 @@ class ResolvedModel:
     described_as: str = ""
 
 
-def _is_checkpoint(p: Path) -> bool:
+def _is_checkpoint(uri: str | Path) -> bool:
     from logo_train.checkpoint import STATE
 
-    return (p / STATE).is_file()
+    return is_file(join(str(uri), STATE))
 
 
 def resolve_model(path: str | Path, workdir: str | Path) -> ResolvedModel:
     """A run folder (its report's ``model/``, else the best backbone's checkpoint), a checkpoint
-    folder, or an exported model folder. A checkpoint is exported into ``workdir`` first."""
+    folder, or an exported model folder; a local path or a URI (s3://, gs://, file://). A
+    checkpoint is exported into ``workdir`` first; an exported folder at a URI is copied
+    there (ONNX Runtime reads local files)."""
     from logo_train import checkpoint as ckpt
 
-    p = Path(path)
-    if not p.exists():
-        raise ModelError(f"--model {p}: not found")
-    if (p / MODEL_ONNX).exists() or _exported_json(p):
-        return _exported(p, f"exported model {p}")
-    if _is_checkpoint(p):
-        if not (p / ckpt.MODEL_JSON).is_file():
+    uri = str(path).rstrip("/")
+    if not exists(uri):
+        raise ModelError(f"--model {uri}: not found")
+    if is_file(join(uri, MODEL_ONNX)) or _exported_json(uri):
+        return _exported(_local(uri, workdir), f"exported model {uri}")
+    if _is_checkpoint(uri):
+        if not is_file(join(uri, ckpt.MODEL_JSON)):
             raise ModelError(
-                f"{p / ckpt.MODEL_JSON}: missing (a checkpoint holds state.pt and model.json)"
+                f"{join(uri, ckpt.MODEL_JSON)}: missing (a checkpoint holds state.pt and "
+                "model.json)"
             )
-        return _from_checkpoint(p, workdir, f"checkpoint {p}")
-    run = RunLayout(str(p))
-    if (Path(run.model) / MODEL_JSON).exists():
-        return _exported(Path(run.model), f"run {p}: exported best backbone {run.model}")
-    if Path(run.benchmark_json).is_file():
-        data, _ = load(p)
+        return _from_checkpoint(uri, workdir, f"checkpoint {uri}")
+    run = RunLayout(uri)
+    if is_file(join(run.model, MODEL_JSON)):
+        return _exported(
+            _local(run.model, workdir), f"run {uri}: exported best backbone {run.model}"
+        )
+    if is_file(run.benchmark_json):
+        data, _ = load(uri)
         best = best_entry(data)
         return _from_checkpoint(
-            Path(best["checkpoint"]),
+            best["checkpoint"],
             workdir,
-            f"run {p}: best backbone {name(best)}",
+            f"run {uri}: best backbone {name(best)}",
             entry_metrics(data, best),
             best.get("calibration"),
         )
     raise ModelError(
-        f"--model {p}: not a run folder (report/benchmark.json), a checkpoint folder "
+        f"--model {uri}: not a run folder (report/benchmark.json), a checkpoint folder "
         f"(state.pt + model.json) or an exported model folder ({MODEL_JSON} + {MODEL_ONNX})"
     )
+
+
+def _local(uri: str, workdir: str | Path) -> Path:
+    """An exported model folder on this machine: a local path as it is, a URI's files copied
+    into ``workdir``."""
+    if "://" not in uri:
+        return Path(uri)
+    return download_dir(uri, Path(workdir) / "exported")
 
 
 def _exported(folder: Path, described_as: str) -> ResolvedModel:
     """An exported folder; its source checkpoint too when it is still there (for the GPU)."""
     meta = load_exported(folder)
     source = meta.source_checkpoint
-    checkpoint = source if source and _is_checkpoint(Path(source)) else ""
+    checkpoint = source if source and _is_checkpoint(source) else ""
     return ResolvedModel(meta, str(folder), checkpoint, described_as)
 
 
-def _exported_json(p: Path) -> bool:
+def _exported_json(uri: str) -> bool:
     try:
-        return json.loads((p / MODEL_JSON).read_text()).get("format") == EXPORT_FORMAT
+        return read_json(join(uri, MODEL_JSON)).get("format") == EXPORT_FORMAT
     except (OSError, json.JSONDecodeError, AttributeError):
         return False
 
 
 def _from_checkpoint(
-    checkpoint: Path,
+    checkpoint: str | Path,
     workdir: str | Path,
     described_as: str,
     metrics: dict | None = None,
     calibration: dict | None = None,
 ) -> ResolvedModel:
     if not _is_checkpoint(checkpoint):
-        raise ModelError(f"{checkpoint / 'state.pt'}: missing (checkpoint moved or deleted?)")
+        missing = join(str(checkpoint), "state.pt")
+        raise ModelError(f"{missing}: missing (checkpoint moved or deleted?)")
     out = Path(workdir) / "model"
     export_model(checkpoint, out, metrics=metrics, calibration=calibration)
     return ResolvedModel(load_exported(out), str(out), str(checkpoint), described_as)

@@ -89,3 +89,18 @@ def copy_dir(local: str | Path, uri: str) -> None:
         if os.path.isfile(source):
             with open(source, "rb") as f:
                 write_bytes(join(uri, name), f.read())
+
+
+def download_dir(uri: str, local: str | Path) -> Path:
+    """Every file of the folder ``uri`` (not its sub-folders) into the local folder ``local``:
+    what a model folder on s3:// or gs:// holds, for a library that reads local files."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"{uri}: no such folder")
+    local = Path(local)
+    local.mkdir(parents=True, exist_ok=True)
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        if info.type == pafs.FileType.File:
+            with fs.open_input_stream(info.path) as f:
+                (local / info.base_name).write_bytes(f.read())
+    return local

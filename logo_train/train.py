@@ -298,6 +298,7 @@ def shared_datasets(
     """``train.shared_passes``: ``passes`` augmented passes of the train split rendered now,
     with the whole machine, into Ray's object store (``materialize``); every backbone of a
     run, or every trial of a search, then reads them from the first without rendering."""
+    check_object_store(cfg, manifest, passes)
     start = time.perf_counter()
     datasets = _datasets(cfg, shards_uri, manifest, passes)
     datasets["train"] = datasets["train"].materialize()
@@ -310,6 +311,36 @@ def shared_datasets(
             f"{time.perf_counter() - start:.0f} s"
         )
     return datasets
+
+
+OBJECT_STORE_SHARE = 0.7
+"""Most of Ray's object store the shared passes may fill (the rest: Ray Data's own blocks)."""
+
+
+def shared_passes_bytes(cfg: Config, manifest: Manifest, passes: int) -> int:
+    """What ``passes`` rendered passes take in the object store: uint8 CHW images + a label."""
+    size = cfg.model.image_size
+    return passes * manifest.split_rows("train") * (3 * size * size + 8)
+
+
+def check_object_store(cfg: Config, manifest: Manifest, passes: int, capacity=None) -> None:
+    """Refuse, before any rendering, shared passes that would not fit in Ray's object store
+    (``capacity`` bytes; default the cluster's): they would spill to disk or fail mid-run.
+    Skipped with ``train.autoscale``, where nodes (and their object stores) come with the work."""
+    if cfg.train.autoscale:
+        return
+    if capacity is None:
+        capacity = ray.cluster_resources().get("object_store_memory", 0.0)
+    need = shared_passes_bytes(cfg, manifest, passes)
+    if capacity and need > OBJECT_STORE_SHARE * capacity:
+        raise ValueError(
+            f"config field 'train.shared_passes' = true: {passes} augmented passes of "
+            f"{manifest.split_rows('train')} training images at {cfg.model.image_size} px take "
+            f"{need / 2**30:.2f} GiB, more than {OBJECT_STORE_SHARE:.0%} of Ray's object store "
+            f"({capacity / 2**30:.2f} GiB): set train.shared_passes: false (each backbone then "
+            "streams its passes), train fewer epochs, or start Ray with a larger object store "
+            "(ray start --object-store-memory BYTES)"
+        )
 
 
 def _backbone_result(job: Job, manifest: Manifest) -> BackboneResult:

@@ -315,3 +315,35 @@ def test_the_open_set_threshold_travels_with_the_model_and_can_be_turned_off(
             strict=True) if lab != t1] == []  # fmt: skip
     with pytest.raises(ValueError, match="min-confidence"):
         predict(exported, [str(tmp_path / "crops")], off, min_confidence=1.5, progress=False)
+
+
+def test_export_and_the_model_argument_take_uris(shards, checkpoint, tmp_path):
+    """``logo-train export`` and ``--model`` read checkpoints, run folders and exported folders
+    at a URI, and export writes to one (tested through file://)."""
+    from logo_train.predict import resolve_model
+
+    uri = f"file://{checkpoint}"
+    out = f"file://{tmp_path}/exported"
+    assert cli(["export", uri, out]) == 0
+    exported = load_exported(tmp_path / "exported")
+    assert exported.backbone == "resnet10t" and exported.source_checkpoint == uri
+    # a run folder at a URI whose benchmark.json names the checkpoint by URI
+    run = tmp_path / "run"
+    (run / "report").mkdir(parents=True)
+    entry = {"backbone": "resnet10t", "label": "resnet10t", "checkpoint": uri, "samples": 3,
+             "metrics": {"macro_f1": 0.5}, "train": {"best_val_macro_f1": 0.4}}  # fmt: skip
+    (run / "report/benchmark.json").write_text(
+        json.dumps({"backbones": [entry], "split": "test", "classes": []})
+    )
+    work = tmp_path / "work"
+    resolved = resolve_model(f"file://{run}", work)
+    assert resolved.checkpoint == uri and resolved.meta.metrics["macro_f1"] == 0.5
+    assert resolved.described_as == f"run file://{run}: best backbone resnet10t"
+    # an exported folder at a URI is copied next to the work folder: ONNX Runtime reads files
+    again = resolve_model(out, tmp_path / "work2")
+    assert Path(again.onnx_dir) == tmp_path / "work2/exported"
+    assert (Path(again.onnx_dir) / MODEL_ONNX).read_bytes() == (
+        tmp_path / "exported" / MODEL_ONNX
+    ).read_bytes()
+    with pytest.raises(ModelError, match="--model file://.*/nope: not found"):
+        resolve_model(f"file://{tmp_path}/nope", work)

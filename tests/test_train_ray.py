@@ -383,3 +383,17 @@ def test_a_uri_output_dir_gets_every_output_and_the_working_directory_none(local
     write_report(f"file://{run_dir}")
     assert (run_dir / "report/benchmark.md").is_file()
     assert sorted(p.name for p in cwd.iterdir()) == before
+
+
+def test_shared_passes_that_would_not_fit_the_object_store_are_refused_before_rendering():
+    from logo_train.data.shards import Manifest
+    from logo_train.train import check_object_store, shared_passes_bytes
+
+    cfg = load_config(ROOT / "configs/quick.yaml", ["model.image_size=32"])
+    manifest = Manifest("x", ["a", "b"], {"train": {"a": 4000, "b": 1555}}, {}, {}, False)
+    need = shared_passes_bytes(cfg, manifest, 24)
+    assert need == 24 * 5555 * (3 * 32 * 32 + 8)  # the quick profile's 32 px group: 0.41 GB
+    check_object_store(cfg, manifest, 24, capacity=need / 0.7 + 1)  # fits
+    with pytest.raises(ValueError, match=r"'train\.shared_passes'.*24 augmented passes of 5555"):
+        check_object_store(cfg, manifest, 24, capacity=need)
+    check_object_store(cfg.with_train(autoscale=True), manifest, 24, capacity=need)
