@@ -2,6 +2,7 @@
 path or a URI) holds::
 
     config.yaml                  the resolved config the run was made with
+    run.lock                     the driver running now (logo_train.runlock)
     data/                        the shards (unless data.shards_uri puts them elsewhere)
     tune/<backbone>-<hash>/      one Tune experiment per search (tune.py)
     train/summary.json           every trained backbone, its best checkpoint, where time went
@@ -30,6 +31,7 @@ SUMMARY_JSON = "summary.json"
 CLEANING_PARQUET = "cleaning.parquet"
 """A cleaning round's table (``clean/<backbone>/round<r>/``): every row's rank and action."""
 CLEANING_JSON = "cleaning.json"
+LOCK = "run.lock"
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,11 @@ class RunLayout:
     @property
     def config(self) -> str:
         return join(self.root, CONFIG_YAML)
+
+    @property
+    def lock(self) -> str:
+        """``run.lock``: the driver that holds the run folder (``logo_train.runlock``)."""
+        return join(self.root, LOCK)
 
     @property
     def data(self) -> str:

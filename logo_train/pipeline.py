@@ -30,7 +30,8 @@ from logo_train.data.preview import CONTACT_SHEET, summary_table
 from logo_train.data.shards import Manifest
 from logo_train.predict import export_best
 from logo_train.report import print_summary, write_report
-from logo_train.storage import join, make_dir, write_bytes
+from logo_train.runlock import run_lock
+from logo_train.storage import join, write_bytes
 from logo_train.train import BackboneResult, train_stage
 from logo_train.tune import SearchResult, tune_stage, tuned_configs
 
@@ -72,9 +73,18 @@ def run(
     progress: bool = True,
     stages: tuple[str, ...] = STAGES,
 ) -> RunResult:
-    """Run the ``stages`` (default: all) for ``cfg``; results go to ``cfg.run_dir``."""
+    """Run the ``stages`` (default: all) for ``cfg``; results go to ``cfg.run_dir``, which
+    this driver holds for the run (``run.lock``: a second run into it refuses, naming this
+    one)."""
     _check_stages(cfg, stages)
-    make_dir(cfg.run_dir)
+    with run_lock(cfg.run_dir):
+        return _run_stages(cfg, overwrite_data, progress, stages)
+
+
+def _run_stages(
+    cfg: Config, overwrite_data: bool, progress: bool, stages: tuple[str, ...]
+) -> RunResult:
+    """``run``'s body, holding the run folder's lock."""
     write_bytes(cfg.layout.config, dump_config(cfg).encode())
     timings: dict[str, float] = {}
     if "data" in stages:
