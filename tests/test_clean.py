@@ -243,3 +243,32 @@ def test_the_clean_stage_trains_round_two_and_the_report_shows_both(tmp_path, mo
     md = (run_dir / "report/benchmark.md").read_text()
     assert "## Cleaning round" in md and "| resnet10t-round2 | ce_weighted |" in md
     assert "| resnet10t | trust_penalty |" in md
+
+
+def test_a_round_that_would_act_on_no_label_is_not_trained():
+    """Labels the audit finds clean: the round would train again on the same data, so it is
+    refused as NothingToClean (the clean stage prints 'not trained' and records it)."""
+    import pyarrow as pa
+
+    from logo_train.clean import CleaningError, NothingToClean, _round_plan
+    from logo_train.data.shards import Manifest
+
+    n = 10
+    ranked = pa.table(
+        {
+            "given_label": ["a", "b"] * (n // 2),
+            "predicted_label": ["a", "b"] * (n // 2),
+            "trust": [float("nan")] * n,
+            "confidence": [0.99] * n,
+            "loss": [0.01] * n,  # p(given label) = 0.99 everywhere
+            "rank": list(range(1, n + 1)),
+        }
+    )
+    manifest = Manifest("x", ["a", "b"], {"train": {"a": 5, "b": 5}}, {}, {}, False)
+    with pytest.raises(NothingToClean, match="the audit acts on no label") as refused:
+        _round_plan(ranked, manifest, CleanConfig(mode="relabel"), batch_size=4)
+    assert isinstance(refused.value, CleaningError)
+    # one improbable label: the round acts on it
+    ranked = ranked.set_column(4, "loss", pa.array([5.0] + [0.01] * (n - 1)))
+    plan = _round_plan(ranked, manifest, CleanConfig(mode="relabel"), batch_size=4)
+    assert plan.dropped + plan.relabelled == 1
