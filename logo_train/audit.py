@@ -17,7 +17,6 @@ trust (lowest first) or, without a trust head, by loss (highest first), and writ
 from __future__ import annotations
 
 import io
-import json
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -37,7 +36,7 @@ from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.badge import decode_image
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.models import TrustModel
-from logo_train.storage import join, write_bytes
+from logo_train.storage import join, write_bytes, write_json
 
 SUSPECTED_PARQUET = "suspected_labels.parquet"
 SUSPECTED_PNG = "suspected_labels.png"
@@ -298,7 +297,7 @@ def audit(
         summary=join(out_uri, SUMMARY_JSON),
     )
     summary = {**asdict(result), "checkpoint": checkpoint, "shards": shards_uri}
-    write_bytes(result.summary, json.dumps(summary, indent=2).encode())
+    write_json(result.summary, summary)
     if echo:
         for line in result.lines():
             echo(line)

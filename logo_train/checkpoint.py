@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from logo_train.models import TrustModel, build_model
-from logo_train.storage import exists, join, read_bytes
+from logo_train.storage import exists, join, read_bytes, read_json
 
 STATE = "state.pt"
 MODEL_JSON = "model.json"
@@ -88,13 +88,13 @@ def run_history(run_path: str) -> list[dict[str, float]]:
     uri = join(str(run_path), HISTORY_JSON)
     if not exists(uri):
         raise FileNotFoundError(f"{uri} not found")
-    return json.loads(read_bytes(uri))
+    return read_json(uri)
 
 
 def load_info(directory: str | Path) -> ModelInfo:
     """``model.json`` of a checkpoint folder (a local path or a URI)."""
 
-    return ModelInfo(**json.loads(read_bytes(join(str(directory), MODEL_JSON))))
+    return ModelInfo(**read_json(join(str(directory), MODEL_JSON)))
 
 
 def load_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:

@@ -8,7 +8,6 @@ confusion matrix of the best backbone, and its per-class F1 sorted by class size
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from logo_train.layout import BENCHMARK_JSON, MODEL_DIR, REPORT_DIR
-from logo_train.storage import is_dir, is_file, join, parent, read_bytes, write_bytes
+from logo_train.storage import is_dir, is_file, join, parent, read_json, write_bytes
 
 BENCHMARK_MD = "benchmark.md"
 BENCHMARK_PARQUET = "benchmark.parquet"
@@ -113,7 +112,7 @@ def load(path: str | Path) -> tuple[dict[str, Any], str]:
         candidates.insert(0, uri)
     for candidate in candidates:
         if is_file(candidate):
-            return json.loads(read_bytes(candidate)), parent(candidate)
+            return read_json(candidate), parent(candidate)
     raise FileNotFoundError(
         f"no {BENCHMARK_JSON} in {uri} or {join(uri, REPORT_DIR)} (run the benchmark stage "
         "first: logo-train run --stages benchmark,report, or logo-train benchmark)"
