@@ -21,7 +21,7 @@ import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,8 @@ from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.badge import decode_image
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.models import TrustModel
-from logo_train.storage import join, write_bytes, write_json
+from logo_train.raysetup import init_ray
+from logo_train.storage import exists, join, read_json, write_bytes, write_json
 
 SUSPECTED_PARQUET = "suspected_labels.parquet"
 SUSPECTED_PNG = "suspected_labels.png"
@@ -358,13 +359,32 @@ def audit_cpus(cfg: Config) -> float:
     return max(1, min(int(max(nodes, default=1.0)), 4))
 
 
+def finished_audit(out_uri: str, checkpoint: str) -> AuditResult | None:
+    """The audit in ``out_uri`` when one of ``checkpoint`` was finished there before (its
+    summary is written last), else None."""
+    uri = join(out_uri, SUMMARY_JSON)
+    if not exists(uri):
+        return None
+    summary = read_json(uri)
+    if summary.get("checkpoint") != checkpoint:
+        return None
+    return AuditResult(**{f.name: summary[f.name] for f in fields(AuditResult)})
+
+
 def audit_model(cfg: Config, model, shards_uri: str, echo=print) -> AuditResult:
     """The audit of one trained model (a ``train.BackboneResult``) on the shards it was trained
-    on, as a Ray task, into ``cfg.layout.audit(backbone, round)``; one line per finding."""
+    on, as a Ray task, into ``cfg.layout.audit(backbone, round)``; one line per finding. An
+    audit of the same checkpoint finished before is kept (a resumed run)."""
+    out_uri = cfg.layout.audit(model.backbone, model.round)
+    found = finished_audit(out_uri, model.checkpoint)
+    if found:
+        echo(f"[audit] {model.label}: audited before ({found.summary}); kept")
+        return found
+    init_ray()
     result = audit_on_ray(
         model.checkpoint,
         shards_uri,
-        cfg.layout.audit(model.backbone, model.round),
+        out_uri,
         num_cpus=audit_cpus(cfg),
         num_gpus=min(cfg.train.gpus_per_worker, 1.0),
         batch_size=cfg.train.eval_batch_size,

@@ -551,6 +551,10 @@ def benchmark_models(cfg: Config, models: list | None, shards_uri: str) -> dict[
     from logo_train.raysetup import init_ray
 
     rows = trained_models(cfg, models)
+    found = finished_benchmark(cfg, rows)
+    if found:
+        print(f"[benchmark] every model measured before ({cfg.layout.benchmark_json}); kept")
+        return found
     init_ray()
     data = benchmark_run(
         rows,
@@ -566,6 +570,16 @@ def benchmark_models(cfg: Config, models: list | None, shards_uri: str) -> dict[
     write_json(cfg.layout.benchmark_json, data)
     copy_suspected(cfg, data)
     return data
+
+
+def finished_benchmark(cfg: Config, rows: list[dict]) -> dict[str, Any] | None:
+    """``report/benchmark.json`` when it measured exactly these models' checkpoints before
+    (a resumed run), else None."""
+    if not exists(cfg.layout.benchmark_json):
+        return None
+    data = read_json(cfg.layout.benchmark_json)
+    measured = sorted(b["checkpoint"] for b in data.get("backbones", []))
+    return data if measured == sorted(r["checkpoint"] for r in rows) else None
 
 
 def copy_suspected(cfg: Config, data: dict) -> None:

@@ -21,11 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logo_train.audit import SUSPECTED_PARQUET, AuditResult, audit_model
+from logo_train.audit import SUSPECTED_PARQUET, AuditResult, audit_model, finished_audit
 from logo_train.config import CleanConfig, Config
 from logo_train.data.shards import (
+    MANIFEST,
     SPLITS,
     Manifest,
+    is_incomplete,
     prepare_output,
     read_manifest,
     shard_schema,
@@ -33,8 +35,18 @@ from logo_train.data.shards import (
     write_shard,
 )
 from logo_train.layout import CLEANING_JSON, CLEANING_PARQUET
-from logo_train.storage import join, read_bytes, resolve, write_bytes, write_json
-from logo_train.train import BackboneResult, train_backbones
+from logo_train.raysetup import init_ray
+from logo_train.storage import (
+    absolute,
+    exists,
+    join,
+    read_bytes,
+    read_json,
+    resolve,
+    write_bytes,
+    write_json,
+)
+from logo_train.train import BackboneResult, backbone_result, progress, train_backbones
 from logo_train.tune import SearchResult, tuned_configs
 
 KEPT, DROPPED, RELABELLED = "kept", "dropped", "relabelled"
@@ -368,19 +380,40 @@ def clean_stage(
         raise ValueError(f"train.clean.backbones {missing} were not trained in this run")
     if not models:
         raise ValueError("stage 'clean' needs trained backbones (stage 'train')")
+    found = finished_cleaning(cfg)
+    if found:
+        print(f"[clean] the rounds finished before ({cfg.layout.clean_summary}); kept")
+        return found
     chosen = cfg.train.clean.backbones or [max(models, key=lambda m: m.best_val_macro_f1).backbone]
     tuned = tuned_configs(cfg, searches) if searches else {}
     results, audits, refused = [], {}, []
     for backbone in chosen:
         own = tuned.get(backbone) or cfg.for_backbone(backbone)
-        done, found, refusal = _clean_rounds(cfg, own, by_backbone[backbone], shards_uri)
+        done, found_audits, refusal = _clean_rounds(cfg, own, by_backbone[backbone], shards_uri)
         results += done
-        audits.update(found)
+        audits.update(found_audits)
         refused += [refusal] if refusal else []
     write_json(
         cfg.layout.clean_summary,
         {"results": [asdict(r) for r in results], "refused": refused},
     )
+    return results, audits
+
+
+def finished_cleaning(
+    cfg: Config,
+) -> tuple[list[BackboneResult], dict[str, AuditResult]] | None:
+    """The clean stage's models and audits when it finished before (``clean/summary.json``,
+    written last, and each round's audit still there), else None."""
+    if not exists(cfg.layout.clean_summary):
+        return None
+    results = [BackboneResult(**r) for r in read_json(cfg.layout.clean_summary)["results"]]
+    audits = {}
+    for r in results:
+        audit = finished_audit(cfg.layout.audit(r.backbone, r.round), r.checkpoint)
+        if audit is None:
+            return None
+        audits[r.label] = audit
     return results, audits
 
 
@@ -402,23 +435,39 @@ def _clean_rounds(
             print(f"[clean] {model.backbone} round {round} {verb}: {e}")
             return models, audits, {"backbone": model.backbone, "round": round, "reason": str(e)}
         data_uri = cfg.layout.round_data(model.backbone, round)
-        cleaned = write_cleaned_shards(source, data_uri, ranked["id"].to_pylist(), plan)
-        summary = cleaning_summary(plan, ranked, manifest, cleaned, model, source)
-        loss, why = round_loss(cfg.train.clean, own.train.loss, plan)
-        summary.update(loss_before=loss_before, loss=loss, loss_why=why)
-        write_cleaning(
-            cfg.layout.clean_round(model.backbone, round),
-            cleaning_table(ranked, plan, manifest.classes),
-            summary,
-        )
-        round_cfg = own.with_train(loss=loss)
-        _print_round(model.backbone, round, plan, summary, cleaned, round_cfg, why)
+        written = _written_round(cfg, model.backbone, round)
+        if written:  # a resumed run: the same audit gives the same plan
+            cleaned, summary = written
+            print(f"[clean] {model.backbone} round {round}: cleaned shards written before "
+                  f"({data_uri}); kept")  # fmt: skip
+        else:
+            cleaned = write_cleaned_shards(source, data_uri, ranked["id"].to_pylist(), plan)
+            summary = cleaning_summary(plan, ranked, manifest, cleaned, model, source)
+            loss, why = round_loss(cfg.train.clean, own.train.loss, plan)
+            summary.update(loss_before=loss_before, loss=loss, loss_why=why)
+            write_cleaning(
+                cfg.layout.clean_round(model.backbone, round),
+                cleaning_table(ranked, plan, manifest.classes),
+                summary,
+            )
+        round_cfg = own.with_train(loss=summary["loss"])
+        _print_round(model.backbone, round, plan, summary, cleaned, round_cfg, summary["loss_why"])
         model = _train_round(cfg, round_cfg, model.backbone, round, data_uri, cleaned)
         model.cleaning = summary
         audits[model.label] = audit_model(cfg, model, data_uri)
         models.append(model)
         source, loss_before = data_uri, round_cfg.train.loss
     return models, audits, None
+
+
+def _written_round(cfg: Config, backbone: str, round: int) -> tuple[Manifest, dict] | None:
+    """A round's cleaned shards and counts when both were written before (``cleaning.json``
+    comes after the shards' manifest), else None."""
+    data_uri = cfg.layout.round_data(backbone, round)
+    summary_uri = join(cfg.layout.clean_round(backbone, round), CLEANING_JSON)
+    if not exists(summary_uri) or not exists(join(data_uri, MANIFEST)) or is_incomplete(data_uri):
+        return None
+    return read_manifest(data_uri), read_json(summary_uri)
 
 
 def _round_plan(ranked: pa.Table, manifest: Manifest, cc: CleanConfig, batch_size: int):
@@ -452,7 +501,17 @@ def _print_round(backbone, round, plan, summary, cleaned, round_cfg, why) -> Non
 def _train_round(
     cfg: Config, round_cfg: Config, backbone: str, round: int, data_uri: str, cleaned: Manifest
 ) -> BackboneResult:
-    """The backbone trained again on a round's cleaned shards, in a Ray Train run of its own."""
+    """The backbone trained again on a round's cleaned shards, in a Ray Train run of its own
+    (``round<r>``: a resumed run finds it, or keeps the model it finished)."""
+    run_uri = join(absolute(cfg.layout.round_train(backbone, round)), f"round{round}")
+    if progress(join(run_uri, backbone), backbone).done:
+        model = backbone_result(
+            backbone, join(run_uri, backbone), round_cfg.model.image_size, cleaned
+        )
+        model.round = round
+        print(f"[clean] {model.label}: trained before ({model.run_path}); kept")
+        return model
+    init_ray()
     done, failures = train_backbones(
         {backbone: round_cfg},
         data_uri,

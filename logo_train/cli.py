@@ -101,6 +101,13 @@ def _common_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+FRESH_HELP = (
+    "start over in the run folder: delete the earlier run's tune/train/audit/clean/report "
+    "outputs (the shards stay when their parameters match); without it the same command "
+    "continues an interrupted run and a changed config is refused"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="logo-train", description="Vehicle-logo classifiers on noisy, imbalanced data, on Ray."
@@ -120,6 +127,7 @@ def _add_pipeline_commands(sub) -> None:
     add_loss_arg(run)
     add_data_arg(run)
     run.add_argument("--overwrite-data", action="store_true", help="re-make the shards")
+    run.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     run.add_argument(
         "--stages",
         default=",".join(STAGES),
@@ -131,6 +139,7 @@ def _add_pipeline_commands(sub) -> None:
     train = sub.add_parser("train", help="train every backbone of the config with Ray Train")
     add_config_args(train)
     add_loss_arg(train)
+    train.add_argument("--fresh", action="store_true", help=FRESH_HELP)
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     tune = sub.add_parser(
@@ -327,7 +336,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     result = run(
-        cfg, overwrite_data=args.overwrite_data, progress=not args.no_progress, stages=stages
+        cfg,
+        overwrite_data=args.overwrite_data,
+        progress=not args.no_progress,
+        stages=stages,
+        fresh=args.fresh,
     )
     print(f"run folder: {result.run_dir}")
     return 0 if result.complete else 130
@@ -337,7 +350,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from logo_train.pipeline import train_run
 
     cfg = config_from_args(args)
-    train_run(cfg, progress=not args.no_progress)
+    train_run(cfg, progress=not args.no_progress, fresh=args.fresh)
     return 0
 
 

@@ -6,7 +6,9 @@ path or a URI) holds::
     data/                        the shards (unless data.shards_uri puts them elsewhere)
     tune/<backbone>-<hash>/      one Tune experiment per search (tune.py)
     train/summary.json           every trained backbone, its best checkpoint, where time went
-    train/<ray run>/<backbone>/  best/ (the best checkpoint), history.json, result.json
+    train/<ray run>/<backbone>/  best/ (the best checkpoint), history.json, result.json;
+                                 <ray run>: run, or run-<size>px per input size (stable:
+                                 a resumed run finds it)
     tensorboard/<ray run>/<backbone>/, tensorboard/<backbone>-round<r>/
     audit/<backbone>/            suspected_labels.parquet/.png, audit_summary.json (audit.py)
     clean/<backbone>/round<r>/   data/, train/, audit/, cleaning.parquet (clean.py)
@@ -104,6 +106,19 @@ class RunLayout:
     @property
     def benchmark_json(self) -> str:
         return join(self.report, BENCHMARK_JSON)
+
+    def outputs_of(self, stage: str) -> list[str]:
+        """The folders a pipeline stage writes (none for ``data``: the shards are checked by
+        their own parameters)."""
+        audits = join(self.root, "audit")
+        return {
+            "tune": [self.tune],
+            "train": [self.train, self.tensorboard],
+            "audit": [audits],
+            "clean": [join(self.root, "clean")],
+            "benchmark": [self.report],
+            "report": [self.report],
+        }.get(stage, [])
 
     @property
     def model(self) -> str:

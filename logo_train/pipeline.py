@@ -12,6 +12,9 @@ clean      ``clean.clean_stage``            ``clean/`` (``train.clean.mode`` not
 benchmark  ``bench.benchmark_models``       ``report/benchmark.json``
 report     ``report.write_report``          ``report/`` and ``report/model/``
 =========  ===============================  ===========================================
+
+The same command again continues a run (``logo_train.resume``): each stage keeps what it
+finished and goes on from where it stopped; a changed config refuses unless ``fresh``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from logo_train.data.preview import CONTACT_SHEET, summary_table
 from logo_train.data.shards import Manifest
 from logo_train.predict import export_best
 from logo_train.report import print_summary, write_report
+from logo_train.resume import check_config, describe, start_fresh
 from logo_train.runlock import run_lock
 from logo_train.storage import join, write_bytes
 from logo_train.train import BackboneResult, train_stage
@@ -72,12 +76,20 @@ def run(
     overwrite_data: bool = False,
     progress: bool = True,
     stages: tuple[str, ...] = STAGES,
+    fresh: bool = False,
 ) -> RunResult:
     """Run the ``stages`` (default: all) for ``cfg``; results go to ``cfg.run_dir``, which
     this driver holds for the run (``run.lock``: a second run into it refuses, naming this
-    one)."""
+    one). A run folder that holds a run of the same config is continued (what its stages
+    finished is kept; the first line says what); one of another config is refused, naming the
+    fields, unless ``fresh`` (its stage outputs are deleted first)."""
     _check_stages(cfg, stages)
     with run_lock(cfg.run_dir):
+        if fresh:
+            start_fresh(cfg, stages)
+        else:
+            check_config(cfg, stages)
+        print(describe(cfg, stages), flush=True)
         return _run_stages(cfg, overwrite_data, progress, stages)
 
 
@@ -142,15 +154,15 @@ def _data(cfg: Config, overwrite: bool, progress: bool) -> tuple[str, Manifest]:
     return uri, manifest
 
 
-def train_run(cfg: Config, progress: bool = True) -> RunResult:
+def train_run(cfg: Config, progress: bool = True, fresh: bool = False) -> RunResult:
     """``logo-train train``: shards (made or reused), every backbone, the label audit and (with
     ``train.clean.mode``) the cleaning round."""
-    return run(cfg, progress=progress, stages=("data", "train", "audit", "clean"))
+    return run(cfg, progress=progress, stages=("data", "train", "audit", "clean"), fresh=fresh)
 
 
-def tune_run(cfg: Config, progress: bool = True) -> RunResult:
+def tune_run(cfg: Config, progress: bool = True, fresh: bool = False) -> RunResult:
     """``logo-train tune``: shards (made or reused) and the search(es) ``tune.scope`` asks for."""
-    return run(cfg, progress=progress, stages=("data", "tune"))
+    return run(cfg, progress=progress, stages=("data", "tune"), fresh=fresh)
 
 
 def benchmark_stage(

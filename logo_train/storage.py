@@ -56,6 +56,25 @@ def make_dir(uri: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def remove(uri: str) -> bool:
+    """Delete the file or folder (with what it holds) at ``uri``; False when there was none."""
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+    return kind != pafs.FileType.NotFound
+
+
+def list_names(uri: str) -> list[str]:
+    """The names in the folder ``uri`` (files and folders, not recursive); [] when absent."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path)))
+
+
 def write_bytes(uri: str, data: bytes) -> None:
     fs, path = resolve(uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)

@@ -25,7 +25,7 @@ from logo_train.data.pipeline import small_eval_split, train_val_datasets
 from logo_train.data.shards import Manifest
 from logo_train.models import build_model, count_parameters, weights_source
 from logo_train.raysetup import init_ray
-from logo_train.storage import absolute, exists, join, read_json, write_json
+from logo_train.storage import absolute, exists, join, list_names, read_json, remove, write_json
 from logo_train.weights import NONE
 from logo_train.worker import BEST, RESULT_JSON, Job, train_loop_per_worker
 
@@ -219,6 +219,7 @@ def train_backbones(
     finally:
         if watcher:
             watcher.stop()
+    prune_unregistered(join(storage_path, name))
     done = [j for j in jobs if exists(join(j.output_uri, RESULT_JSON)) and j.error() is None]
     if result.error and not done:
         raise result.error
@@ -226,6 +227,28 @@ def train_backbones(
         j.backbone: j.error() or f"not trained: {result.error!r}" for j in jobs if j not in done
     }
     return [_backbone_result(j, manifest) for j in done], failures
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+"""Ray Train's record of the checkpoints it registered, in the run folder (Ray 2.60)."""
+
+
+def prune_unregistered(run_uri: str) -> list[str]:
+    """Remove the checkpoint folders of the Ray Train run ``run_uri`` that Ray never registered:
+    a driver killed between a worker's upload and the controller's registration leaves one,
+    which no restore reads. Nothing is removed when Ray's snapshot is absent or unreadable."""
+    try:
+        snapshot = read_json(join(run_uri, RAY_SNAPSHOT))
+        kept = {r["checkpoint_dir_name"] for r in snapshot["checkpoint_results"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    stale = [n for n in list_names(run_uri) if n.startswith("checkpoint_") and n != RAY_SNAPSHOT]
+    stale = [n for n in stale if n not in kept]
+    for name in stale:
+        remove(join(run_uri, name))
+    if stale:
+        log.info("%s: removed %d checkpoint(s) Ray never registered", run_uri, len(stale))
+    return stale
 
 
 def _loop_config(cfg: Config, jobs: list[Job], manifest: Manifest, shared: bool) -> dict:
@@ -344,11 +367,18 @@ def check_object_store(cfg: Config, manifest: Manifest, passes: int, capacity=No
 
 
 def _backbone_result(job: Job, manifest: Manifest) -> BackboneResult:
-    model = build_model(job.backbone, len(manifest.classes), job.config.model.image_size)
+    return backbone_result(job.backbone, job.output_uri, job.config.model.image_size, manifest)
+
+
+def backbone_result(
+    backbone: str, output_uri: str, image_size: int, manifest: Manifest
+) -> BackboneResult:
+    """A trained backbone, from its ``result.json`` in ``output_uri`` (``<run>/<backbone>``)."""
+    model = build_model(backbone, len(manifest.classes), image_size)
     params = count_parameters(model)
-    summary = read_json(join(job.output_uri, RESULT_JSON))
+    summary = read_json(join(output_uri, RESULT_JSON))
     return BackboneResult(
-        backbone=job.backbone,
+        backbone=backbone,
         params=params,
         best_val_macro_f1=summary["best_val_macro_f1"],
         best_epoch=summary["best_epoch"],
@@ -356,41 +386,78 @@ def _backbone_result(job: Job, manifest: Manifest) -> BackboneResult:
         train_images_per_s=summary["train_images_per_s"],
         data_wait_fraction=summary["data_wait_fraction"],
         seconds=summary["seconds"],
-        checkpoint=join(job.output_uri, BEST),
-        run_path=job.output_uri,
+        checkpoint=join(output_uri, BEST),
+        run_path=output_uri,
         resumed=summary["resumed"],
         time=summary["time"],
     )
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far one backbone of a Ray Train run got, from its files (``result.json``,
+    ``history.json``): what a resumed run keeps and where it goes on."""
+
+    backbone: str
+    epochs_done: int
+    done: bool
+
+    def words(self, epochs: int | None = None) -> str:
+        if self.done:
+            return f"{self.backbone} done"
+        if self.epochs_done:
+            of = f" of {epochs}" if epochs else ""
+            return f"{self.backbone} stopped after epoch {self.epochs_done}{of}"
+        return f"{self.backbone} to start"
+
+
+def progress(output_uri: str, backbone: str) -> Progress:
+    """``output_uri`` (``<run>/<backbone>``): finished (``result.json`` without an error), or
+    the epochs its ``history.json`` lists."""
+    result = join(output_uri, RESULT_JSON)
+    if exists(result) and "error" not in read_json(result):
+        return Progress(backbone, int(read_json(result)["epochs"]), True)
+    history = join(output_uri, ckpt.HISTORY_JSON)
+    try:
+        epochs = len(read_json(history)) if exists(history) else 0
+    except ValueError:  # being written when the driver died
+        epochs = 0
+    return Progress(backbone, epochs, False)
+
+
 class _ProgressWatcher:
     """One ``[train]`` line per epoch on the driver, read from the backbones' ``history.json``
-    (rank 0 writes them; the driver only waits in ``fit()``)."""
+    (rank 0 writes them; the driver only waits in ``fit()``). In a resumed run, the epochs on
+    record before are not echoed again, and a line says from which epoch each backbone went
+    on (its last registered checkpoint: the history may list one epoch more)."""
 
     def __init__(self, jobs: list[Job], echo, interval: float = 2.0):
         import threading
 
         self._jobs, self._echo, self._interval = jobs, echo, interval
-        self._seen: dict[str, int] = {}
+        # an epoch's record as (epoch, restored_epoch): a redone epoch is a new one
+        self._seen = {j.backbone: {_key(h) for h in _history(j)} for j in jobs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _poll(self) -> None:
         for job in self._jobs:
-            uri = join(job.output_uri, ckpt.HISTORY_JSON)
-            try:
-                history = read_json(uri)
-            except (OSError, ValueError):  # not written yet, or being written
-                continue
-            epochs = job.config.train.epochs
-            for h in history[self._seen.get(job.backbone, 0) :]:
+            epochs, seen = job.config.train.epochs, self._seen[job.backbone]
+            for h in _history(job):
+                if _key(h) in seen:
+                    continue
+                seen.add(_key(h))
+                if h["restored_epoch"] and h["epoch"] == h["restored_epoch"] + 1:
+                    self._echo(
+                        f"[train] {job.backbone}: resumed from its checkpoint after epoch "
+                        f"{h['restored_epoch']}"
+                    )
                 self._echo(
                     f"[train] {job.backbone:<22} epoch {h['epoch']}/{epochs}  train loss "
                     f"{h['train_loss']:.3f}  val macro-F1 {h['val_macro_f1']:.3f}  "
                     f"{h['train_images_per_s']:5.0f} img/s"
                 )
-            self._seen[job.backbone] = len(history)
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
@@ -400,6 +467,18 @@ class _ProgressWatcher:
         self._stop.set()
         self._thread.join()
         self._poll()
+
+
+def _history(job: Job) -> list[dict[str, Any]]:
+    """``job``'s ``history.json`` as it is now ([] when not written yet, or being written)."""
+    try:
+        return read_json(join(job.output_uri, ckpt.HISTORY_JSON))
+    except (OSError, ValueError):
+        return []
+
+
+def _key(record: dict[str, Any]) -> tuple[int, int]:
+    return int(record["epoch"]), int(record.get("restored_epoch", 0))
 
 
 def train_backbone(
@@ -423,6 +502,34 @@ def _weights_word(cfg: Config, backbone: str) -> str:
     return "" if source == NONE else f"from ImageNet ({source})"
 
 
+def run_name(size: int, groups: int) -> str:
+    """The train stage's Ray Train run of a size group: ``run`` (``run-<size>px`` with several
+    groups). Stable, so the same command after a killed driver finds it: Ray restores a run
+    from its ``RunConfig(name, storage_path)``, the worker loop skips the backbones the last
+    checkpoint had finished and goes on with the interrupted one."""
+    return f"run-{size}px" if groups > 1 else "run"
+
+
+def stage_configs(
+    cfg: Config, per_backbone: dict[str, Config] | None = None
+) -> list[tuple[str, dict[str, Config]]]:
+    """The train stage's size groups, each with its Ray Train run's name: backbone -> config
+    (``per_backbone``'s tuned one, else ``cfg.for_backbone``)."""
+    configs = {b: (per_backbone or {}).get(b) or cfg.for_backbone(b) for b in cfg.model.backbones}
+    groups = size_groups(configs)
+    return [(run_name(next(iter(g.values())).model.image_size, len(groups)), g) for g in groups]
+
+
+def stage_progress(cfg: Config) -> list[tuple[Progress, int]]:
+    """Every backbone of the train stage: how far it got (from the files of its stable run)
+    and its epochs (``train.epochs``)."""
+    out = []
+    for name, group in stage_configs(cfg):
+        run_uri = join(cfg.layout.train, name)
+        out += [(progress(join(run_uri, b), b), c.train.epochs) for b, c in group.items()]
+    return out
+
+
 def train_stage(
     cfg: Config,
     shards_uri: str,
@@ -435,34 +542,41 @@ def train_stage(
     one data pipeline, and Ray's start-up is paid once per group); ``train/summary.json`` (with
     where each backbone's time went).
 
-    ``per_backbone`` maps a backbone to its own config (``tune.tuned_configs``, when the run
-    searched); the others train with ``cfg.for_backbone`` (the profile's recipe per backbone)."""
-    init_ray()
-    check_resources(cfg)
+    Each group is one Ray Train run with a stable name (``run_name``): run again after a killed
+    driver, the backbones that finished are kept as they are and the rest resume from the run's
+    last checkpoint. ``per_backbone`` maps a backbone to its own config (``tune.tuned_configs``,
+    when the run searched); the others train with ``cfg.for_backbone`` (the profile's recipe
+    per backbone)."""
     steps_per_epoch(cfg, manifest)
-    configs = {b: (per_backbone or {}).get(b) or cfg.for_backbone(b) for b in cfg.model.backbones}
-    groups = size_groups(configs)
-    name = f"run-{time.strftime('%Y%m%d-%H%M%S')}"
+    groups = stage_configs(cfg, per_backbone)
     results, failures = [], {}
-    for number, group in enumerate(groups, 1):
+    for number, (name, group) in enumerate(groups, 1):
         size = next(iter(group.values())).model.image_size
-        which = f" {number} of {len(groups)}" if len(groups) > 1 else ""
-        echo(f"[train] worker group{which} ({cfg.train.num_workers} worker(s), {size} px): "
-             + _plan(group))  # fmt: skip
-        try:
-            done, failed = train_backbones(
-                group,
-                shards_uri,
-                manifest,
-                echo=echo,
-                name=f"{name}-{size}px" if len(groups) > 1 else name,
-            )
-        except Exception as e:  # written to the summary, then raised
-            log.exception("training failed")
-            key = "run" if len(groups) == 1 else f"run ({size} px group)"
-            done, failed = [], {key: f"{type(e).__name__}: {e}"}
-        results += done
-        failures.update(failed)
+        run_uri = join(absolute(cfg.layout.train), name)
+        kept = {
+            b: backbone_result(b, join(run_uri, b), size, manifest)
+            for b in group
+            if progress(join(run_uri, b), b).done
+        }
+        for backbone in kept:
+            echo(f"[train] {backbone}: trained before ({join(run_uri, backbone)}); kept")
+        todo = {b: c for b, c in group.items() if b not in kept}
+        done: list[BackboneResult] = []
+        if todo:
+            init_ray()
+            check_resources(cfg)
+            which = f" {number} of {len(groups)}" if len(groups) > 1 else ""
+            echo(f"[train] worker group{which} ({cfg.train.num_workers} worker(s), {size} px): "
+                 + _plan(todo))  # fmt: skip
+            try:
+                done, failed = train_backbones(todo, shards_uri, manifest, echo=echo, name=name)
+            except Exception as e:  # written to the summary, then raised
+                log.exception("training failed")
+                key = "run" if len(groups) == 1 else f"run ({size} px group)"
+                failed = {key: f"{type(e).__name__}: {e}"}
+            failures.update(failed)
+        by_backbone = {**kept, **{r.backbone: r for r in done}}
+        results += [by_backbone[b] for b in group if b in by_backbone]
     for result in results:
         echo("[train] " + result.line())
     for backbone, error in failures.items():
@@ -476,6 +590,21 @@ def train_stage(
     echo(f"training summary: {cfg.layout.train_summary}")
     echo(f"tensorboard --logdir {cfg.layout.tensorboard}")
     return results
+
+
+def trained(cfg: Config) -> list[BackboneResult] | None:
+    """The train stage's results when it finished before (``train/summary.json`` without a
+    failure, every backbone of the config in it, each ``result.json`` still there), else None."""
+    uri = cfg.layout.train_summary
+    if not exists(uri):
+        return None
+    summary = read_json(uri)
+    rows = {r["backbone"]: r for r in summary["results"]}
+    if summary["failures"] or set(rows) != set(cfg.model.backbones):
+        return None
+    if not all(progress(r["run_path"], b).done for b, r in rows.items()):
+        return None
+    return [BackboneResult(**rows[b]) for b in cfg.model.backbones]
 
 
 def _plan(group: dict[str, Config]) -> str:

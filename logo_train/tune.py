@@ -53,6 +53,9 @@ BEST_CONFIG = "best_config.yaml"
 TRIAL_TENSORBOARD = "tensorboard"
 """Inside an experiment folder: each trial's event files, ``tensorboard/<trial id>``."""
 PLOT = "search.png"
+RESULT = "search_result.json"
+"""Written when every trial of the search has ended: a run started again keeps the search
+as it is (no Ray, no restore)."""
 
 
 @dataclass
@@ -318,11 +321,15 @@ def search(
     ``backbone`` and write its outputs."""
     from ray import tune
 
-    check_trial_resources(cfg)
-    steps_per_epoch(cfg, manifest)
     storage = absolute(cfg.layout.tune)
     name = experiment_name(cfg, backbone, shards_uri)
     path = join(storage, name)
+    found = finished_search(cfg, backbone, path)
+    if found:
+        echo(f"[tune] {backbone}: finished before ({path}); kept")
+        return found
+    check_trial_resources(cfg)
+    steps_per_epoch(cfg, manifest)
     if exists(join(path, CONTEXT)) and tune.Tuner.can_restore(path):
         echo(f"[tune] {backbone}: found {path}; resuming it (finished trials are kept)")
         return resume(path, echo=echo)
@@ -355,6 +362,37 @@ def search(
         ),
     )
     return _finish(tuner, context, echo)
+
+
+def finished_search(cfg: Config, backbone: str, path: str) -> SearchResult | None:
+    """The search at ``path`` when every trial of it ended before (``search_result.json``),
+    read from its files; else None."""
+    import pyarrow.parquet as pq
+
+    if not exists(join(path, RESULT)):
+        return None
+    found = read_json(join(path, RESULT))
+    fs, local = resolve(join(path, TRIALS_PARQUET))
+    rows = pq.read_table(local, filesystem=fs).to_pylist()
+    return SearchResult(
+        backbone=backbone,
+        path=path,
+        trials=rows,
+        best_params=found["best_params"],
+        best_val_macro_f1=found["best_val_macro_f1"],
+        best_config=best_config(cfg, backbone, found["best_params"]),
+        complete=True,
+    )
+
+
+def search_paths(cfg: Config, shards_uri: str) -> dict[str, str]:
+    """backbone -> its search's experiment folder, for the searches ``tune.scope`` asks for."""
+    if cfg.tune.scope == "shared":
+        backbones = [cfg.tune.proxy_backbone or cfg.model.backbones[0]]
+    else:
+        backbones = list(cfg.model.backbones)
+    storage = absolute(cfg.layout.tune)
+    return {b: join(storage, experiment_name(cfg, b, shards_uri)) for b in backbones}
 
 
 def check_resumable(path: str) -> None:
@@ -448,6 +486,11 @@ def summarise(
     )
     write_bytes(join(path, BEST_CONFIG), (header + dump_config(best_cfg)).encode())
     write_bytes(join(path, PLOT), search_plot(rows, cfg.tune.space, backbone))
+    if complete:
+        write_json(
+            join(path, RESULT),
+            {"backbone": backbone, "best_params": best_params, "best_val_macro_f1": best[METRIC]},
+        )
     return SearchResult(
         backbone=backbone,
         path=path,
@@ -550,12 +593,8 @@ def tune_all(
     cfg: Config, shards_uri: str, manifest: Manifest, echo=print
 ) -> dict[str, SearchResult]:
     """The searches ``cfg.tune.scope`` asks for: one on the proxy, or one per backbone."""
-    if cfg.tune.scope == "shared":
-        backbones = [cfg.tune.proxy_backbone or cfg.model.backbones[0]]
-    else:
-        backbones = list(cfg.model.backbones)
     results = {}
-    for backbone in backbones:
+    for backbone in search_paths(cfg, shards_uri):
         results[backbone] = search(cfg, backbone, shards_uri, manifest, echo=echo)
         if not results[backbone].complete:
             break  # interrupted: the caller stops here too
@@ -575,9 +614,10 @@ def tuned_configs(cfg: Config, searches: dict[str, SearchResult]) -> dict[str, C
 
 def tune_stage(cfg: Config, shards_uri: str, manifest: Manifest) -> dict[str, SearchResult]:
     """The ``tune`` stage: Ray started (or joined), the searches of ``tune.scope``, and where
-    each one's trials table and best config are."""
-
-    init_ray()
+    each one's trials table and best config are. Searches that finished before are kept
+    without starting Ray."""
+    if not all(finished_search(cfg, b, p) for b, p in search_paths(cfg, shards_uri).items()):
+        init_ray()
     searches = tune_all(cfg, shards_uri, manifest)
     for result in searches.values():
         print(f"[tune] trials: {join(result.path, 'trials.md')}")

@@ -233,11 +233,12 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
     events = list((experiment / "tensorboard").rglob("events.out.tfevents.*"))
     assert len({e.parent.name for e in events}) == 2, "one TensorBoard folder per trial"
 
-    # 4. the same command again finds the finished search and runs nothing
+    # 4. the same command again finds the finished search and runs nothing (no Ray either)
     proc = _cli("tune", "--config", str(config), "--no-progress")
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    assert "resuming it" in out and "started:" not in out
+    assert f"[tune] {proxy}: finished before ({experiment}); kept" in out
+    assert "[resume]" in out and "tune: done" in out and "started:" not in out
     assert _trial_epochs(experiment) == epochs
 
 

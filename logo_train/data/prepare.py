@@ -13,15 +13,16 @@ from pathlib import Path
 
 from logo_train.config import Config
 from logo_train.data import ingest, synth
-from logo_train.data.preview import contact_sheet
-from logo_train.data.shards import MANIFEST, Manifest, read_manifest
+from logo_train.data.preview import CONTACT_SHEET, contact_sheet
+from logo_train.data.shards import MANIFEST, Manifest, is_incomplete, read_manifest
 from logo_train.storage import exists, join
 
 log = logging.getLogger(__name__)
 
 
 def _is_shards(uri: str) -> bool:
-    return exists(join(uri, MANIFEST))
+    """A complete shards folder: its manifest written, no ``.incomplete`` mark left."""
+    return exists(join(uri, MANIFEST)) and not is_incomplete(uri)
 
 
 def _reusable(uri: str, source: str, params: dict, overwrite: bool) -> bool:
@@ -103,7 +104,10 @@ def prepare_data(
         )
     if _reusable(uri, source, params, overwrite):
         log.debug("reusing shards at %s (same parameters)", uri)
-        return uri, read_manifest(uri), True
+        manifest = read_manifest(uri)
+        if not exists(join(uri, CONTACT_SHEET)):  # a writer killed after the manifest
+            contact_sheet(uri, manifest)
+        return uri, manifest, True
 
     common = {"rows_per_shard": data.rows_per_shard, "workers": data.workers, "progress": progress}
     if data.source == "synth":

@@ -7,12 +7,16 @@ Layout of a shards folder::
     val-00000.parquet ...
     test-00000.parquet ...
     contact_sheet.png        a few samples per class (written by ``preview``)
+    .incomplete              while the folder is being written (``prepare_output`` puts it,
+                             ``write_manifest`` removes it): a killed writer leaves it, and the
+                             next ``prepare_output`` removes the shards it had written
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +31,9 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
+INCOMPLETE = ".incomplete"
+_OURS = {INCOMPLETE, MANIFEST, "contact_sheet.png"}
+SHARD_FILE = re.compile(r"^(train|val|test)-\d{5}\.parquet$")
 FORMAT_VERSION = 1
 
 BASE_FIELDS = [
@@ -49,24 +56,28 @@ def shard_schema(with_truth: bool) -> pa.Schema:
 
 
 def prepare_output(uri: str, overwrite: bool) -> None:
-    """Create the folder; refuse to mix with an earlier dataset unless ``overwrite``.
+    """Create the folder, marked ``.incomplete`` until ``write_manifest``; refuse to mix with an
+    earlier dataset unless ``overwrite``.
 
-    Only what an earlier manifest of this project lists (its shard files and the manifest) is
-    ever deleted; a non-empty folder without a manifest is refused, whatever ``overwrite`` says:
-    its files are not ours to delete."""
+    Only what this project wrote is ever deleted: the files an earlier manifest lists, or, in a
+    folder a killed writer left ``.incomplete``, its shard files (``<split>-NNNNN.parquet``)
+    and the contact sheet. A non-empty folder with neither is refused, whatever ``overwrite``
+    says: its files are not ours to delete."""
     fs, path = resolve(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
         raise FileExistsError(f"shards output {uri} is a file, expected a folder")
     if info.type == pafs.FileType.Directory:
         present = fs.get_file_info(pafs.FileSelector(path))
-        if present and not exists(join(uri, MANIFEST)):
+        if present and exists(join(uri, INCOMPLETE)):
+            _remove_half_written(uri, present)
+        elif present and not exists(join(uri, MANIFEST)):
             raise FileExistsError(
                 f"{uri} is not empty ({len(present)} entries) and has no {MANIFEST}: not a "
                 "logo-train shards folder, so nothing in it is deleted; choose an empty or new "
-                "folder (or remove the leftovers of an interrupted run yourself)"
+                "folder"
             )
-        if present:
+        elif present:
             old = read_manifest(uri)
             listed = [name for names in old.files.values() for name in names] + [MANIFEST]
             if not overwrite:
@@ -79,6 +90,30 @@ def prepare_output(uri: str, overwrite: bool) -> None:
                 if fs.get_file_info(target).type == pafs.FileType.File:
                     fs.delete_file(target)
     fs.create_dir(path, recursive=True)
+    write_bytes(join(uri, INCOMPLETE), b"shards being written; removed with manifest.json\n")
+
+
+def is_incomplete(uri: str) -> bool:
+    """True when ``uri`` is a shards folder whose writer stopped before its manifest."""
+    return exists(join(uri, INCOMPLETE))
+
+
+def _remove_half_written(uri: str, present: list) -> None:
+    """The shards a killed writer left (it never wrote the manifest); anything else in the
+    folder stops the removal, naming it."""
+    ours = [f for f in present if SHARD_FILE.match(f.base_name) or f.base_name in _OURS]
+    foreign = [f.base_name for f in present if f not in ours]
+    if foreign:
+        raise FileExistsError(
+            f"{uri} was left half-written ({INCOMPLETE}) but also holds {sorted(foreign)[:5]}, "
+            "which logo-train did not write: nothing is deleted; move them or choose another "
+            "folder"
+        )
+    fs = resolve(uri)[0]
+    shards = [f for f in ours if f.base_name != INCOMPLETE]
+    log.warning("%s: removing %d file(s) of an interrupted write", uri, len(shards))
+    for f in shards:
+        fs.delete_file(f.path)
 
 
 def write_shard(uri: str, table: pa.Table) -> None:
@@ -168,7 +203,11 @@ class Manifest:
 
 
 def write_manifest(uri: str, manifest: Manifest) -> None:
+    """The manifest, written last: the folder is complete (its ``.incomplete`` mark goes)."""
     write_bytes(join(uri, MANIFEST), manifest.to_json().encode())
+    if exists(join(uri, INCOMPLETE)):
+        fs, path = resolve(join(uri, INCOMPLETE))
+        fs.delete_file(path)
 
 
 def read_manifest(uri: str) -> Manifest:
