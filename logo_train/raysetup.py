@@ -30,6 +30,7 @@ def init_ray() -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
+        keep_data_stats_on_this_node()
     else:
         # The dashboard serves Ray's state API, which Train's PlacementGroupCleaner needs to free
         # the placement group of a run whose controller was stopped (every finished Tune
@@ -49,3 +50,24 @@ def init_ray() -> None:
         resources.get("CPU", 0),
         resources.get("GPU", 0),
     )
+
+
+def keep_data_stats_on_this_node() -> None:
+    """Create Ray Data's stats actor from the driver, so it lives on the driver's node.
+
+    The actor is detached and pinned to the node of the first process that uses Ray Data. In
+    a train job nothing runs Ray Data on the driver before the workers do (the train stream's
+    split coordinator and the workers' validation reads run on worker nodes), so it landed on
+    a worker node, which then never became idle: the autoscaler kept it after the job (issue 26,
+    item 5; found in the raylet's state dump: the only resource user of the node that stayed
+    was ``_StatsActor``). On the head, which stays anyway, it holds nothing up. Ray 2.60 has no
+    public call for this; without the private one, a one-row execution on the driver does the
+    same."""
+    try:
+        from ray.data._internal.stats import get_or_create_stats_actor
+    except ImportError:  # moved in another Ray version: the public way
+        import ray.data
+
+        ray.data.range(1).materialize()
+        return
+    get_or_create_stats_actor()

@@ -125,6 +125,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 )
             raise
         finished.append(job.backbone)
+    if batches is not None:
+        # end the run's stream on the worker's side: Ray Data's split coordinator shuts its
+        # executor down once every split has ended, which withdraws the executor's resource
+        # request to the autoscaler; a stream left open holds a worker node up to 180 s after
+        # the job (Ray 2.60's request expiry; issue 26, item 5)
+        batches.close()
 
 
 def _last_state() -> tuple[dict[str, Any] | None, list[str]]:
@@ -373,14 +379,20 @@ class _Prefetch:
         self._closed = False
 
         def pump() -> None:
+            stream = iter(iterable)
             try:
-                for item in iterable:
+                for item in stream:
                     if self._closed:
                         break
                     self._queue.put(item)
             except BaseException as e:  # re-raised in the training thread
                 self._error = e
             finally:
+                # a stream stopped early is closed here, in the thread that iterated it, not
+                # whenever the garbage collector gets to it: Ray Data ends the split's
+                # iteration (and, the last split, its executor) in the generator's finally
+                if hasattr(stream, "close"):
+                    stream.close()
                 self._queue.put(self._END)
 
         self._thread = threading.Thread(target=pump, daemon=True)
