@@ -544,14 +544,18 @@ def audit_summaries(cfg: Config, rows: list[dict]) -> dict[str, dict]:
     return out
 
 
-def benchmark_models(cfg: Config, models: list | None, shards_uri: str) -> dict[str, Any]:
+def benchmark_models(
+    cfg: Config, models: list | None, shards_uri: str, keep_finished: bool = False
+) -> dict[str, Any]:
     """The ``benchmark`` stage: every model's best checkpoint (``trained_models``) on the test
     split, in a Ray task; writes ``report/benchmark.json`` and copies the best model's
-    suspected-label list beside it. Returns the benchmark data."""
+    suspected-label list beside it. Returns the benchmark data. ``keep_finished`` (a resumed
+    run): a ``benchmark.json`` of exactly these checkpoints is kept as it is; ``logo-train
+    benchmark`` always measures again."""
     from logo_train.raysetup import init_ray
 
     rows = trained_models(cfg, models)
-    found = finished_benchmark(cfg, rows)
+    found = finished_benchmark(cfg, rows) if keep_finished else None
     if found:
         print(f"[benchmark] every model measured before ({cfg.layout.benchmark_json}); kept")
         return found

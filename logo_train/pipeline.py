@@ -123,7 +123,7 @@ def _run_stages(
             result.audits.update(audits)
     if "benchmark" in stages and cfg.benchmark.enabled:
         with stage("benchmark", timings):
-            benchmark_models(cfg, result.training + result.cleaned, uri)
+            benchmark_models(cfg, result.training + result.cleaned, uri, keep_finished=True)
             result.report_dir = cfg.layout.report
     if "report" in stages and cfg.benchmark.enabled:
         result.report_dir = cfg.layout.report

@@ -124,10 +124,11 @@ def test_a_half_written_shards_folder_is_written_again_and_foreign_files_are_kep
 
 # --- SIGKILL of a real driver -----------------------------------------------------------------
 
+EPOCHS = 3
 RUN_SETS = [
     "name=resume",
     "data.synth.image_size=32",
-    "data.synth.images_per_class=16",
+    "data.synth.images_per_class=12",
     "data.synth.imbalance_ratio=1",
     "data.synth.val_per_class=2",
     "data.synth.test_per_class=1",
@@ -139,7 +140,7 @@ RUN_SETS = [
     "model.backbones=[resnet10t,mobilenetv2_050]",
     "augment.strength=0",
     "train.batch_size=32",
-    "train.epochs=4",
+    f"train.epochs={EPOCHS}",
     "train.per_backbone={}",
     "train.torch_threads=1",
     "train.loss=trust_penalty",  # round 1 with the trust head, round 2 without it
@@ -256,7 +257,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path):
     def second_inside_its_epochs():
         done = (run / "train/run/resnet10t/result.json").exists()
         epochs = [e for b, e in _registered(run / "train/run") if b == "mobilenetv2_050"]
-        return done and epochs and max(epochs) < 4 and max(epochs)
+        return done and epochs and max(epochs) < EPOCHS and max(epochs)
 
     killed_after = _run_until(command, logs[1], second_inside_its_epochs, "mobilenetv2_050 epoch")
     assert _first_line(logs[1]).endswith("data: half-written, written again; train: "
@@ -266,7 +267,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path):
 
     def round_inside_its_epochs():
         epochs = [e for _, e in _registered(run / "clean/resnet10t/round2/train/round2")]
-        return epochs and max(epochs) < 4 and max(epochs)
+        return epochs and max(epochs) < EPOCHS and max(epochs)
 
     round_killed_after = _run_until(command, logs[2], round_inside_its_epochs, "round 2 epoch")
     text = logs[2].read_text()
@@ -290,13 +291,13 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path):
 
     # nothing finished was redone; the interrupted training went on after its last checkpoint
     assert (run / "train/run/resnet10t/result.json").read_bytes() == first
-    assert _epochs(run / "train/run/resnet10t/history.json") == [1, 2, 3, 4]
+    assert _epochs(run / "train/run/resnet10t/history.json") == list(range(1, EPOCHS + 1))
     second = json.loads((run / "train/run/mobilenetv2_050/history.json").read_text())
-    assert [h["epoch"] for h in second] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in second] == list(range(1, EPOCHS + 1))
     assert second[-1]["restored_epoch"] >= killed_after  # lost: at most the epoch in progress
     round_run = run / "clean/resnet10t/round2/train/round2"
     round2 = json.loads((round_run / "resnet10t/history.json").read_text())
-    assert [h["epoch"] for h in round2] == [1, 2, 3, 4]
+    assert [h["epoch"] for h in round2] == list(range(1, EPOCHS + 1))
     assert round2[-1]["restored_epoch"] >= round_killed_after
 
     # no file lost or left over: one Ray Train run per stage, shards as the manifest lists them
