@@ -23,7 +23,7 @@ import logging
 import sys
 from collections.abc import Callable
 
-from logo_train.config import STAGES, Config, load_config
+from logo_train.config import STAGES, Config, ServeOptions, load_config
 from logo_train.losses import LOSSES
 
 # CLI flag -> config key; the flags are shorthands for --set, so validation is the config's.
@@ -116,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_pipeline_commands(sub)
     _add_model_commands(sub)
+    add_serve_args(sub.add_parser("serve", help="put a trained model behind HTTP (Ray Serve)"))
     _add_data_commands(sub.add_parser("data", help="make or inspect Parquet shards"))
     return parser
 
@@ -192,6 +193,48 @@ def _add_model_commands(sub) -> None:
     export.add_argument(
         "--backbone", help="with a run folder: this backbone (default: the best on validation)"
     )
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    """``logo-train serve``'s flags (``ray_jobs/serve.py`` takes the same)."""
+    d = ServeOptions()
+    p.add_argument("--model", required=True, help="run folder, checkpoint or exported folder/URI")
+    p.add_argument("--host", default=d.host, help="address to bind (default %(default)s: this "
+                   "machine only; the server has no authentication of its own)")  # fmt: skip
+    p.add_argument("--port", type=int, default=d.port, help="default %(default)s")
+    p.add_argument("--replicas", type=int, default=d.replicas, help="model replicas")
+    p.add_argument("--cpus-per-replica", type=float, default=d.cpus_per_replica)
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                   help="requests one model call answers together (1: no batching)")  # fmt: skip
+    p.add_argument("--batch-wait-ms", type=float, default=d.batch_wait_ms,
+                   help="how long a replica waits to fill a batch (ms)")  # fmt: skip
+    p.add_argument("--max-bytes", type=int, default=d.max_bytes, help="largest body accepted")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest image accepted")
+    p.add_argument("--min-confidence", type=float, default=None,
+                   help="open-set threshold (default: the model's own; 0 = off)")  # fmt: skip
+
+
+def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
+    options = ServeOptions(
+        host=args.host,
+        port=args.port,
+        replicas=args.replicas,
+        cpus_per_replica=args.cpus_per_replica,
+        max_batch_size=args.max_batch_size,
+        batch_wait_ms=args.batch_wait_ms,
+        max_bytes=args.max_bytes,
+        max_pixels=args.max_pixels,
+        min_confidence=args.min_confidence,
+    )
+    options.check()
+    return options
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from logo_train.serve import serve_forever
+
+    serve_forever(args.model, serve_options_from_args(args))
+    return 0
 
 
 def _add_data_commands(data: argparse.ArgumentParser) -> None:
@@ -462,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             return predict_from_args(args)
         if args.command == "export":
             return _cmd_export(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
         return _cmd_data(args)
     except (*USER_ERRORS, IngestError) as e:
         print(f"error: {e}", file=sys.stderr)
