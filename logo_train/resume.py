@@ -96,7 +96,9 @@ def start_fresh(cfg: Config, stages: tuple[str, ...], echo=print) -> None:
 
 def describe(cfg: Config, stages: tuple[str, ...]) -> str:
     """The run's first line: a new run, or what a continued one keeps and where it goes on."""
-    if not _outputs(cfg, stages) and not is_incomplete(shards_location(cfg)):
+    checked = bool(_outputs(cfg, stages))  # check_config compared the config
+    shards = shards_location(cfg)
+    if not checked and not exists(join(shards, MANIFEST)) and not is_incomplete(shards):
         return f"[run] {cfg.run_dir}: a new run"
     parts = [_data_state(cfg)] if "data" in stages else []
     if "tune" in stages and cfg.tune.enabled:
@@ -112,7 +114,8 @@ def describe(cfg: Config, stages: tuple[str, ...]) -> str:
         parts.append(_benchmark_state(cfg, models))
     if "report" in stages and cfg.benchmark.enabled:
         parts.append("report: written again")
-    return f"[resume] {cfg.run_dir} (same config): " + "; ".join(parts)
+    same = " (same config)" if checked else ""
+    return f"[resume] {cfg.run_dir}{same}: " + "; ".join(parts)
 
 
 def _data_state(cfg: Config) -> str:

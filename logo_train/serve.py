@@ -419,6 +419,12 @@ def app(args: dict[str, str]):
     """``serve run logo_train.serve:app model=runs/quick [replicas=2 max_batch_size=16 ...]``:
     Serve's application builder (the proxy's host and port come from ``serve run``'s own
     flags or the cluster's Serve config)."""
+    model, options = builder_args(args)
+    return build_app(load_model(model, options), options)
+
+
+def builder_args(args: dict[str, str]) -> tuple[str, ServeOptions]:
+    """``key=value`` arguments of ``serve run`` -> the model and its ``ServeOptions``."""
     args = dict(args)
     if "model" not in args:
         raise ValueError("serve run logo_train.serve:app needs model=<run, checkpoint or export>")
@@ -428,6 +434,6 @@ def app(args: dict[str, str]):
     if unknown:
         raise ValueError(f"unknown serve argument(s) {unknown}; known: model, {sorted(kinds)}")
     cast = {"str": str, "int": int}
-    values = {k: cast.get(str(kinds[k]), float)(v) for k, v in args.items()}
-    options = ServeOptions(**values)
-    return build_app(load_model(model, options), options)
+    options = ServeOptions(**{k: cast.get(str(kinds[k]), float)(v) for k, v in args.items()})
+    options.check()
+    return model, options

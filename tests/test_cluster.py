@@ -243,7 +243,7 @@ def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
         start = time.time()
         # 2 workers x 0.5 CPU fill one 1-CPU node; Ray Data's readers need a second one
         _submit_no_wait(
-            head, "train-scale", "ray_jobs.train", *_tiny(tmp_path), "--set", "train.epochs=3",
+            head, "train-scale", "ray_jobs.train", *_tiny(tmp_path), "--set", "train.epochs=5",
             "--set", "train.autoscale=true", "--set", "train.trust_warmup_epochs=1",
         )  # fmt: skip
         peak, state, killed = 0, None, None
@@ -275,7 +275,9 @@ def test_autoscaler_adds_nodes_for_a_train_job_and_removes_them(tmp_path):
         assert (tmp_path / "quick/audit/resnet10t/suspected_labels.parquet").is_file()
         run_path = tmp_path / "quick/train/run/resnet10t"
         history = run_history(run_path)
-        assert [h["epoch"] for h in history] == [1, 2, 3]
+        # 5 epochs: after the first registered checkpoint, time to find and kill the node
+        # while training goes on (with 3 the kill came after the last epoch: restored 0)
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5]
         assert history[-1]["restored_epoch"] >= 1, "training did not resume from a checkpoint"
         # idle nodes go after idle_timeout_minutes (15 s) plus the autoscaler's update rounds
         # (12 s when measured in issue 6). One stayed up for good while Ray Data's detached

@@ -27,7 +27,14 @@ from logo_train.config import ServeOptions, load_config
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
 from logo_train.models import build_model, normalisation
-from logo_train.serve import STATUS, BadInput, check_image, check_top_k, media_type
+from logo_train.serve import (
+    STATUS,
+    BadInput,
+    builder_args,
+    check_image,
+    check_top_k,
+    media_type,
+)
 from tests.raycluster import free_port, processes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,6 +93,21 @@ def test_limits_and_top_k_are_checked():
     assert STATUS["unsupported_media_type"] == 415 and STATUS["too_many_bytes"] == 413
     with pytest.raises(ValueError, match="replicas"):
         ServeOptions(replicas=0).check()
+
+
+def test_the_serve_run_builder_takes_the_flags_options():
+    model, options = builder_args(
+        {"model": "runs/quick", "replicas": "2", "batch_wait_ms": "1.5", "host": "0.0.0.0"}
+    )
+    assert model == "runs/quick"
+    assert (options.replicas, options.batch_wait_ms, options.host) == (2, 1.5, "0.0.0.0")
+    assert options.max_batch_size == ServeOptions().max_batch_size
+    with pytest.raises(ValueError, match=r"unknown serve argument\(s\) \['replica'\]"):
+        builder_args({"model": "m", "replica": "2"})
+    with pytest.raises(ValueError, match="needs model="):
+        builder_args({"replicas": "2"})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        builder_args({"model": "m", "max_batch_size": "0"})
 
 
 # --- the server for real ----------------------------------------------------------------------
