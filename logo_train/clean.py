@@ -498,12 +498,18 @@ def _print_round(backbone, round, plan, summary, cleaned, round_cfg, why) -> Non
         )
 
 
+def round_run(cfg: Config, backbone: str, round: int) -> str:
+    """The Ray Train run of a cleaning round, ``<round_train>/round<r>`` (absolute: Ray Train
+    takes no relative path); stable, so a resumed run finds it."""
+    return join(absolute(cfg.layout.round_train(backbone, round)), f"round{round}")
+
+
 def _train_round(
     cfg: Config, round_cfg: Config, backbone: str, round: int, data_uri: str, cleaned: Manifest
 ) -> BackboneResult:
     """The backbone trained again on a round's cleaned shards, in a Ray Train run of its own
     (``round<r>``: a resumed run finds it, or keeps the model it finished)."""
-    run_uri = join(absolute(cfg.layout.round_train(backbone, round)), f"round{round}")
+    run_uri = round_run(cfg, backbone, round)
     if progress(join(run_uri, backbone), backbone).done:
         model = backbone_result(
             backbone, join(run_uri, backbone), round_cfg.model.image_size, cleaned
@@ -516,7 +522,7 @@ def _train_round(
         {backbone: round_cfg},
         data_uri,
         cleaned,
-        name=f"round{round}",
+        name=run_uri.rsplit("/", 1)[1],
         storage_path=cfg.layout.round_train(backbone, round),
         echo=print,
         tensorboard_uri=cfg.layout.tensorboard_of(f"{backbone}-round{round}"),

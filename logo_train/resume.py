@@ -20,12 +20,12 @@ import yaml
 
 from logo_train import train, tune
 from logo_train.audit import finished_audit
-from logo_train.bench import finished_benchmark
-from logo_train.clean import finished_cleaning
+from logo_train.bench import finished_benchmark, trained_models
+from logo_train.clean import finished_cleaning, round_run
 from logo_train.config import Config, config_from_dict, config_to_dict
 from logo_train.data.prepare import shards_location
 from logo_train.data.shards import MANIFEST, is_incomplete
-from logo_train.storage import exists, join, read_bytes, read_json, remove
+from logo_train.storage import exists, join, read_bytes, remove
 
 RESUME_SAFE = frozenset({"output_dir", "train.max_failures", "data.workers"})
 """Fields that may differ between a run and its continuation: where the folder is (already the
@@ -157,7 +157,7 @@ def _clean_state(cfg: Config) -> str:
     rounds = []
     for backbone in cfg.train.clean.backbones or cfg.model.backbones:
         for r in range(2, cfg.train.clean.rounds + 2):
-            run = join(cfg.layout.round_train(backbone, r), f"round{r}/{backbone}")
+            run = join(round_run(cfg, backbone, r), backbone)
             if exists(run):
                 p = train.progress(run, backbone)
                 rounds.append(f"round {r} of " + p.words())
@@ -167,8 +167,7 @@ def _clean_state(cfg: Config) -> str:
 
 
 def _benchmark_state(cfg: Config, models) -> str:
-    if models and exists(cfg.layout.clean_summary):
-        rows = [m.__dict__ for m in models] + read_json(cfg.layout.clean_summary)["results"]
-    else:
-        rows = [m.__dict__ for m in models or []]
-    return "benchmark: done" if rows and finished_benchmark(cfg, rows) else "benchmark: to do"
+    """``models``: the train stage's, when it finished (the benchmark's rows then come from
+    ``bench.trained_models``, the cleaning rounds' included)."""
+    done = models and finished_benchmark(cfg, trained_models(cfg))
+    return "benchmark: done" if done else "benchmark: to do"

@@ -369,7 +369,7 @@ class Api:
 # --- starting it ------------------------------------------------------------------------------
 
 
-def start(model: "str | Path", options: ServeOptions, echo=print) -> str:
+def start(model: str | Path, options: ServeOptions, echo=print) -> str:
     """Ray (started, or the cluster of ``RAY_ADDRESS``), Serve's HTTP proxy on
     ``options.host:port`` and the application; returns the server's URL once every replica
     is up."""

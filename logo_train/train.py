@@ -414,15 +414,13 @@ class Progress:
 def progress(output_uri: str, backbone: str) -> Progress:
     """``output_uri`` (``<run>/<backbone>``): finished (``result.json`` without an error), or
     the epochs its ``history.json`` lists."""
-    result = join(output_uri, RESULT_JSON)
-    if exists(result) and "error" not in read_json(result):
-        return Progress(backbone, int(read_json(result)["epochs"]), True)
-    history = join(output_uri, ckpt.HISTORY_JSON)
     try:
-        epochs = len(read_json(history)) if exists(history) else 0
-    except ValueError:  # being written when the driver died
-        epochs = 0
-    return Progress(backbone, epochs, False)
+        summary = read_json(join(output_uri, RESULT_JSON))
+    except (OSError, ValueError):  # not written (or half-written by a killed driver)
+        summary = {"error": "not finished"}
+    if "error" not in summary:
+        return Progress(backbone, int(summary["epochs"]), True)
+    return Progress(backbone, len(_history(output_uri)), False)
 
 
 class _ProgressWatcher:
@@ -436,7 +434,7 @@ class _ProgressWatcher:
 
         self._jobs, self._echo, self._interval = jobs, echo, interval
         # an epoch's record as (epoch, restored_epoch): a redone epoch is a new one
-        self._seen = {j.backbone: {_key(h) for h in _history(j)} for j in jobs}
+        self._seen = {j.backbone: {_key(h) for h in _history(j.output_uri)} for j in jobs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -444,7 +442,7 @@ class _ProgressWatcher:
     def _poll(self) -> None:
         for job in self._jobs:
             epochs, seen = job.config.train.epochs, self._seen[job.backbone]
-            for h in _history(job):
+            for h in _history(job.output_uri):
                 if _key(h) in seen:
                     continue
                 seen.add(_key(h))
@@ -469,10 +467,11 @@ class _ProgressWatcher:
         self._poll()
 
 
-def _history(job: Job) -> list[dict[str, Any]]:
-    """``job``'s ``history.json`` as it is now ([] when not written yet, or being written)."""
+def _history(output_uri: str) -> list[dict[str, Any]]:
+    """``<run>/<backbone>/history.json`` as it is now ([] when not written yet, or being
+    written when the driver died)."""
     try:
-        return read_json(join(job.output_uri, ckpt.HISTORY_JSON))
+        return read_json(join(output_uri, ckpt.HISTORY_JSON))
     except (OSError, ValueError):
         return []
 

@@ -124,7 +124,7 @@ def test_a_half_written_shards_folder_is_written_again_and_foreign_files_are_kep
 
 # --- SIGKILL of a real driver -----------------------------------------------------------------
 
-EPOCHS = 3
+EPOCHS = 4  # 3 left too short a window for the kill inside the epochs
 RUN_SETS = [
     "name=resume",
     "data.synth.image_size=32",
@@ -199,13 +199,15 @@ def _run_until(command, log: Path, condition, what: str, timeout: float = 400):
         proc = subprocess.Popen(command, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT)
     start, found = time.time(), None
     try:
+        children: set[int] = set()
         while found is None and proc.poll() is None and time.time() - start < timeout:
+            # the process tree first (a /proc scan: slow), then the condition and the kill at
+            # once: a tiny run finishes an epoch in ~2 s
+            children = _descendants(proc.pid)
             found = condition() or None
-            time.sleep(0.02)
         assert found is not None, (
             f"{what} never came (rc {proc.poll()}):\n{log.read_text()[-3000:]}"
         )
-        children = _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         core = {p for p in children if any(n in procs_cmd(p) for n in ("raylet", "gcs_server"))}
