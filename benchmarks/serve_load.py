@@ -15,6 +15,9 @@ their own as predict_throughput.py does):
 4. the same with a share of bad requests mixed in (``--bad-share``: empty, not an image,
    truncated, wrong content type): each must get its 4xx while the good ones keep their latency.
 
+Each level also records the CPU each process used (share of one core, from /proc): where the
+time goes when the machine is full.
+
 Writes ``benchmarks/results/serve_load.json`` and ``.md``. Targets (issue 28): p50 at
 concurrency 1 <= 2 x (ONNX batch-1 + decode); throughput at concurrency 32 with batching >= 0.6
 x predict's streaming images/s; no request lost, no 5xx.
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -51,12 +55,40 @@ from logo_train.serve import (  # noqa: E402
     request_batch,
 )
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BAD = [
     (b"", "image/png"),
     (b"%PDF-1.4" * 40, "image/png"),
     (None, "image/png"),  # a truncated copy of a good image
     (None, "text/plain"),  # a good image with the wrong content type
 ]
+
+
+def cpu_seconds() -> dict[int, tuple[float, str]]:
+    """pid -> (user + system CPU seconds, name) of this process and every Ray worker process
+    (``ray::ProxyActor``, ``ray::ServeReplica:logo-train:Api``, ...), from /proc."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if cmd.startswith("ray::") or int(entry.name) == os.getpid():
+            name = "load client + driver" if int(entry.name) == os.getpid() else cmd
+            out[int(entry.name)] = ((int(fields[11]) + int(fields[12])) / CLOCK_TICKS, name)
+    return out
+
+
+def cpu_share(before: dict, after: dict, seconds: float) -> dict[str, float]:
+    """Share of one core each process name used between the two samples (>= 1%)."""
+    share: dict[str, float] = {}
+    for pid, (cpu, name) in after.items():
+        used = (cpu - before.get(pid, (0.0, name))[0]) / seconds
+        share[name] = share.get(name, 0.0) + used
+    return {n: round(u, 2) for n, u in sorted(share.items(), key=lambda x: -x[1]) if u >= 0.01}
 
 
 def model_alone(loaded, images: list[bytes], threads: int) -> dict[str, float]:
@@ -175,7 +207,10 @@ def main() -> None:
             app = build_app(loaded, options)
             serve.run(app, name=APP_NAME, route_prefix="/", logging_config=LOGGING)
             for concurrency in (1, 8, 32):
+                before = cpu_seconds()
+                start = time.perf_counter()
                 row = asyncio.run(load(url, images, concurrency, args.requests, args.seconds))
+                row["cpu_share"] = cpu_share(before, cpu_seconds(), time.perf_counter() - start)
                 row.update(replicas=replicas, batching=batching)
                 rows.append(row)
                 print(json.dumps(row))
@@ -220,6 +255,11 @@ def write(result: dict, out: Path) -> None:
             f"{r['p95_ms']:.1f} | {r['p99_ms']:.1f} | {r['api_ms_p50']:.1f} | "
             f"{r['mean_batch']:.1f} |"
         )
+    lines += ["", "CPU per process (share of one core) at concurrency 32:", ""]
+    for r in result["rows"]:
+        if r["concurrency"] == 32 and "cpu_share" in r:
+            on = "on" if r["batching"] else "off"
+            lines.append(f"- {r['replicas']} replica(s), batching {on}: {r['cpu_share']}")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
