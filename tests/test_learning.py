@@ -90,12 +90,8 @@ def _finetune_score(tmp_path, weights: str) -> float:
     # the quick profile's fine-tuning recipe, at 64 px and 2 epochs to fit a test
     from dataclasses import replace
 
-    cfg = cfg.for_backbone("efficientnet_lite0")
-    cfg = replace(
-        cfg,
-        model=replace(cfg.model, image_size=64),
-        train=replace(cfg.train, epochs=2, batch_size=32),
-    )
+    cfg = cfg.for_backbone("efficientnet_lite0").with_train(epochs=2, batch_size=32)
+    cfg = replace(cfg, model=replace(cfg.model, image_size=64))
     uri, manifest, _ = prepare_data(cfg, progress=False)
     fit = fit_local(cfg, "efficientnet_lite0", uri, manifest, loader_workers=0, echo=None)
     test = evaluate_split(fit.classifier, cfg, "efficientnet_lite0", uri, manifest, "test")
