@@ -87,7 +87,7 @@ def main() -> None:
         ]
         fit["import_s"] = round(sum(q["import_s"] for q in mine), 1)
     shutil.rmtree(tmp, ignore_errors=True)
-    _write(args, fits)
+    _write(args, fits, manifest.split_rows("train"))
 
 
 def _processes(logs: Path) -> list[dict]:
@@ -125,12 +125,12 @@ def _import_seconds(logs: Path, pid: str) -> float:
     return round(total / 1e6, 2)
 
 
-def _write(args, fits: list[dict]) -> None:
+def _write(args, fits: list[dict], train_rows: int) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ray_startup.json").write_text(json.dumps({"fits": fits}, indent=2) + "\n")
     lines = [
-        f"# Ray Train start-up: {args.backbone}, 2 epochs of 336 images, 1 worker, local Ray "
-        "(2 CPUs)",
+        f"# Ray Train start-up: {args.backbone}, 2 epochs of {train_rows} images, 1 worker, "
+        "local Ray (2 CPUs)",
         "",
         "| fit | first epoch ended (s) | fit() (s) | processes started | their imports (CPU s) |",
         "|---:|---:|---:|---:|---:|",
