@@ -132,7 +132,7 @@ def _write(args, fits: list[dict], train_rows: int) -> None:
         f"# Ray Train start-up: {args.backbone}, 2 epochs of {train_rows} images, 1 worker, "
         "local Ray (2 CPUs)",
         "",
-        "| fit | first epoch ended (s) | fit() (s) | processes started | their imports (CPU s) |",
+        "| fit | first epoch ended (s) | fit() (s) | processes started | their imports (s, wall) |",
         "|---:|---:|---:|---:|---:|",
     ]
     for n, f in enumerate(fits, 1):
