@@ -73,16 +73,22 @@ def real_by_class_and_camera(result: dict, real) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(cells.items())}
 
 
-def run_variant(name, overrides, args, manifest, real, outside) -> dict:
+def variant_config(backbone: str, overrides: list[str], common: list[str]):
+    """configs/quick.yaml's recipe for ``backbone`` (``train.per_backbone``, ``common``
+    overrides first), with the variant's ``overrides`` on top (which ``--set`` alone would
+    not win over the per-backbone recipe)."""
     # no search here: the proxy (another size) would be checked against the variant's size
-    base = [f"model.backbones=[{args.backbone}]", "tune.proxy_backbone=", *args.set]
-    recipe = load_config(ROOT / "configs/quick.yaml", base).for_backbone(args.backbone)
-    # the variant's overrides on top of the backbone's recipe (which --set alone would not win)
+    base = [f"model.backbones=[{backbone}]", "tune.proxy_backbone=", *common]
+    recipe = load_config(ROOT / "configs/quick.yaml", base).for_backbone(backbone)
     data = config_to_dict(recipe)
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(data, key, value)
-    cfg = config_from_dict(data)
+    return config_from_dict(data)
+
+
+def run_variant(name, overrides, args, manifest, real, outside) -> dict:
+    cfg = variant_config(args.backbone, overrides, args.set)
     start = time.perf_counter()
     fit = fit_local(
         cfg,

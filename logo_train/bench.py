@@ -20,7 +20,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,16 @@ from torch import nn
 from logo_train import checkpoint as ckpt
 from logo_train.audit import SUMMARY_JSON as AUDIT_SUMMARY_JSON
 from logo_train.audit import SUSPECTED_PARQUET, SUSPECTED_PNG
-from logo_train.calibration import calibrate
+from logo_train.calibration import DEFAULT_MAX_THRESHOLD, calibrate
 from logo_train.config import BenchmarkConfig, Config
-from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
+from logo_train.data.augment import (
+    TransformSpec,
+    decode_batch,
+    eval_inputs,
+    eval_spec,
+    to_tensor_batch,
+    train_transform,
+)
 from logo_train.data.brands import UNKNOWN
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.engine import logits_of
@@ -286,7 +293,8 @@ def benchmark_checkpoint(
     }
     calibration, open_set = fit_open_set(
         model, shards_uri, spec, dev, info.class_names, test_logits, y_true,
-        keep=cfg.open_set_keep, batch=eval_batch_size,
+        keep=cfg.open_set_keep, shift=cfg.open_set_shift, passes=cfg.open_set_passes,
+        maximum=cfg.open_set_max, batch=eval_batch_size,
     )  # fmt: skip
     if calibration is not None:
         entry["calibration"] = calibration
@@ -335,10 +343,15 @@ def fit_open_set(
     test_labels: np.ndarray,
     *,
     keep: float,
+    shift: float = 0.8,
+    passes: int = 3,
+    maximum: float = DEFAULT_MAX_THRESHOLD,
     batch: int = 256,
 ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """The open-set answer of a model, fitted on the shards' validation split
-    (``calibration.calibrate``): ``(calibration, open_set)``, where ``open_set`` holds the
+    """The open-set answer of a model (``calibration.calibrate``): the temperature fitted on
+    the shards' validation split, the threshold on the same images seen through the training
+    augmentation at strength ``shift`` (``passes`` seeded passes; 0: the plain split), capped
+    at ``maximum``. Returns ``(calibration, open_set)``, where ``open_set`` holds the
     ``temperature``, ``min_confidence`` and ``unknown`` class index that ``score_real`` /
     ``score_outside`` / ``predict`` apply (1, 0: as trained, when there is no validation split;
     ``calibration`` is then None)."""
@@ -346,17 +359,48 @@ def fit_open_set(
     val = read_split(shards_uri, "val", ["image", "label"])
     if not val.num_rows:
         return None, {"temperature": 1.0, "min_confidence": 0.0, "unknown": unknown}
-    val_logits = logits_of(model, val["image"].to_pylist(), spec, device, batch)
+    images = val["image"].to_pylist()
+    val_logits = logits_of(model, images, spec, device, batch)
     val_labels = np.asarray(val["label"].to_pylist(), np.int64)
+    shifted = None
+    if shift > 0:
+        shifted = shifted_logits(model, images, spec, device, shift, passes, batch)
     calibration = calibrate(
-        val_logits, val_labels, test_logits, test_labels, unknown=unknown, keep=keep
-    )
+        val_logits, val_labels, test_logits, test_labels, unknown=unknown, keep=keep,
+        shifted_logits=shifted, shifted_labels=np.tile(val_labels, passes), maximum=maximum,
+    )  # fmt: skip
+    if shift > 0:
+        calibration.update(shift=shift, passes=passes)
     open_set = {
         "temperature": calibration["temperature"],
         "min_confidence": calibration["min_confidence"],
         "unknown": unknown,
     }
     return calibration, open_set
+
+
+def shifted_logits(
+    model: nn.Module,
+    images: list[bytes],
+    spec: TransformSpec,
+    device: torch.device,
+    strength: float,
+    passes: int,
+    batch: int = 256,
+    seed: int = 0,
+) -> np.ndarray:
+    """The logits of ``images`` seen through the training augmentation at ``strength``,
+    ``passes`` times (pass ``k`` seeded ``seed + k``: the same numbers every run), in order."""
+    shifted = replace(spec, strength=strength)
+    decoded = decode_batch(images)
+    out = []
+    with torch.inference_mode():
+        for k in range(passes):
+            train_transform(shifted).set_random_seed(seed + k)
+            for start in range(0, len(decoded), batch):
+                x = to_tensor_batch(decoded[start : start + batch], shifted, train=True)
+                out.append(model(torch.from_numpy(x).to(device)).double().cpu().numpy())
+    return np.concatenate(out)
 
 
 def _real_entry(
@@ -504,7 +548,14 @@ def summary_line(entry: dict[str, Any]) -> str:
         f"p50 {e['latency_ms_p50']:.2f} ms  {e['throughput_images_per_s']:.0f} img/s"
     )
     if entry.get("real"):
-        line += f"  | real photos top-1 {entry['real']['top1']:.3f}"
+        r = entry["real"]
+        line += f"  | real photos top-1 {r['top1']:.3f}"
+        if "open_set" in r:
+            o_s = r["open_set"]
+            line += (
+                f", right after the open-set answer {o_s['accuracy']:.3f} "
+                f"(right answers kept {o_s['right_kept']:.3f})"
+            )
     if entry.get("outside"):
         line += f"  | outside brands unknown {entry['outside']['answered_unknown']:.3f}"
     if o:

@@ -173,6 +173,7 @@ def score_real(
             **open_set_summary(p, labels, min_confidence, unknown),
         },
         "risk_coverage": thin(risk_coverage(p, labels)),
+        "per_source": per_source(real.paths, labels, p, min_confidence, unknown),
         "per_class": [
             {
                 "class": real.classes[c],
@@ -184,6 +185,37 @@ def score_real(
         ],
         "mistakes": _mistakes(real, p, top, np.flatnonzero(~hit1)),
     }
+
+
+def source_of(path: str) -> str:
+    """Where a real photo comes from, for the per-source scores: the subfolder of its class
+    folder (``BMW/phone/x.jpg`` -> ``phone``), else its file name's prefix before ``_``
+    (``cctv_0001.jpg`` -> ``cctv``), else ``photos``."""
+    parts = path.split("/")
+    if len(parts) > 2:
+        return parts[1]
+    head, sep, _ = parts[-1].partition("_")
+    return head.casefold() if sep and head.isalpha() else "photos"
+
+
+def per_source(
+    paths: Sequence[str], labels: np.ndarray, p: np.ndarray, min_confidence: float, unknown
+) -> list[dict]:
+    """Per source (``source_of``): photos, top-1 before the open-set answer, right after it,
+    and the share of the right top-1 answers it keeps."""
+    sources = np.asarray([source_of(x) for x in paths])
+    out = []
+    for source in sorted(set(sources.tolist())):
+        rows = sources == source
+        summary = open_set_summary(p[rows], labels[rows], min_confidence, unknown)
+        out.append({
+            "source": source,
+            "images": int(rows.sum()),
+            "top1": float((p[rows].argmax(1) == labels[rows]).mean()),
+            "after_open_set": summary["accuracy"],
+            "right_kept": summary["right_kept"],
+        })  # fmt: skip
+    return out
 
 
 def _mistakes(real: RealSet, p: np.ndarray, top: np.ndarray, wrong: np.ndarray) -> list[dict]:

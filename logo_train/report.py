@@ -329,12 +329,44 @@ def _real_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
             + ", ".join(f"{x['path']} ({x['reason']})" for x in real["rejected"][:20])
             + "."
         )
+    if r.get("open_set"):
+        o = r["open_set"]
+        lines.append(
+            f"With the open-set answer (threshold {o['min_confidence']:.3f}): "
+            f"**{o['accuracy']:.3f} right** ({o['answered']:.3f} answered); it keeps "
+            f"{o['right_kept']:.3f} of the right top-1 answers."
+        )
+    if r.get("per_source"):
+        lines += [
+            "",
+            "| source | photos | top-1 | right after the open-set answer | right answers kept |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {x['source']} | {x['images']} | {x['top1']:.3f} | {x['after_open_set']:.3f} "
+            f"| {x['right_kept']:.3f} |"
+            for x in r["per_source"]
+        ]
     lines += ["", "| class | photos | top-1 | top-3 |", "|---|---:|---:|---:|"]
     for c in sorted(r["per_class"], key=lambda c: -c["images"]):
         lines.append(f"| {c['class']} | {c['images']} | {c['top1']:.3f} | {c['top3']:.3f} |")
     if r.get("mistakes_png"):
         lines += ["", f"Its mistakes: ![real photo mistakes]({r['mistakes_png'].split('/')[-1]})"]
     return lines
+
+
+def _fitted_on(c: dict[str, Any]) -> str:
+    """What the open-set threshold was fitted on, in words (and its cap, where it bit)."""
+    if c.get("fitted_on") == "shifted validation":
+        words = (
+            f"validation images seen through the training augmentation at strength "
+            f"{c['shift']:g} ({c['fit']['images']} views)"
+        )
+    else:
+        words = "validation split"
+    if c.get("uncapped", 0) > c.get("maximum", 1):
+        words += f" (fitted {c['uncapped']:.3f}, capped at {c['maximum']:g})"
+    return words
 
 
 def _calibration_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
@@ -352,7 +384,8 @@ def _calibration_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
         f"{val['ece_before']:.4f} before, **{val['ece_after']:.4f}** after; on "
         f"{data['split']} {test['ece_before']:.4f} before, **{test['ece_after']:.4f}** after. "
         f"The open-set threshold, {c['min_confidence']:.3f} (the exported model's "
-        f"`min_confidence`), keeps {c['keep']:.0%} of validation's right answers; below it "
+        f"`min_confidence`), keeps {c['keep']:.0%} of the right answers on the "
+        f"{_fitted_on(c)}; below it "
         f"(or for the class `unknown`) `logo-train predict` answers `unknown`. On "
         f"{data['split']} it answers {test['answered']:.3f} of the images, "
         f"{test['accuracy_answered']:.3f} of those right, and keeps "
@@ -563,6 +596,8 @@ def _risk_coverage(data, plt):
     c = best["calibration"]
     fig, ax = plt.subplots(figsize=(6.5, 5))
     curves = [("validation", c["val"]["risk_coverage"], "tab:blue")]
+    if c.get("fitted_on") == "shifted validation":
+        curves.append(("shifted validation (fit)", c["fit"]["risk_coverage"], "tab:orange"))
     if best.get("real", {}).get("risk_coverage"):
         curves.append(("real photos", best["real"]["risk_coverage"], "tab:green"))
     for label, rc, colour in curves:

@@ -176,8 +176,11 @@ def test_benchmark_entry_is_complete_and_consistent(benchmark_data):
         c = e["calibration"]
         assert c["val"]["images"] == manifest.split_rows("val") and c["temperature"] > 0
         assert sum(c["val"]["reliability_after"]["count"]) == manifest.split_rows("val")
-        # the threshold is a top probability of validation (0 when nothing there is right)
-        assert 0 <= c["min_confidence"] <= 1
+        # the threshold is a top probability of the shifted validation views (the training
+        # augmentation, benchmark.open_set_passes passes), capped (0 when nothing is right)
+        assert c["fitted_on"] == "shifted validation" and c["passes"] == 3
+        assert c["fit"]["images"] == 3 * manifest.split_rows("val")
+        assert 0 <= c["min_confidence"] == min(c["uncapped"], c["maximum"]) <= 0.55
         assert 0 <= c["test"]["answered"] <= 1 and 0 <= c["test"]["right_kept"] <= 1
 
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from logo_train.calibration import (
+    calibrate,
     expected_calibration_error,
     fit_temperature,
     open_set_answer,
@@ -78,3 +79,36 @@ def test_a_split_with_no_wrong_answer_keeps_the_logits_as_trained():
     right = logits.argmax(1)
     assert fit_temperature(logits, right) == 1.0  # no minimum: T would run to 0
     assert fit_temperature(logits, labels) != 1.0
+
+
+def test_the_threshold_ignores_the_unknown_class_and_is_capped():
+    # class 2 is 'unknown': its right answers (rejected anyway) do not set the threshold
+    probs = np.array([[0.9, 0.05, 0.05], [0.7, 0.2, 0.1], [0.05, 0.05, 0.9], [0.1, 0.1, 0.8]])
+    labels = np.array([0, 0, 2, 2])
+    assert open_set_threshold(probs, labels, keep=0.5, unknown=2) == 0.7
+    assert open_set_threshold(probs, labels, keep=0.5) == 0.8
+    # a near-perfect split gives a threshold of ~1: the cap stops it
+    sure = np.array([[0.999, 0.001], [0.9995, 0.0005]])
+    assert open_set_threshold(sure, np.array([0, 0]), keep=0.95) == 0.999
+    assert open_set_threshold(sure, np.array([0, 0]), keep=0.95, maximum=0.9) == 0.9
+
+
+def test_calibrate_fits_the_threshold_on_the_shifted_images_when_given():
+    """The temperature comes from validation, the threshold from the shifted views: less sure
+    images give a lower threshold, and the fit says what it used."""
+    logits, labels = overconfident(n=2000, seed=2)
+    t = fit_temperature(logits, labels)
+    plain = calibrate(logits, labels, logits, labels, unknown=None, maximum=1.0)
+    assert plain["fitted_on"] == "validation" and plain["temperature"] == pytest.approx(t)
+    shifted = calibrate(
+        logits, labels, logits, labels, unknown=None, maximum=1.0,
+        shifted_logits=logits * 0.5, shifted_labels=labels,
+    )  # fmt: skip
+    assert shifted["fitted_on"] == "shifted validation"
+    assert shifted["temperature"] == pytest.approx(t)
+    assert shifted["min_confidence"] < plain["min_confidence"]
+    probs = softmax(logits * 0.5, t)
+    assert shifted["min_confidence"] == open_set_threshold(probs, labels, 0.95)
+    assert shifted["fit"]["images"] == len(labels)
+    capped = calibrate(logits, labels, logits, labels, unknown=None, maximum=0.3)
+    assert capped["min_confidence"] == 0.3 and capped["uncapped"] > 0.3

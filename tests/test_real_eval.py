@@ -59,6 +59,15 @@ def real_root(tmp_path):
     return root
 
 
+def test_the_source_of_a_photo_is_its_subfolder_or_file_prefix():
+    from logo_train.real_eval import source_of
+
+    assert source_of("BMW/phone/x.jpg") == "phone"
+    assert source_of("Honda/cctv_0001.jpg") == "cctv"
+    assert source_of("Honda/IMG_0001.jpg") == "img"
+    assert source_of("Honda/0001_a.jpg") == "photos" and source_of("Honda/x.jpg") == "photos"
+
+
 def test_class_names_match_case_and_separators():
     assert class_key("MERCEDES_BENZ") == class_key("mercedes benz") == class_key("Mercedes-Benz")
     assert class_key("audi") != class_key("audi2")
@@ -159,6 +168,12 @@ def test_the_benchmark_scores_real_photos_and_the_report_shows_them(tmp_path):
     assert any("5 photos of no class of the run (2 folders)" in line for line in lines)
     assert any("1 file(s) there not scored" in line for line in lines)
     assert 0 <= real["open_set"]["right_kept"] <= 1
+    # per source (no subfolders, no prefixes here: one source) the same numbers as in all
+    (source,) = real["per_source"]
+    assert source["source"] == "photos" and source["images"] == 6
+    assert (
+        source["top1"] == real["top1"] and source["after_open_set"] == real["open_set"]["accuracy"]
+    )
     assert real["images"] == 6 and 0 <= real["top1"] <= real["top3"] <= 1
     assert len(real["mistakes"]) == round(6 * (1 - real["top1"]))
     assert data["real_eval"]["unknown_classes"] == {"Not-A-Brand": 1}

@@ -1,0 +1,287 @@
+"""Real photos against the fine-tuning recipe and the open-set rule, on two disjoint real sets.
+
+    python benchmarks/real_photo_study.py --shards runs/quick/data \\
+        --real A=DEV_A --outside A=DEV_A_outside --real B=DEV_B --outside B=DEV_B_outside \\
+        --variant 'recipe:' --variant 'ema: train.ema_decay=0.998'
+
+Each variant is configs/quick.yaml's recipe for ``--backbone`` with the variant's overrides
+(``benchmarks/finetune_recipe.py``'s syntax), trained in one process (``fit_local``) on the
+shards' train split: the quick profile's data, 20% wrong labels, imbalance 10, difficulty 0.5,
+unchanged. The trained model scores the validation and test splits and every real set; its
+logits and pre-logit features are kept (``<out>/real_photo_study/<variant>.npz``) so that every
+open-set rule is compared on the same numbers (``--rules-only`` re-reads them), and every rule
+is fitted on what the run itself has (renders: the validation split and the hard-renders split)
+and judged on the real sets it never saw:
+
+* top-1 per real set (and per source: the file-name prefix before ``_`` for the ``cctv_``,
+  ``web_`` and ``cam_`` files of the development sets) before the open-set answer,
+* per rule: right answers kept, accuracy after the answer, outside photos called ``unknown``.
+
+Written: ``real_photo_study.json`` and ``real_photo_study.md`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from finetune_recipe import parse_variant, variant_config  # benchmarks/, beside this script
+
+from logo_train.data.augment import decode_batch, eval_inputs, to_tensor_batch
+from logo_train.data.shards import read_manifest, read_split
+from logo_train.local import evaluate_split, fit_local, model_transform_specs
+from logo_train.real_eval import load_outside_set, load_real_set, source_of
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# Open-set rules under study: (score, data the threshold is fitted on, share of right kept).
+# Scores: "prob" the temperature-scaled top probability, "logit" the top logit, "energy"
+# logsumexp of the logits, "margin" top-1 minus top-2 probability, "cosine" the feature's
+# cosine to its class's mean validation feature.
+RULES: dict[str, tuple[str, str, float]] = {
+    "prob/val/0.95 (today)": ("prob", "val", 0.95),
+    "prob/val/0.99": ("prob", "val", 0.99),
+    "prob/aug/0.95": ("prob", "aug", 0.95),
+    "prob/aug/0.90": ("prob", "aug", 0.90),
+    "logit/val/0.99": ("logit", "val", 0.99),
+    "logit/aug/0.95": ("logit", "aug", 0.95),
+    "energy/aug/0.95": ("energy", "aug", 0.95),
+    "margin/aug/0.95": ("margin", "aug", 0.95),
+    "cosine/aug/0.95": ("cosine", "aug", 0.95),
+    "none": ("prob", "val", 0.0),
+}
+
+
+def rule_scores(fitted: dict, logits: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    from logo_train.calibration import softmax
+
+    kind = fitted["score"]
+    if kind == "prob":
+        return softmax(logits, fitted["temperature"]).max(1)
+    if kind == "logit":
+        return logits.max(1)
+    if kind == "energy":
+        m = logits.max(1, keepdims=True)
+        return (m + np.log(np.exp(logits - m).sum(1, keepdims=True)))[:, 0]
+    if kind == "margin":
+        p = np.sort(softmax(logits, fitted["temperature"]), axis=1)
+        return p[:, -1] - p[:, -2]
+    protos = fitted["prototypes"]
+    f = feats / np.linalg.norm(feats, axis=1, keepdims=True).clip(1e-9)
+    return (f * protos[logits.argmax(1)]).sum(1)
+
+
+def fit_rule(rule: str, arrays: dict, unknown: int | None) -> dict:
+    from logo_train.calibration import fit_temperature
+
+    score, data, keep = RULES[rule]
+    val_z, val_y = arrays["val_logits"], arrays["val_labels"]
+    fitted = {"score": score, "temperature": fit_temperature(val_z, val_y), "threshold": 0.0}
+    f = arrays["val_feat"] / np.linalg.norm(arrays["val_feat"], axis=1, keepdims=True)
+    protos = np.stack([f[val_y == c].mean(0) if (val_y == c).any() else np.zeros(f.shape[1])
+                       for c in range(val_z.shape[1])])  # fmt: skip
+    fitted["prototypes"] = protos / np.linalg.norm(protos, axis=1, keepdims=True).clip(1e-9)
+    if keep == 0:
+        fitted["threshold"] = -np.inf
+        return fitted
+    z, y, feats = (arrays[f"{data}_logits"], arrays[f"{data}_labels"], arrays[f"{data}_feat"])
+    right = (z.argmax(1) == y) & (y != unknown if unknown is not None else True)
+    s = rule_scores(fitted, z, feats)[right]
+    fitted["threshold"] = float(np.quantile(s, 1 - keep, method="lower"))
+    return fitted
+
+
+def parse_named(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for text in values:
+        name, sep, path = text.partition("=")
+        if not sep:
+            raise SystemExit(f"{flag} {text!r}: expected NAME=FOLDER")
+        out[name] = path
+    return out
+
+
+def features_and_logits(model, images, spec, device, batch: int = 128):
+    """(pre-logit features, logits) of encoded images, the evaluation path."""
+    feats, logits = [], []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = torch.from_numpy(eval_inputs(images[start : start + batch], spec)).to(device)
+            f = model.forward_head(model.forward_features(x), pre_logits=True)
+            feats.append(f.float().cpu().numpy())
+            logits.append(model.get_classifier()(f).double().cpu().numpy())
+    return np.concatenate(feats), np.concatenate(logits)
+
+
+def run_variant(name, overrides, args, manifest, reals, outsides, out: Path) -> dict:
+    cfg = variant_config(args.backbone, overrides, args.set)
+    start = time.perf_counter()
+    fit = fit_local(cfg, args.backbone, args.shards, manifest, loader_workers=args.loader_workers)
+    seconds = time.perf_counter() - start
+    model = fit.classifier
+    device = next(model.parameters()).device
+    _, spec = model_transform_specs(cfg, args.backbone, len(manifest.classes))
+    arrays: dict[str, np.ndarray] = {}
+    for split in ("val", "test", "hard"):
+        table = read_split(args.shards, split, ["image", "label"])
+        if not table.num_rows:
+            continue
+        f, z = features_and_logits(model, table["image"].to_pylist(), spec, device)
+        arrays[f"{split}_feat"], arrays[f"{split}_logits"] = f, z
+        arrays[f"{split}_labels"] = np.asarray(table["label"].to_pylist())
+    aug_spec = replace(spec, strength=args.aug_strength, min_crop_scale=0.6)
+    val = read_split(args.shards, "val", ["image", "label"])
+    decoded = decode_batch(val["image"].to_pylist())
+    feats, logits = [], []
+    for _ in range(args.aug_passes):
+        x = torch.from_numpy(to_tensor_batch(decoded, aug_spec, train=True)).to(device)
+        with torch.inference_mode():
+            f = model.forward_head(model.forward_features(x), pre_logits=True)
+            feats.append(f.float().cpu().numpy())
+            logits.append(model.get_classifier()(f).double().cpu().numpy())
+    arrays["aug_feat"], arrays["aug_logits"] = np.concatenate(feats), np.concatenate(logits)
+    arrays["aug_labels"] = np.tile(np.asarray(val["label"].to_pylist()), args.aug_passes)
+    for set_name, real in reals.items():
+        f, z = features_and_logits(model, real.images, spec, device)
+        arrays[f"real_{set_name}_feat"], arrays[f"real_{set_name}_logits"] = f, z
+        arrays[f"real_{set_name}_labels"] = np.asarray(real.labels)
+        arrays[f"real_{set_name}_source"] = np.asarray([source_of(p) for p in real.paths])
+    for set_name, outside in outsides.items():
+        f, z = features_and_logits(model, outside.images, spec, device)
+        arrays[f"outside_{set_name}_feat"], arrays[f"outside_{set_name}_logits"] = f, z
+    (out / "real_photo_study").mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "real_photo_study" / f"{name}.npz", **arrays)
+    torch.save(model.state_dict(), out / "real_photo_study" / f"{name}.pt")
+    test = evaluate_split(model, cfg, args.backbone, args.shards, manifest, "test")
+    return {
+        "variant": name,
+        "overrides": overrides,
+        "val_macro_f1": fit.history[-1]["val_macro_f1"],
+        "test_macro_f1": test["macro_f1"],
+        "train_seconds": seconds,
+    }
+
+
+def judge(arrays, unknown: int | None) -> dict:
+    """Per rule fitted on the renders: what it does on every real set."""
+    out = {}
+    sets = sorted(k[len("real_") : -len("_logits")] for k in arrays if k.startswith("real_")
+                  and k.endswith("_logits"))  # fmt: skip
+    for set_name in sets:
+        z, y = arrays[f"real_{set_name}_logits"], arrays[f"real_{set_name}_labels"]
+        src = arrays[f"real_{set_name}_source"]
+        top = z.argmax(1)
+        row = {"images": int(len(y)), "top1": float((top == y).mean())}
+        row["top1_by_source"] = {
+            s: float((top[src == s] == y[src == s]).mean()) for s in sorted(set(src.tolist()))
+        }
+        out[set_name] = row
+    for rule in RULES:
+        fitted = fit_rule(rule, arrays, unknown)
+        for set_name in sets:
+            z, y = arrays[f"real_{set_name}_logits"], arrays[f"real_{set_name}_labels"]
+            f = arrays[f"real_{set_name}_feat"]
+            answer = _answer(fitted, z, f, unknown)
+            right = z.argmax(1) == y
+            row = {
+                "right_kept": float(((answer >= 0) & right).sum() / max(right.sum(), 1)),
+                "accuracy": float((answer == y).mean()),
+            }
+            key = f"outside_{set_name}_logits"
+            if key in arrays:
+                ao = _answer(fitted, arrays[key], arrays[f"outside_{set_name}_feat"], unknown)
+                row["outside_unknown"] = float((ao < 0).mean())
+            out[set_name].setdefault("rules", {})[rule] = {**row, "threshold": fitted["threshold"]}
+    return out
+
+
+def _answer(fitted, logits, feats, unknown):
+    score = rule_scores(fitted, logits, feats)
+    top = logits.argmax(1)
+    rejected = score < fitted["threshold"]
+    if unknown is not None:
+        rejected |= top == unknown
+    return np.where(rejected, -1, top)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Real photos: recipe and open-set rule", ""]
+    for r in rows:
+        lines.append(
+            f"## {r['variant']} ({', '.join(r['overrides']) or 'the recipe'}): val F1 "
+            f"{r['val_macro_f1']:.3f}, test F1 {r['test_macro_f1']:.3f}, "
+            f"{r['train_seconds']:.0f} s"
+        )
+        lines.append("")
+        lines.append("| set | top-1 | by source | rule | threshold | right kept | after answer "
+                     "| outside → unknown |")  # fmt: skip
+        lines.append("|---|---:|---|---|---:|---:|---:|---:|")
+        for set_name, s in r["real"].items():
+            src = ", ".join(f"{k} {v:.2f}" for k, v in s["top1_by_source"].items())
+            for rule, j in s.get("rules", {}).items():
+                lines.append(
+                    f"| {set_name} | {s['top1']:.3f} | {src} | {rule} | {j['threshold']:.3g} "
+                    f"| {j['right_kept']:.3f} | {j['accuracy']:.3f} "
+                    f"| {j.get('outside_unknown', float('nan')):.3f} |"
+                )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", required=True)
+    p.add_argument("--real", action="append", default=[], help="NAME=FOLDER (ImageFolder)")
+    p.add_argument("--outside", action="append", default=[], help="NAME=FOLDER (any layout)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--variant", action="append", default=[], help="'NAME: KEY=VALUE; ...'")
+    p.add_argument("--set", action="append", default=[], help="KEY=VALUE for every variant")
+    p.add_argument("--loader-workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--aug-strength", type=float, default=0.8, help="the shifted validation")
+    p.add_argument("--aug-passes", type=int, default=3)
+    p.add_argument("--rules-only", action="store_true", help="re-judge the saved arrays")
+    p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(args.shards)
+    unknown = manifest.classes.index("unknown") if "unknown" in manifest.classes else None
+    done = out / "real_photo_study.json"
+    rows: list[dict] = json.loads(done.read_text()) if done.exists() else []
+    if args.rules_only:
+        for r in rows:
+            arrays = dict(np.load(out / "real_photo_study" / f"{r['variant']}.npz"))
+            r["real"] = judge(arrays, unknown)
+    else:
+        reals = {
+            k: load_real_set(v, manifest.classes)
+            for k, v in parse_named(args.real, "--real").items()
+        }
+        outsides = {
+            k: load_outside_set(v) for k, v in parse_named(args.outside, "--outside").items()
+        }
+        for text in args.variant or ["recipe:"]:
+            name, overrides = parse_variant(text)
+            print(f"=== {name}: {overrides}", flush=True)
+            row = run_variant(name, overrides, args, manifest, reals, outsides, out)
+            arrays = dict(np.load(out / "real_photo_study" / f"{row['variant']}.npz"))
+            row["real"] = judge(arrays, unknown)
+            rows = [r for r in rows if r["variant"] != row["variant"]] + [row]
+            done.write_text(json.dumps(rows, indent=1))
+            (out / "real_photo_study.md").write_text(markdown(rows))
+            print(markdown([row]), flush=True)
+    done.write_text(json.dumps(rows, indent=1))
+    (out / "real_photo_study.md").write_text(markdown(rows))
+    print(f"written: {out / 'real_photo_study.md'}")
+
+
+if __name__ == "__main__":
+    main()
