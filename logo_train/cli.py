@@ -287,7 +287,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="answer 'unknown' below this calibrated top probability (default: the model's "
-        "own threshold, fitted on its validation split; 0 turns it off)",
+        "own threshold, fitted by its benchmark: docs/predict.md; 0 turns it off)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

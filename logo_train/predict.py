@@ -714,7 +714,7 @@ def open_set_line(meta: ExportedModel, threshold: float, own: bool) -> str:
     """What the prediction answers ``unknown``, on one line."""
     if threshold <= 0 and not meta.unknown_class:
         return "[predict] every image gets one of the model's classes (--min-confidence 0)"
-    where = "the model's own, fitted on its validation split" if own else "--min-confidence"
+    where = "the model's own, fitted by its benchmark" if own else "--min-confidence"
     parts = []
     if threshold > 0:
         parts.append(f"top probability below {threshold:.3f} ({where})")
