@@ -10,11 +10,11 @@ shards' train split: the quick profile's data, 20% wrong labels, imbalance 10, d
 unchanged. The trained model scores the validation and test splits and every real set; its
 logits and pre-logit features are kept (``<out>/real_photo_study/<variant>.npz``) so that every
 open-set rule is compared on the same numbers (``--rules-only`` re-reads them), and every rule
-is fitted on what the run itself has (renders: the validation split and the hard-renders split)
-and judged on the real sets it never saw:
+is fitted on what the run itself has (the validation renders, plain or seen through the
+training augmentation at ``--aug-strength``) and judged on the real sets it never saw:
 
-* top-1 per real set (and per source: the file-name prefix before ``_`` for the ``cctv_``,
-  ``web_`` and ``cam_`` files of the development sets) before the open-set answer,
+* top-1 per real set (and per source, ``real_eval.source_of``: the development sets'
+  ``cctv_``, ``web_`` and ``cam_`` file-name prefixes) before the open-set answer,
 * per rule: right answers kept, accuracy after the answer, outside photos called ``unknown``.
 
 Written: ``real_photo_study.json`` and ``real_photo_study.md`` under ``--out``.
@@ -128,7 +128,7 @@ def run_variant(name, overrides, args, manifest, reals, outsides, out: Path) -> 
     device = next(model.parameters()).device
     _, spec = model_transform_specs(cfg, args.backbone, len(manifest.classes))
     arrays: dict[str, np.ndarray] = {}
-    for split in ("val", "test", "hard"):
+    for split in ("val", "test"):
         table = read_split(args.shards, split, ["image", "label"])
         if not table.num_rows:
             continue
