@@ -638,15 +638,19 @@ def finished_benchmark(cfg: Config, rows: list[dict]) -> dict[str, Any] | None:
 
 
 def copy_suspected(cfg: Config, data: dict) -> None:
-    """The best backbone's suspected-label list and contact sheet, into the report folder.
-    When a cleaning round acted on that backbone's audit, the list is the round's
-    ``cleaning.parquet``: the audit's ranking with what was done to each label (``action``:
-    kept, dropped or relabelled; ``train_label``)."""
+    """The suspected-label list and contact sheet, into the report folder. When the run had a
+    cleaning round, the list is that round's ``cleaning.parquet``: the audit's ranking with what
+    was done to each label (``action``: kept, dropped or relabelled; ``train_label``), of the
+    best backbone when it was the one cleaned, else of the backbone that was (the cleaning
+    chose it on round 1's validation; round 2 may leave another backbone best). Without a
+    cleaning round, the best backbone's audit."""
     from logo_train.report import best_entry
 
     best = best_entry(data)["backbone"]
-    sources = {n: join(cfg.layout.audit(best), n) for n in (SUSPECTED_PARQUET, SUSPECTED_PNG)}
-    cleaning = join(cfg.layout.clean_round(best, 2), CLEANING_PARQUET)
+    cleaned = [e["backbone"] for e in data["backbones"] if e.get("round", 1) > 1]
+    source = best if best in cleaned or not cleaned else cleaned[0]
+    sources = {n: join(cfg.layout.audit(source), n) for n in (SUSPECTED_PARQUET, SUSPECTED_PNG)}
+    cleaning = join(cfg.layout.clean_round(source, 2), CLEANING_PARQUET)
     if is_file(cleaning):
         sources[SUSPECTED_PARQUET] = cleaning
     for name, src in sources.items():

@@ -250,3 +250,33 @@ def test_the_benchmark_line_names_a_round_two_row_as_the_table_does(benchmark_da
     assert summary_line(entry).startswith(f"{entry['backbone']}-round2 ")
     plain = {k: v for k, v in data["backbones"][0].items() if k != "label"}
     assert summary_line(plain).startswith(f"{plain['backbone']} ")
+
+
+@pytest.mark.parametrize("best", ["resnet10t", "mobilenetv2_050"])
+def test_the_report_lists_the_cleaned_labels_even_when_another_backbone_is_best(tmp_path, best):
+    """A cleaning round on resnet10t: the report's suspected-label list is that round's list
+    (with what was done to each label), whichever backbone validation chose."""
+    from types import SimpleNamespace
+
+    from logo_train.bench import copy_suspected
+    from logo_train.layout import RunLayout
+
+    layout = RunLayout(str(tmp_path / "run"))
+    for backbone in ("resnet10t", "mobilenetv2_050"):
+        (tmp_path / f"run/audit/{backbone}").mkdir(parents=True)
+        (tmp_path / f"run/audit/{backbone}/suspected_labels.parquet").write_bytes(backbone.encode())
+    (tmp_path / "run/clean/resnet10t/round2").mkdir(parents=True)
+    (tmp_path / "run/clean/resnet10t/round2/cleaning.parquet").write_bytes(b"round 2 actions")
+    score = {"resnet10t": 0.5, "mobilenetv2_050": 0.5}
+    score[best] = 0.9
+    data = {
+        "backbones": [
+            {"backbone": b, "round": r, "train": {"best_val_macro_f1": score[b] - (r - 1) / 10}}
+            for b, r in (("resnet10t", 1), ("mobilenetv2_050", 1), ("resnet10t", 2))
+        ]
+    }
+    copy_suspected(SimpleNamespace(layout=layout), data)
+    assert (tmp_path / "run/report/suspected_labels.parquet").read_bytes() == b"round 2 actions"
+    (tmp_path / "run/clean").rename(tmp_path / "run/no-clean")
+    copy_suspected(SimpleNamespace(layout=layout), {"backbones": data["backbones"][:2]})
+    assert (tmp_path / "run/report/suspected_labels.parquet").read_bytes() == best.encode()
