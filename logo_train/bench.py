@@ -288,6 +288,7 @@ def benchmark_checkpoint(
         "checkpoint": checkpoint,
         "image_size": info.image_size,
         "pretrained": info.pretrained,
+        "test_views": list(info.test_views),
         **quality(y_true, y_pred, info.class_names),
         **_cost(model, info.image_size, checkpoint, dev),
     }

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from logo_train.models import TrustModel, build_model
+from logo_train.models import TrustModel, build_model, with_test_views
 from logo_train.storage import exists, join, read_bytes, read_json
 
 STATE = "state.pt"
@@ -36,6 +36,9 @@ class ModelInfo:
     """``model.resize`` the model was trained with (older checkpoints: stretch)."""
     pretrained: str = "none"
     """Where its starting weights came from (``model.pretrained``): 'none' = random init."""
+    test_views: list[float] = field(default_factory=lambda: [1.0])
+    """``model.test_views``: the views whose mean logits are its answer (older checkpoints:
+    the whole input)."""
 
 
 def save(
@@ -98,11 +101,13 @@ def load_info(directory: str | Path) -> ModelInfo:
 
 
 def load_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:
-    """The trained model (eval mode, CPU) and its description, from a checkpoint folder."""
+    """The trained model (eval mode, CPU) and its description, from a checkpoint folder: the
+    classifier as it answers, with its test-time views (``models.TestViews``) when it has
+    more than the whole input."""
     info = load_info(directory)
     model = build_model(info.backbone, info.num_classes, info.image_size)
     model.load_state_dict(load_state(directory)["model"])
-    return model.eval(), info
+    return with_test_views(model, info.test_views, info.image_size).eval(), info
 
 
 def load_trust_model(directory: str | Path) -> tuple[nn.Module, ModelInfo]:

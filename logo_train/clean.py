@@ -15,7 +15,7 @@ reported, never dropped silently.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -450,7 +450,7 @@ def _clean_rounds(
                 cleaning_table(ranked, plan, manifest.classes),
                 summary,
             )
-        round_cfg = own.with_train(loss=summary["loss"])
+        round_cfg = round_config(own, cfg.train.clean, summary["loss"], model.checkpoint)
         _print_round(model.backbone, round, plan, summary, cleaned, round_cfg, summary["loss_why"])
         model = _train_round(cfg, round_cfg, model.backbone, round, data_uri, cleaned)
         model.cleaning = summary
@@ -458,6 +458,23 @@ def _clean_rounds(
         models.append(model)
         source, loss_before = data_uri, round_cfg.train.loss
     return models, audits, None
+
+
+def round_config(own: Config, cc: CleanConfig, loss: str, last_checkpoint: str) -> Config:
+    """A round's training config: the backbone's own (``own``) with the round's loss and, when
+    ``train.clean.epochs`` > 0, continuing from the last round's best checkpoint for that many
+    epochs at ``lr_scale`` x its peak learning rate (no search in a round: ``tune`` off)."""
+    if cc.epochs <= 0:
+        return own.with_train(loss=loss)
+    own = replace(own, tune=replace(own.tune, enabled=False))
+    return own.with_train(
+        loss=loss,
+        start_from=last_checkpoint,
+        epochs=cc.epochs,
+        lr=own.train.lr * cc.lr_scale,
+        min_steps=0,
+        trust_warmup_epochs=0,  # the model has learned: no plain-CE epochs first
+    )
 
 
 def _written_round(cfg: Config, backbone: str, round: int) -> tuple[Manifest, dict] | None:

@@ -204,9 +204,24 @@ class ModelConfig:
     (timm's hub: needs network, a cluster) or a weights file (path or URI: a timm state dict,
     or the package's layout). A backbone not named takes the registry's default: 'package'
     for ``efficientnet_lite0``, 'none' for the five reference families (``logo_train.weights``)."""
+    test_views: list[float] = field(default_factory=lambda: [1.0])
+    """How the trained model looks at an image: the mean logits over these views, each the
+    centre square of that share of the input's side resized back (1.0: the whole input;
+    ``logo_train.models.TestViews``). Stored with the checkpoint and applied by the benchmark,
+    the open-set fit, the export, ``predict`` and ``serve``; training and its validation see
+    the whole input. Per backbone: ``train.per_backbone.<backbone>.test_views``."""
 
     def __post_init__(self) -> None:
         from logo_train.models import BACKBONES
+
+        _check(
+            bool(self.test_views)
+            and all(0.25 <= v <= 1.0 for v in self.test_views)
+            and len(set(self.test_views)) == len(self.test_views),
+            "model.test_views",
+            self.test_views,
+            "shares of the side in 0.25..1.0, at least one, no repeats",
+        )
 
         _check(bool(self.backbones), "model.backbones", self.backbones, "at least one backbone")
         for name in self.backbones:  # each one's input size: Config (per_backbone may set it)
@@ -315,9 +330,18 @@ class CleanConfig:
     backbones: list[str] = field(default_factory=list)
     """Backbones to clean and train again; empty = the one with the best validation
     macro-F1 after training (the one the audit's list comes from)."""
+    epochs: int = 0
+    """0: a round trains the backbone again from its starting weights with its whole recipe.
+    > 0: a round continues from the last round's best checkpoint (``train.start_from``) for
+    this many epochs on the cleaned labels, at ``lr_scale`` x the recipe's peak learning rate
+    (what round 1 learned is kept; docs/labels.md)."""
+    lr_scale: float = 1.0
+    """``epochs`` > 0: the continuation's OneCycle peak, as a share of the recipe's ``lr``."""
 
     def __post_init__(self) -> None:
         p = "train.clean."
+        _check(self.epochs >= 0, p + "epochs", self.epochs, ">= 0")
+        _check(0 < self.lr_scale <= 10, p + "lr_scale", self.lr_scale, "in (0, 10]")
         _check(0 <= self.given_prob < 1, p + "given_prob", self.given_prob, "0..<1")
         _check(0 <= self.threshold <= 1, p + "threshold", self.threshold, "0..1")
         _check(0 <= self.fraction < 1, p + "fraction", self.fraction, "0..<1")
@@ -379,6 +403,10 @@ class TrainConfig:
     """trust_penalty: width of the trust head's attention."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy (every loss); 0 = none."""
+    start_from: str = ""
+    """A checkpoint folder (local or URI) whose model weights the training starts from instead
+    of ``model.pretrained``'s (the cleaning round's continuation sets it; or a model of an
+    earlier run, trained further on new data); same backbone, input size and classes."""
     min_steps: int = 0
     """At least this many optimisation steps: ``epochs`` is raised for a small training split
     (a user's few hundred photos) so a recipe sized for the embedded data still converges;
@@ -419,7 +447,7 @@ class TrainConfig:
     """Seed of the model's initialisation, the training stream (file and row order,
     augmentation) and the shuffle buffer: on CPU with one worker, the same config gives the same
     per-epoch metrics (docs/training.md, "Reproducibility")."""
-    per_backbone: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_backbone: dict[str, dict[str, float | list[float]]] = field(default_factory=dict)
     """The recipe per backbone: ``train.*`` fields (``RECIPE_FIELDS``) that differ for one
     backbone, e.g. ``{swin_nano: {lr: 0.0005, epochs: 16}}``; tuned parameters apply on top."""
     clean: CleanConfig = field(default_factory=CleanConfig)
@@ -517,10 +545,11 @@ RECIPE_FIELDS = (
     "frozen_stages",
     "min_steps",
     "image_size",
+    "test_views",
 )
 """Fields a backbone's recipe (``train.per_backbone``) may set: ``train.*`` fields, and
-``image_size`` (``model.image_size``: a backbone's own input size)."""
-MODEL_RECIPE_FIELDS = ("image_size",)
+``image_size`` and ``test_views`` (``model.*``: a backbone's own input size and views)."""
+MODEL_RECIPE_FIELDS = ("image_size", "test_views")
 """The recipe fields that set ``model.*`` instead of ``train.*``."""
 
 SEARCHABLE = (
@@ -702,7 +731,7 @@ class Config:
             )
         self._check_image_sizes()
         _check(
-            self.tune.epochs <= self.train.epochs,
+            not self.tune.enabled or self.tune.epochs <= self.train.epochs,
             "tune.epochs",
             self.tune.epochs,
             f"<= train.epochs ({self.train.epochs})",

@@ -24,6 +24,7 @@ from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.losses import build_loss
 from logo_train.metrics import classification_metrics
 from logo_train.models import TrustModel, build_model, freeze_leading, weights_source
+from logo_train.weights import NONE
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -114,9 +115,11 @@ def build_training(
         backbone,
         num_classes,
         cfg.model.image_size,
-        weights=weights_source(cfg.model, backbone),
+        weights=NONE if tc.start_from else weights_source(cfg.model, backbone),
         field=f"model.pretrained.{backbone}",
     )
+    if tc.start_from:
+        start_from(model, tc.start_from)
     frozen = freeze_leading(model, tc.frozen_stages)
     criterion = _criterion(cfg, train_counts).to(device)
     if criterion.needs_trust:
@@ -148,6 +151,23 @@ def build_training(
         total_steps=total_steps,
         frozen=frozen,
     )
+
+
+def start_from(model: nn.Module, checkpoint: str) -> None:
+    """``train.start_from``: the model weights of a checkpoint folder, which must be of the
+    same backbone, input size and classes (an error names the field otherwise)."""
+    from logo_train.checkpoint import load_state
+
+    try:
+        model.load_state_dict(load_state(checkpoint)["model"])
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"config field 'train.start_from' = {checkpoint!r}: no checkpoint (state.pt) there"
+        ) from None
+    except RuntimeError as e:  # load_state_dict's list of missing / mismatched tensors
+        raise ValueError(
+            f"config field 'train.start_from' = {checkpoint!r}: not this model's weights ({e})"
+        ) from None
 
 
 def classifier(model: nn.Module) -> nn.Module:

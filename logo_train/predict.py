@@ -87,6 +87,9 @@ class ExportedModel:
     unknown_class: str = ""
     """The class that means "none of mine" (the embedded data's ``unknown``): answered as
     ``unknown`` too; empty when the classes have none."""
+    test_views: list[float] = field(default_factory=lambda: [1.0])
+    """The views whose mean logits the model answers with (``model.test_views``); the ONNX
+    graph computes them, so a reader needs nothing but the input size."""
     source_checkpoint: str = ""
     onnx: str = MODEL_ONNX
     onnx_max_abs_diff: float = 0.0
@@ -140,6 +143,7 @@ def export_model(
         temperature=float((calibration or {}).get("temperature", 1.0)),
         min_confidence=float((calibration or {}).get("min_confidence", 0.0)),
         unknown_class=UNKNOWN if UNKNOWN in info.class_names else "",
+        test_views=list(info.test_views),
     )
     (out / MODEL_JSON).write_text(json.dumps(asdict(meta), indent=2))
     return out
@@ -505,9 +509,11 @@ class Predictor:
 
             import torch
 
-            from logo_train.models import build_model
+            from logo_train.models import build_model, with_test_views
 
             model = build_model(meta.backbone, len(meta.class_names), meta.image_size)
+            # the views first: the state's keys are load_model's
+            model = with_test_views(model, meta.test_views, meta.image_size)
             model.load_state_dict(torch.load(io.BytesIO(torch_state), weights_only=True))
             self.model = model.cuda().eval()
             self.run = self._torch

@@ -187,23 +187,32 @@ def score_real(
     }
 
 
-def source_of(path: str) -> str:
-    """Where a real photo comes from, for the per-source scores: the subfolder of its class
-    folder (``BMW/phone/x.jpg`` -> ``phone``), else its file name's prefix before ``_``
-    (``cctv_0001.jpg`` -> ``cctv``), else ``photos``."""
-    parts = path.split("/")
-    if len(parts) > 2:
-        return parts[1]
-    head, sep, _ = parts[-1].partition("_")
-    return head.casefold() if sep and head.isalpha() else "photos"
+def sources_of(paths: Sequence[str]) -> list[str]:
+    """Where each real photo comes from, for the per-source scores: the subfolder of its class
+    folder (``BMW/phone/x.jpg`` -> ``phone``), else its file name's prefix before ``_`` when
+    files of two or more classes share it (``cctv_0001.jpg`` in every class folder -> ``cctv``:
+    a camera or a site spans brands; a prefix of one class's files, ``Chevrolet_12.jpg``,
+    ``IMG_0001.jpg``, is a naming habit), else ``photos``."""
+    parts = [p.split("/") for p in paths]
+    prefixes = []
+    for part in parts:
+        head, sep, _ = part[-1].partition("_")
+        prefixes.append(head.casefold() if sep and head.isalpha() and len(part) == 2 else "")
+    classes: dict[str, set[str]] = {}
+    for part, prefix in zip(parts, prefixes, strict=True):
+        classes.setdefault(prefix, set()).add(part[0])
+    return [
+        part[1] if len(part) > 2 else prefix if prefix and len(classes[prefix]) > 1 else "photos"
+        for part, prefix in zip(parts, prefixes, strict=True)
+    ]
 
 
 def per_source(
     paths: Sequence[str], labels: np.ndarray, p: np.ndarray, min_confidence: float, unknown
 ) -> list[dict]:
-    """Per source (``source_of``): photos, top-1 before the open-set answer, right after it,
+    """Per source (``sources_of``): photos, top-1 before the open-set answer, right after it,
     and the share of the right top-1 answers it keeps."""
-    sources = np.asarray([source_of(x) for x in paths])
+    sources = np.asarray(sources_of(paths))
     out = []
     for source in sorted(set(sources.tolist())):
         rows = sources == source

@@ -46,6 +46,9 @@ COLUMNS: list[tuple[str, Any, str]] = [
     ("params (M)", lambda e: e["params"] / 1e6, "{:.2f}"),
     ("MFLOPs / image", lambda e: e["flops"] / 1e6, "{:.1f}"),
     ("weights (MB)", lambda e: e["weights_mb"], "{:.2f}"),
+    ("epochs", lambda e: _train(e, "epochs"), "{:.0f}"),
+    ("training (s)", lambda e: _train(e, "seconds"), "{:.0f}"),
+    ("training images/s", lambda e: _train(e, "train_images_per_s"), "{:.0f}"),
     ("accuracy", lambda e: e["metrics"]["accuracy"], "{:.4f}"),
     ("balanced accuracy", lambda e: e["metrics"]["balanced_accuracy"], "{:.4f}"),
     ("macro precision", lambda e: e["metrics"]["macro_precision"], "{:.4f}"),
@@ -89,6 +92,12 @@ def columns(data: dict[str, Any]) -> list[tuple[str, Any, str]]:
 def _real(entry: dict[str, Any], key: str) -> float:
     real = entry.get("real")
     return float(real[key]) if real and key in real else float("nan")
+
+
+def _train(entry: dict[str, Any], key: str) -> float:
+    """A training figure of the entry's model ('–' for a checkpoint benchmarked on its own)."""
+    value = entry.get("train", {}).get(key)
+    return float("nan") if value is None else float(value)
 
 
 def _onnx(entry: dict[str, Any], key: str) -> float:
@@ -186,11 +195,14 @@ def _table_lines(data: dict[str, Any]) -> list[str]:
     ]
     for e in data["backbones"]:
         lines.append("| " + " | ".join(_cell(fmt, get(e)) for _, get, fmt in columns(data)) + " |")
+    lines += _views_lines(data["backbones"])
     return lines + [
         "",
         "Columns: 'starts from': ImageNet weights fine-tuned, or random init (the five "
-        "reference families train from scratch: the table compares families); parameters in "
-        "millions; MFLOPs = 10^6 floating-point operations per image "
+        "reference families train from scratch: the table compares families); epochs, "
+        "training (s), training images/s: the model's training (wall time on its worker, the "
+        "first backbone of a worker group also paying the group's start-up; the steady "
+        "rate); parameters in millions; MFLOPs = 10^6 floating-point operations per image "
         "(one forward pass, torch.utils.flop_counter; a multiply-add counts 2); weights = "
         "float32 state dict. Accuracy ... macro F1 on the split above (macro = unweighted mean "
         "over classes). Latency: wall time of one batch-1 forward pass after "
@@ -199,6 +211,21 @@ def _table_lines(data: dict[str, Any]) -> list[str]:
         "(CPU execution provider) on the same exported model; throughput: images/s at batch "
         f"{first['eager']['throughput_batch']}. '–': not measured (ONNX Runtime runs on CPU only).",
     ]
+
+
+def _views_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """Which models answer with more than one test-time view (``model.test_views``)."""
+    multi = [e for e in entries if len(e.get("test_views", [1.0])) > 1]
+    if not multi:
+        return []
+    said = [
+        f"{name(e)} answers with the mean logits of {len(e['test_views'])} views ("
+        + ", ".join("the whole input" if v >= 1 else f"its centre {v:.0%}" for v in e["test_views"])
+        + ")"
+        for e in multi
+    ]
+    return ["", "; ".join(said) + " (`model.test_views`): its scores, latency and MFLOPs count "
+            "every view, as `predict` and `serve` run it."]  # fmt: skip
 
 
 def _best_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:

@@ -440,9 +440,10 @@ class _ProgressWatcher:
         self._thread.start()
 
     def _poll(self) -> None:
-        for job in self._jobs:
+        for index, job in enumerate(self._jobs):
             epochs, seen = job.config.train.epochs, self._seen[job.backbone]
-            for h in _history(job.output_uri):
+            history = _history(job.output_uri)
+            for h in history:
                 if _key(h) in seen:
                     continue
                 seen.add(_key(h))
@@ -455,6 +456,7 @@ class _ProgressWatcher:
                     f"[train] {job.backbone:<22} epoch {h['epoch']}/{epochs}  train loss "
                     f"{h['train_loss']:.3f}  val macro-F1 {h['val_macro_f1']:.3f}  "
                     f"{h['train_images_per_s']:5.0f} img/s"
+                    + eta(history, h["epoch"], epochs, len(self._jobs) - index - 1)
                 )
 
     def _run(self) -> None:
@@ -465,6 +467,17 @@ class _ProgressWatcher:
         self._stop.set()
         self._thread.join()
         self._poll()
+
+
+def eta(history: list[dict[str, Any]], epoch: int, epochs: int, backbones_after: int) -> str:
+    """The ``[train]`` line's estimate: this backbone's epochs left at the mean wall time of
+    its epochs so far, and how many backbones of the group come after it."""
+    took = [h["epoch_seconds"] for h in history if h["epoch"] <= epoch and "epoch_seconds" in h]
+    left = epochs - epoch
+    if not took or left <= 0:
+        return f"  (then {backbones_after} more in this group)" if backbones_after else ""
+    text = f"  ~{left * sum(took) / len(took):.0f} s left for it"
+    return text + (f", then {backbones_after} more in this group" if backbones_after else "")
 
 
 def _history(output_uri: str) -> list[dict[str, Any]]:

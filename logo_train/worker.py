@@ -221,6 +221,7 @@ def _build(job: Job, worker: WorkerContext):
         config=config_to_dict(cfg),  # model.json: plain JSON
         resize=cfg.model.resize,
         pretrained=weights_source(cfg.model, job.backbone),
+        test_views=list(cfg.model.test_views),
     )
     return t, info, mean, std
 

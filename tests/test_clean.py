@@ -177,6 +177,30 @@ def test_clean_config_checks_its_fields():
     cfg = load_config(root / "configs/quick.yaml", ["train.clean.mode=drop"])
     assert cfg.train.clean.enabled and json.dumps(cfg.train.clean.backbones) == "[]"
     assert load_config(root / "configs/quick.yaml", ["train.clean.loss="]).train.clean.loss == ""
+    with pytest.raises(ValueError, match="train.clean.epochs"):
+        load_config(root / "configs/quick.yaml", ["train.clean.epochs=-1"])
+    with pytest.raises(ValueError, match="train.clean.lr_scale"):
+        load_config(root / "configs/quick.yaml", ["train.clean.lr_scale=0"])
+
+
+def test_a_round_retrains_or_continues_from_the_last_checkpoint():
+    """``train.clean.epochs`` 0: the backbone's recipe from its starting weights, with the
+    round's loss; > 0: from the last round's checkpoint, that many epochs at lr_scale x its
+    peak, with no search (a round's few epochs are fewer than ``tune.epochs``)."""
+    from logo_train.clean import round_config
+    from logo_train.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    own = load_config(root / "configs/quick.yaml").for_backbone("efficientnet_lite0")
+    again = round_config(own, own.train.clean, "ce_weighted", "runs/x/ckpt")
+    assert (again.train.loss, again.train.start_from) == ("ce_weighted", "")
+    assert (again.train.epochs, again.train.lr) == (own.train.epochs, own.train.lr)
+    cc = CleanConfig(mode="relabel", epochs=1, lr_scale=0.5)
+    on = round_config(own, cc, "gce", "runs/x/ckpt")
+    assert (on.train.loss, on.train.start_from, on.train.epochs) == ("gce", "runs/x/ckpt", 1)
+    assert on.train.lr == pytest.approx(own.train.lr * 0.5) and on.train.min_steps == 0
+    assert on.train.trust_warmup_epochs == 0
+    assert own.tune.enabled and own.tune.epochs > 1 and not on.tune.enabled
 
 
 # The clean stage end to end (cleaned shards, round 2 trained and audited, the report of both

@@ -76,6 +76,9 @@ def test_overrides_are_yaml_typed_and_validated():
         ("model.pretrained={efficientnetv2_s: hub}", "model.pretrained.efficientnetv2_s"),
         ("model.pretrained={swin_nano: hub}", "model.pretrained.swin_nano"),
         ("train.frozen_stages=-1", "train.frozen_stages"),
+        ("model.test_views=[1.0, 0.1]", "model.test_views"),
+        ("model.test_views=[]", "model.test_views"),
+        ("model.test_views=[1.0, 1.0]", "model.test_views"),
         (
             "train.per_backbone={swin_nano: {image_size: 48}}",
             "train.per_backbone.swin_nano.image_size",
@@ -174,3 +177,18 @@ def test_with_train_coerces_numbers_validates_and_names_unknown_fields():
         cfg.with_train(batch_sise=32)
     with pytest.raises(ValueError, match="train.epochs"):
         cfg.with_train(epochs=0)
+
+
+def test_test_views_are_a_backbones_own():
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        ["train.per_backbone.efficientnet_lite0.test_views=[1.0, 0.8]"],
+    )
+    assert cfg.for_backbone("efficientnet_lite0").model.test_views == [1.0, 0.8]
+    assert cfg.for_backbone("efficientnet_lite0").model.image_size == 112  # the rest kept
+    assert cfg.for_backbone("resnet10t").model.test_views == [1.0]
+    bad = load_config(
+        ROOT / "configs/quick.yaml", ["train.per_backbone={resnet10t: {test_views: [2.0]}}"]
+    )
+    with pytest.raises(ValueError, match=r"train\.per_backbone\.resnet10t: .*model\.test_views"):
+        bad.for_backbone("resnet10t")

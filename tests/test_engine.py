@@ -158,3 +158,32 @@ def test_gce_logs_weighted_ce_and_its_own_objective_after_the_warm_up():
     assert warm["train_objective"] == pytest.approx(warm["train_loss"])  # weighted CE first
     assert active["train_objective"] < active["train_loss"]  # bounded: below the CE it logs
     assert "train_mean_trust" not in active
+
+
+def test_training_starts_from_a_checkpoints_weights_and_names_a_bad_one(tmp_path):
+    """``train.start_from`` (the cleaning round's continuation): the model begins as the
+    checkpoint's, not from ``model.pretrained``; a missing or foreign checkpoint is an error
+    naming the field."""
+    from logo_train import checkpoint as ckpt
+    from logo_train.models import build_model, normalisation
+
+    torch.manual_seed(3)
+    saved = build_model("resnet10t", CLASSES, 32)
+    torch.nn.init.normal_(saved.get_classifier().weight, std=0.5)
+    mean, std = normalisation(saved)
+    info = ckpt.ModelInfo("resnet10t", CLASSES, 32, mean, std, [str(i) for i in range(CLASSES)])
+    ckpt.save(tmp_path / "ckpt", info=info, model=saved, epoch=1, best_metric=0.0, history=[])
+    cfg, _ = _training()
+
+    def build(start_from: str, classes: int = CLASSES):
+        own = cfg.with_train(start_from=start_from)
+        cpu = torch.device("cpu")
+        return engine.build_training(own, "resnet10t", classes, [10] * classes, 3, cpu)
+
+    started = engine.classifier(build(str(tmp_path / "ckpt")).model)
+    for key, value in saved.state_dict().items():
+        assert torch.equal(started.state_dict()[key], value), key
+    with pytest.raises(FileNotFoundError, match=r"train\.start_from"):
+        build(str(tmp_path / "nowhere"))
+    with pytest.raises(ValueError, match=r"train\.start_from.*not this model's weights"):
+        build(str(tmp_path / "ckpt"), classes=CLASSES + 1)

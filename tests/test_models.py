@@ -10,6 +10,7 @@ from logo_train.models import (
     count_parameters,
     get_spec,
     normalisation,
+    with_test_views,
 )
 
 # The reference backbones with 28 classes (EfficientFormer without distillation head;
@@ -102,3 +103,22 @@ def test_pretrained_file_loads_local_weights_and_skips_other_head(tmp_path):
     assert attn.attention_biases.shape[1] == 4
     with pytest.raises(FileNotFoundError, match="model.pretrained"):
         build_model("resnet10t", 28, 64, weights=str(tmp_path / "missing.pth"))
+
+
+def test_test_views_answer_the_mean_of_the_whole_input_and_its_centre():
+    torch.manual_seed(0)
+    model = build_model("resnet10t", 5, 40).eval()
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
+    assert with_test_views(model, [1.0], 40) is model
+    two = with_test_views(model, [1.0, 0.8], 40)
+    x = torch.randn(3, 3, 40, 40)
+    centre = torch.nn.functional.interpolate(
+        x[..., 4:36, 4:36], size=(40, 40), mode="bilinear", align_corners=False
+    )
+    with torch.no_grad():
+        expected = (model(x) + model(centre)) / 2
+        got = two(x)
+    assert got.shape == (3, 5)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(got, model(x).detach())  # the centre view changed the answer
+    assert list(two.state_dict()) == [f"model.{k}" for k in model.state_dict()]

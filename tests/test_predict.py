@@ -17,7 +17,7 @@ from logo_train import checkpoint as ckpt
 from logo_train.bench import predict as bench_predict
 from logo_train.cli import main as cli
 from logo_train.config import load_config
-from logo_train.data.augment import TransformSpec, eval_spec
+from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
 from logo_train.models import build_model, normalisation
@@ -347,3 +347,32 @@ def test_export_and_the_model_argument_take_uris(shards, checkpoint, tmp_path):
     ).read_bytes()
     with pytest.raises(ModelError, match="--model file://.*/nope: not found"):
         resolve_model(f"file://{tmp_path}/nope", work)
+
+
+def test_a_model_with_two_views_exports_them_and_every_runtime_answers_alike(shards, tmp_path):
+    """A checkpoint trained with ``model.test_views`` [1.0, 0.8]: ``load_model`` answers with the
+    mean of both views, the export keeps them in the ONNX graph (its logits are the two-view
+    logits, not the whole input's) and says so in model.json."""
+    from logo_train.bench import onnx_session
+
+    _, uri, manifest = shards
+    torch.manual_seed(1)
+    model = build_model("resnet10t", len(manifest.classes), 32)
+    nn.init.normal_(model.get_classifier().weight, std=0.5)
+    mean, std = normalisation(model)
+    info = ckpt.ModelInfo(
+        "resnet10t", len(manifest.classes), 32, mean, std, manifest.classes, test_views=[1.0, 0.8]
+    )
+    folder = tmp_path / "ckpt"
+    ckpt.save(folder, info=info, model=model, epoch=1, best_metric=0.0, history=[])
+    loaded, _ = ckpt.load_model(folder)
+    out = export_model(folder, tmp_path / "exported")
+    assert load_exported(out).test_views == [1.0, 0.8]
+    images = read_split(uri, "test", ["image"])["image"].to_pylist()
+    spec = eval_spec(info)
+    x = torch.from_numpy(eval_inputs(images, spec))
+    with torch.no_grad():
+        two, one = loaded(x).numpy(), model.eval()(x).numpy()
+    onnx = onnx_session(out / MODEL_ONNX, 1).run(["logits"], {"image": x.numpy()})[0]
+    np.testing.assert_allclose(onnx, two, atol=1e-4)
+    assert np.abs(two - one).max() > 1e-2

@@ -59,13 +59,19 @@ def real_root(tmp_path):
     return root
 
 
-def test_the_source_of_a_photo_is_its_subfolder_or_file_prefix():
-    from logo_train.real_eval import source_of
+def test_the_source_of_a_photo_is_its_subfolder_or_a_prefix_several_classes_share():
+    from logo_train.real_eval import sources_of
 
-    assert source_of("BMW/phone/x.jpg") == "phone"
-    assert source_of("Honda/cctv_0001.jpg") == "cctv"
-    assert source_of("Honda/IMG_0001.jpg") == "img"
-    assert source_of("Honda/0001_a.jpg") == "photos" and source_of("Honda/x.jpg") == "photos"
+    paths = [
+        "BMW/phone/x.jpg",
+        "Honda/cctv_0001.jpg",
+        "BMW/cctv_0002.jpg",
+        "Honda/IMG_0001.jpg",  # one class's naming habit, not a source
+        "Chevrolet/Chevrolet_12.jpg",
+        "Honda/0001_a.jpg",
+        "Honda/x.jpg",
+    ]
+    assert sources_of(paths) == ["phone", "cctv", "cctv", "photos", "photos", "photos", "photos"]
 
 
 def test_class_names_match_case_and_separators():

@@ -4,6 +4,7 @@ are self-describing, and a killed worker resumes from the last checkpoint."""
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -125,6 +126,9 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
     assert len(events) >= len(SMALL)
     out = capsys.readouterr().out
     assert all(f"[train] {b}" in out for b in SMALL)
+    assert re.search(  # the estimate: this backbone's epochs left, the group's backbones after it
+        rf"\[train\] {SMALL[0]} +epoch 1/3 .* ~\d+ s left for it, then 4 more in this group", out
+    ), out
     five = ", ".join(f"{b} (3 epochs, lr 0.003)" for b in SMALL if b != "efficientnet_lite0")
     assert f"[train] worker group 1 of 2 (2 worker(s), 32 px): {five}" in out
     assert (
@@ -397,3 +401,12 @@ def test_shared_passes_that_would_not_fit_the_object_store_are_refused_before_re
     with pytest.raises(ValueError, match=r"'train\.shared_passes'.*24 augmented passes of 5555"):
         check_object_store(cfg, manifest, 24, capacity=need)
     check_object_store(cfg.with_train(autoscale=True), manifest, 24, capacity=need)
+
+
+def test_the_train_line_estimates_what_is_left():
+    from logo_train.train import eta
+
+    history = [{"epoch": 1, "epoch_seconds": 10.0}, {"epoch": 2, "epoch_seconds": 20.0}]
+    assert eta(history, 2, 5, 2) == "  ~45 s left for it, then 2 more in this group"
+    assert eta(history, 1, 5, 0) == "  ~40 s left for it"
+    assert eta(history, 5, 5, 1) == "  (then 1 more in this group)" and eta([], 1, 5, 0) == ""
