@@ -156,8 +156,8 @@ SMALL_INPUT = 64
 def _fit_mobile_stem(model: nn.Module, image_size: int) -> None:
     """Stride 1 in the stem of a stride-32 mobile network at small inputs: at 32 px it would
     otherwise end on a 1x1 map after its first block (measured: clean-test macro-F1 0.04 ->
-    0.18 for mobilenetv2_050, 0.14 -> 0.41 for efficientnetv2_nano in 8 epochs,
-    docs/history/benchmarks-2026-11.md). No parameter changes, so weight files still load."""
+    0.18 for mobilenetv2_050, 0.14 -> 0.41 for efficientnetv2_nano in 8 epochs, 2026-11).
+    No parameter changes, so weight files still load."""
     if image_size < SMALL_INPUT:
         model.conv_stem.stride = (1, 1)
 
@@ -332,8 +332,7 @@ def _zero_init_residuals(model: nn.Module) -> None:
     its branch gets gamma 0, as timm does for ResNets (``zero_init_last``) and Goyal et al.
     (2017) recommend; timm's MobileNetV2 / EfficientNetV2 blocks do not. From random init at
     32 px, in process: efficientnetv2_nano clean-test macro-F1 0.33 -> 0.44 in 6 epochs,
-    mobilenetv2_050 0.56 in 10 epochs against 0.42 in 16 without
-    (docs/history/benchmarks-2026-11.md)."""
+    mobilenetv2_050 0.56 in 10 epochs against 0.42 in 16 without (2026-11)."""
     from timm.models._efficientnet_blocks import EdgeResidual, InvertedResidual
 
     for block in model.modules():

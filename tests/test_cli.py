@@ -187,3 +187,32 @@ def test_stages_without_data_use_the_shards_or_refuse_naming_the_field(tmp_path,
     assert "data.synth.noise_rate is 0.4 here, 0.2 in the shards" in err
     assert sorted(p.name for p in (tmp_path / "quick/data").glob("*.parquet")) == shards
     assert read_manifest(str(tmp_path / "quick/data")).params["noise_rate"] == 0.2
+
+
+def test_every_command_and_flag_the_readme_names_exists():
+    """Each ``logo-train <command> ... --flag`` in README.md is a real subcommand and a real
+    flag of it: the README cannot drift from the CLI."""
+    import argparse
+    import re
+
+    from logo_train.cli import build_parser
+
+    def subparsers(parser):
+        return next(
+            (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {}
+        )
+
+    readme = (ROOT / "README.md").read_text().replace("\\\n", " ")
+    found = re.findall(r"logo-train((?: [a-z][\w-]*)+)([^`\n]*)", readme)
+    assert len(found) >= 8, found
+    for words, rest in found:
+        parser, path = build_parser(), []
+        for word in words.split():
+            commands = subparsers(parser)
+            if word not in commands:
+                break
+            parser, path = commands[word], [*path, word]
+        assert path, f"README names 'logo-train{words}': no such command"
+        flags = {s for a in parser._actions for s in a.option_strings}
+        for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", rest):
+            assert flag in flags, f"README: 'logo-train {' '.join(path)} {flag}' is not a flag"
