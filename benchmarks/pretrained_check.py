@@ -24,7 +24,8 @@ import numpy as np
 import timm
 import torch
 
-from logo_train.weights import LITE0_PACKAGE, load_state_into, package_file, read_state
+from logo_train.backbones import LITE0_PACKAGE
+from logo_train.weights import load_state_into, package_file, read_state
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMALISATIONS = {

@@ -21,10 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from collections.abc import Callable
 
-from logo_train.config import STAGES, Config, ServeOptions, load_config
-from logo_train.losses import LOSSES
+from logo_train.config import STAGES, Config, LossName, ServeOptions, load_config
+
+LOSSES = typing.get_args(LossName)
 
 # CLI flag -> config key; the flags are shorthands for --set, so validation is the config's.
 SYNTH_FLAGS = {

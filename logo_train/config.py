@@ -212,7 +212,7 @@ class ModelConfig:
     the whole input. Per backbone: ``train.per_backbone.<backbone>.test_views``."""
 
     def __post_init__(self) -> None:
-        from logo_train.models import BACKBONES
+        from logo_train.backbones import BACKBONES
 
         _check(
             bool(self.test_views)
@@ -244,7 +244,7 @@ class ModelConfig:
             self.resize,
             "one of stretch, pad, crop",
         )
-        from logo_train.weights import HUB, NONE, PACKAGE
+        from logo_train.backbones import HUB, NONE, PACKAGE
 
         for name, source in self.pretrained.items():
             _check(name in BACKBONES, "model.pretrained", name, "keys naming registered backbones")
@@ -255,7 +255,7 @@ class ModelConfig:
                 f"'{NONE}', '{PACKAGE}', '{HUB}' or a weights file",
             )
             if source == HUB:
-                from logo_train.models import hub_problem
+                from logo_train.backbones import hub_problem
 
                 _check(
                     not hub_problem(name),
@@ -700,7 +700,7 @@ class Config:
     def __post_init__(self) -> None:
         _check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
         if self.train.per_backbone:
-            from logo_train.models import BACKBONES
+            from logo_train.backbones import BACKBONES
 
             for backbone, overrides in self.train.per_backbone.items():
                 name = f"train.per_backbone.{backbone}"
@@ -721,7 +721,7 @@ class Config:
             )
         proxy = self.tune.proxy_backbone
         if proxy:  # any registered backbone can stand in for the others
-            from logo_train.models import BACKBONES
+            from logo_train.backbones import BACKBONES
 
             _check(
                 proxy in BACKBONES,
@@ -757,7 +757,7 @@ class Config:
     def _check_image_sizes(self) -> None:
         """Every backbone of the run (and the search's proxy) can take its input size; the
         error names the field that set it."""
-        from logo_train.models import check_image_size
+        from logo_train.backbones import check_image_size
 
         for backbone, size in self.image_sizes().items():
             own = "image_size" in self.train.per_backbone.get(backbone, {})

@@ -19,12 +19,12 @@ import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from logo_train.backbones import NONE, weights_source
 from logo_train.config import Config
 from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.losses import build_loss
 from logo_train.metrics import classification_metrics
-from logo_train.models import TrustModel, build_model, freeze_leading, weights_source
-from logo_train.weights import NONE
+from logo_train.models import TrustModel, build_model, freeze_leading
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -21,12 +21,15 @@ learns on the same objective from detached losses, so it is ready when trust swi
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from logo_train.config import LossName
 
 TRUST_EPS = 1e-6
 
@@ -208,7 +211,7 @@ class TrustPenalty(nn.Module):
         )
 
 
-LOSSES = ("ce", "ce_weighted", "trust_penalty", "gce")
+LOSSES = typing.get_args(LossName)
 
 
 def build_loss(

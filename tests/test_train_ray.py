@@ -14,11 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from logo_train.backbones import BACKBONES
 from logo_train.checkpoint import load_model, load_state, run_history
 from logo_train.config import load_config
 from logo_train.data.prepare import prepare_data
 from logo_train.local import fit_local
-from logo_train.models import BACKBONES
 from logo_train.pipeline import run
 from logo_train.train import check_resources, train_backbone
 from tests.raycluster import processes

@@ -10,8 +10,9 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.nn import functional as F
 
+from logo_train.backbones import BACKBONES
 from logo_train.losses import build_loss, trust_penalty_loss
-from logo_train.models import BACKBONES, TrustHead, TrustModel, build_model, feature_tokens
+from logo_train.models import TrustHead, TrustModel, build_model, feature_tokens
 
 SMALL = [n for n, s in BACKBONES.items() if s.size == "small"]
 

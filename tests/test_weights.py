@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from logo_train import weights
+from logo_train.backbones import BACKBONES, LITE0_PACKAGE, weights_source
 from logo_train.config import load_config
-from logo_train.models import BACKBONES, build_model, weights_source
-from logo_train.weights import LITE0_PACKAGE, WeightsError, lukemelas_to_timm, package_file
+from logo_train.models import build_model
+from logo_train.weights import WeightsError, lukemelas_to_timm, package_file
 
 
 @pytest.fixture(scope="module")
