@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from logo_train.bench import onnx_session, speed
+from logo_train.bench import speed
 from logo_train.config import BenchmarkConfig
 from logo_train.data import badge, brands, synth
-from logo_train.predict import MODEL_ONNX, predict, resolve_model
+from logo_train.exported import MODEL_ONNX, onnx_session, resolve_model
+from logo_train.predict import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 

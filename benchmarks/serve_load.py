@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from predict_throughput import render_native_crops  # noqa: E402
 
-from logo_train.bench import onnx_session  # noqa: E402
 from logo_train.config import ServeOptions  # noqa: E402
 from logo_train.data.augment import eval_spec, normalise  # noqa: E402
+from logo_train.exported import onnx_session  # noqa: E402
 from logo_train.predict import predict, preprocess  # noqa: E402
 from logo_train.serve import (  # noqa: E402
     APP_NAME,

@@ -18,7 +18,6 @@ import os
 import platform
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -44,6 +43,7 @@ from logo_train.data.augment import (
 from logo_train.data.brands import UNKNOWN
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.engine import logits_of
+from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.layout import CLEANING_PARQUET
 from logo_train.metrics import (
     absent_classes,
@@ -146,67 +146,6 @@ def eager_forward(model: nn.Module, device: torch.device) -> Callable[[np.ndarra
             return model(torch.from_numpy(x).to(device, non_blocking=True))
 
     return forward
-
-
-def export_onnx(
-    model: nn.Module, image_size: int, path: str | Path, exporter: str = "torchscript"
-) -> Path:
-    """``torch.onnx.export`` with a dynamic batch dimension. 'torchscript' (the classic
-    exporter; ~1 s per small model here) or 'dynamo' (torch.export based; 10-20 s)."""
-    path = Path(path)
-    model = model.cpu().eval()
-    x = torch.zeros(2, 3, image_size, image_size)
-    common = {"input_names": ["image"], "output_names": ["logits"], "verbose": False}
-    if exporter == "dynamo":
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamic_shapes=({0: batch},),
-            dynamo=True,
-            external_data=False,
-            **common,
-        )
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
-            torch.onnx.export(
-                model,
-                (x,),
-                str(path),
-                dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                dynamo=False,
-                **common,
-            )
-    return path
-
-
-def onnx_session(model: str | Path | bytes, threads: int):
-    """An ONNX Runtime CPU session for a model file (or its bytes) with ``threads`` threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    source = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-
-
-def onnx_agreement(
-    model: nn.Module, session, x: np.ndarray, tolerance: float
-) -> dict[str, float | bool]:
-    """Largest |logit difference| and argmax agreement of ONNX Runtime vs PyTorch on ``x``."""
-    with torch.inference_mode():
-        ref = model.cpu()(torch.from_numpy(x)).numpy()
-    got = session.run(["logits"], {"image": x})[0]
-    diff = float(np.max(np.abs(ref - got)))
-    return {
-        "max_abs_diff": diff,
-        "matches": diff <= tolerance,
-        "prediction_agreement": float(np.mean(ref.argmax(1) == got.argmax(1))),
-    }
 
 
 # --- one checkpoint --------------------------------------------------------------------------

@@ -24,7 +24,8 @@ import sys
 import typing
 from collections.abc import Callable
 
-from logo_train.config import STAGES, Config, LossName, ServeOptions, load_config
+from logo_train.config import Config, LossName, ServeOptions, load_config
+from logo_train.stages import STAGES, TABLE
 
 LOSSES = typing.get_args(LossName)
 
@@ -134,8 +135,8 @@ def _add_pipeline_commands(sub) -> None:
     run.add_argument(
         "--stages",
         default=",".join(STAGES),
-        help="comma-separated stages to run, in pipeline order (default: all; tune runs when "
-        "tune.enabled, clean when train.clean.mode is not none)",
+        help="comma-separated stages to run, in pipeline order (default: all): "
+        + "; ".join(f"{s.name}: {s.does}" for s in TABLE),
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -318,7 +319,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from logo_train.predict import export_from
+    from logo_train.exported import export_from
 
     out = export_from(args.model, args.out, backbone=args.backbone)
     print(f"exported model: {out}  (logo-train predict --model {out} ...)")

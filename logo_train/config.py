@@ -529,8 +529,6 @@ def _default_space() -> dict[str, SearchParam]:
 
 
 # train.* fields a search may set (numbers that change the optimisation, not the plumbing)
-STAGES = ("data", "tune", "train", "audit", "clean", "benchmark", "report")
-"""The pipeline's stages, in order (``logo-train run --stages``)."""
 
 RECIPE_FIELDS = (
     "epochs",

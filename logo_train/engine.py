@@ -376,10 +376,12 @@ def fit(
             record.update({f"val_{k}": v for k, v in val.items() if k not in ("loss", "samples")})
             record["best_val_macro_f1"] = best
             record["val_seconds"] = time.perf_counter() - val_start
+        # before on_epoch_end, which writes the history the driver's ETA reads (the
+        # checkpoint it saves is not counted)
+        record["epoch_seconds"] = time.perf_counter() - start
         history.append(record)
         if on_epoch_end:
             on_epoch_end(record, improved)
-        record["epoch_seconds"] = time.perf_counter() - start
     return history
 
 

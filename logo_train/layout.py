@@ -77,14 +77,10 @@ class RunLayout:
 
     def audit(self, backbone: str, round: int = 1) -> str:
         """A model's audit: ``audit/<backbone>`` (round 1) or its cleaning round's ``audit/``."""
-        return (
-            join(self.root, f"audit/{backbone}")
-            if round <= 1
-            else self.round_audit(backbone, round)
-        )
+        return join(self.audits, backbone) if round <= 1 else self.round_audit(backbone, round)
 
     def clean_round(self, backbone: str, round: int) -> str:
-        return join(self.root, f"clean/{backbone}/round{round}")
+        return join(self.cleaning, f"{backbone}/round{round}")
 
     def round_data(self, backbone: str, round: int) -> str:
         return join(self.clean_round(backbone, round), "data")
@@ -97,7 +93,7 @@ class RunLayout:
 
     @property
     def clean_summary(self) -> str:
-        return join(self.root, f"clean/{SUMMARY_JSON}")
+        return join(self.cleaning, SUMMARY_JSON)
 
     @property
     def report(self) -> str:
@@ -107,18 +103,15 @@ class RunLayout:
     def benchmark_json(self) -> str:
         return join(self.report, BENCHMARK_JSON)
 
-    def outputs_of(self, stage: str) -> list[str]:
-        """The folders a pipeline stage writes (none for ``data``: the shards are checked by
-        their own parameters)."""
-        audits = join(self.root, "audit")
-        return {
-            "tune": [self.tune],
-            "train": [self.train, self.tensorboard],
-            "audit": [audits],
-            "clean": [join(self.root, "clean")],
-            "benchmark": [self.report],
-            "report": [self.report],
-        }.get(stage, [])
+    @property
+    def audits(self) -> str:
+        """``audit/``: every model's audit (round 1's; a cleaning round keeps its own)."""
+        return join(self.root, "audit")
+
+    @property
+    def cleaning(self) -> str:
+        """``clean/``: the cleaning rounds."""
+        return join(self.root, "clean")
 
     @property
     def model(self) -> str:

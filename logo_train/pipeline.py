@@ -1,17 +1,9 @@
-"""The whole job behind ``logo-train run``: the list of stages, one after another, one line
-per stage. Each stage's body lives with its owner:
-
-=========  ===============================  ===========================================
-stage      owner                            writes (``logo_train.layout``)
-=========  ===============================  ===========================================
-data       ``data.prepare.prepare_data``    the shards and their contact sheet
-tune       ``tune.tune_stage``              ``tune/<backbone>-<hash>/`` (``tune.enabled``)
-train      ``train.train_stage``            ``train/``, ``tensorboard/``
-audit      ``audit.audit_stage``            ``audit/<backbone>/``
-clean      ``clean.clean_stage``            ``clean/`` (``train.clean.mode`` not 'none')
-benchmark  ``bench.benchmark_models``       ``report/benchmark.json``
-report     ``report.write_report``          ``report/`` and ``report/model/``
-=========  ===============================  ===========================================
+"""The whole job behind ``logo-train run``: the stages of ``logo_train.stages.TABLE``, one
+after another, one line per stage. Each stage's work lives with its owner (``data.prepare``,
+``tune.tune_stage``, ``train.train_stage``, ``audit.audit_stage``, ``clean.clean_stage``,
+``bench.benchmark_models``, ``report.write_report``); this module holds the table's bodies
+(each passes the run's results on) and states (how far a run folder got, for the resumed
+run's first line).
 
 The same command again continues a run (``logo_train.resume``): each stage keeps what it
 finished and goes on from where it stopped; a changed config refuses unless ``fresh``.
@@ -24,18 +16,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from logo_train.audit import AuditResult, audit_stage
-from logo_train.bench import benchmark_models
-from logo_train.clean import clean_stage
-from logo_train.config import STAGES, Config, dump_config
+from logo_train import train, tune
+from logo_train.audit import AuditResult, audit_stage, finished_audit
+from logo_train.bench import benchmark_models, finished_benchmark, trained_models
+from logo_train.clean import clean_stage, finished_cleaning, round_run
+from logo_train.config import Config, dump_config
 from logo_train.data.prepare import existing_data, prepare_data, shards_location
 from logo_train.data.preview import CONTACT_SHEET, summary_table
-from logo_train.data.shards import Manifest
-from logo_train.predict import export_best
+from logo_train.data.shards import MANIFEST, Manifest, is_incomplete
+from logo_train.exported import export_best
 from logo_train.report import print_summary, write_report
 from logo_train.resume import check_config, describe, start_fresh
 from logo_train.runlock import run_lock
-from logo_train.storage import join, write_bytes
+from logo_train.stages import STAGES, check_stages, selected
+from logo_train.storage import exists, join, write_bytes
 from logo_train.train import BackboneResult, train_stage
 from logo_train.tune import SearchResult, tune_stage, tuned_configs
 
@@ -43,8 +37,8 @@ from logo_train.tune import SearchResult, tune_stage, tuned_configs
 @dataclass
 class RunResult:
     run_dir: str
-    shards_uri: str
-    manifest: Manifest
+    shards_uri: str = ""
+    manifest: Manifest | None = None
     searches: dict[str, SearchResult] = field(default_factory=dict)
     training: list[BackboneResult] = field(default_factory=list)
     audits: dict[str, AuditResult] = field(default_factory=dict)
@@ -53,6 +47,8 @@ class RunResult:
     """The cleaning rounds' models (round 2, 3, ...)."""
     stage_seconds: dict[str, float] = field(default_factory=dict)
     report_dir: str = ""
+    overwrite_data: bool = False
+    progress: bool = True
 
     @property
     def complete(self) -> bool:
@@ -83,75 +79,134 @@ def run(
     one). A run folder that holds a run of the same config is continued (what its stages
     finished is kept; the first line says what); one of another config is refused, naming the
     fields, unless ``fresh`` (its stage outputs are deleted first)."""
-    _check_stages(cfg, stages)
+    check_stages(cfg, stages)
     with run_lock(cfg.run_dir):
         if fresh:
             start_fresh(cfg, stages)
         else:
             check_config(cfg, stages)
         print(describe(cfg, stages), flush=True)
-        return _run_stages(cfg, overwrite_data, progress, stages)
+        write_bytes(cfg.layout.config, dump_config(cfg).encode())
+        result = RunResult(cfg.run_dir, overwrite_data=overwrite_data, progress=progress)
+        if "data" not in stages:  # the shards the checkpoints were made on, or a refusal
+            result.shards_uri, result.manifest = existing_data(cfg)
+        for step in selected(cfg, stages):
+            with stage(step.name, result.stage_seconds):
+                go_on = step.run(cfg, result)
+            if not go_on:
+                break
+        if result.report_dir and "report" in stages:
+            print_summary(result.report_dir, result.stage_seconds)
+        return result
 
 
-def _run_stages(
-    cfg: Config, overwrite_data: bool, progress: bool, stages: tuple[str, ...]
-) -> RunResult:
-    """``run``'s body, holding the run folder's lock."""
-    write_bytes(cfg.layout.config, dump_config(cfg).encode())
-    timings: dict[str, float] = {}
-    if "data" in stages:
-        with stage("data", timings):
-            uri, manifest = _data(cfg, overwrite_data, progress)
-    else:  # the shards the checkpoints were made on, or a refusal naming what changed
-        uri, manifest = existing_data(cfg)
-    result = RunResult(cfg.run_dir, uri, manifest, stage_seconds=timings)
-    if "tune" in stages and (cfg.tune.enabled or stages == ("data", "tune")):
-        with stage("tune", timings):
-            result.searches = tune_stage(cfg, uri, manifest)
-        if not result.complete:
-            return result
-    if "train" in stages:
-        with stage("train", timings):
-            tuned = tuned_configs(cfg, result.searches) if result.searches else None
-            result.training = train_stage(cfg, uri, manifest, tuned)
-    if "audit" in stages:
-        with stage("audit", timings):
-            result.audits = audit_stage(cfg, uri, result.training)
-    if "clean" in stages and cfg.train.clean.enabled:
-        with stage("clean", timings):
-            result.cleaned, audits = clean_stage(cfg, uri, result.training, result.searches)
-            result.audits.update(audits)
-    if "benchmark" in stages and cfg.benchmark.enabled:
-        with stage("benchmark", timings):
-            benchmark_models(cfg, result.training + result.cleaned, uri, keep_finished=True)
-            result.report_dir = cfg.layout.report
-    if "report" in stages and cfg.benchmark.enabled:
-        result.report_dir = cfg.layout.report
-        with stage("report", timings):
-            write_report(result.report_dir)
-            export_best(result.report_dir)
-        print_summary(result.report_dir, result.stage_seconds)
-    return result
+# --- the table's bodies: (cfg, run) -> False to stop the run after it ---------------------------
 
 
-def _check_stages(cfg: Config, stages: tuple[str, ...]) -> None:
-    """Known stage names, and each stage with the ones it needs."""
-    unknown = set(stages) - set(STAGES)
-    if unknown:
-        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(STAGES)}")
-    if "audit" in stages and "train" not in stages:
-        raise ValueError("stage 'audit' needs stage 'train' (it audits the new checkpoints)")
-    if "clean" in stages and cfg.train.clean.enabled and "audit" not in stages:
-        raise ValueError("stage 'clean' needs stage 'audit' (it acts on the new audit)")
-
-
-def _data(cfg: Config, overwrite: bool, progress: bool) -> tuple[str, Manifest]:
-    uri, manifest, reused = prepare_data(cfg, overwrite=overwrite, progress=progress)
+def data_body(cfg: Config, result: RunResult) -> None:
+    uri, manifest, reused = prepare_data(
+        cfg, overwrite=result.overwrite_data, progress=result.progress
+    )
     if reused:
         print(f"reusing shards at {uri} (same parameters; --overwrite-data re-makes them)")
     print(summary_table(manifest))
     print(f"shards: {uri}\ncontact sheet: {join(uri, CONTACT_SHEET)}")
-    return uri, manifest
+    result.shards_uri, result.manifest = uri, manifest
+
+
+def tune_body(cfg: Config, result: RunResult) -> bool:
+    result.searches = tune_stage(cfg, result.shards_uri, result.manifest)
+    return result.complete  # an interrupted search: the later stages wait for its restore
+
+
+def train_body(cfg: Config, result: RunResult) -> None:
+    tuned = tuned_configs(cfg, result.searches) if result.searches else None
+    result.training = train_stage(cfg, result.shards_uri, result.manifest, tuned)
+
+
+def audit_body(cfg: Config, result: RunResult) -> None:
+    result.audits = audit_stage(cfg, result.shards_uri, result.training)
+
+
+def clean_body(cfg: Config, result: RunResult) -> None:
+    result.cleaned, audits = clean_stage(cfg, result.shards_uri, result.training, result.searches)
+    result.audits.update(audits)
+
+
+def benchmark_body(cfg: Config, result: RunResult) -> None:
+    models = result.training + result.cleaned
+    benchmark_models(cfg, models, result.shards_uri, keep_finished=True)
+    result.report_dir = cfg.layout.report
+
+
+def report_body(cfg: Config, result: RunResult) -> None:
+    result.report_dir = cfg.layout.report
+    write_report(result.report_dir)
+    export_best(result.report_dir)
+
+
+# --- the table's states: how far a run folder got, for the resumed run's first line -----------
+
+
+def data_state(cfg: Config) -> str:
+    uri = shards_location(cfg)
+    if is_incomplete(uri):
+        return "data: half-written, written again"
+    return "data: done" if exists(join(uri, MANIFEST)) else "data: to do"
+
+
+def tune_state(cfg: Config) -> str:
+    paths = tune.search_paths(cfg, shards_location(cfg))
+    done = [b for b, p in paths.items() if tune.finished_search(cfg, b, p)]
+    started = [b for b, p in paths.items() if b not in done and exists(p)]
+    if len(done) == len(paths):
+        return "tune: done"
+    return f"tune: {len(done)} of {len(paths)} search(es) done" + (
+        f", {', '.join(started)} restored by Tune" if started else ""
+    )
+
+
+def train_state(cfg: Config) -> str:
+    state = train.stage_progress(cfg)
+    if all(p.done for p, _ in state):
+        return "train: done"
+    return "train: " + ", ".join(p.words(epochs) for p, epochs in state)
+
+
+def audit_state(cfg: Config) -> str:
+    models = train.trained(cfg)
+    if not models:
+        return "audit: to do"
+    done = sum(
+        finished_audit(cfg.layout.audit(m.backbone, m.round), m.checkpoint) is not None
+        for m in models
+    )
+    return "audit: done" if done == len(models) else f"audit: {done} of {len(models)} done"
+
+
+def clean_state(cfg: Config) -> str:
+    if finished_cleaning(cfg):
+        return "clean: done"
+    rounds = []
+    for backbone in cfg.train.clean.backbones or cfg.model.backbones:
+        for r in range(2, cfg.train.clean.rounds + 2):
+            folder = join(round_run(cfg, backbone, r), backbone)
+            if exists(folder):
+                rounds.append(f"round {r} of " + train.progress(folder, backbone).words())
+            elif exists(cfg.layout.clean_round(backbone, r)):
+                rounds.append(f"{backbone} round {r} started")
+    return "clean: " + (", ".join(rounds) if rounds else "to do")
+
+
+def benchmark_state(cfg: Config) -> str:
+    """Done when the train stage finished and ``benchmark.json`` measured exactly its models
+    (the cleaning rounds' included)."""
+    done = train.trained(cfg) and finished_benchmark(cfg, trained_models(cfg))
+    return "benchmark: done" if done else "benchmark: to do"
+
+
+def report_state(cfg: Config) -> str:
+    return "report: written again"
 
 
 def train_run(cfg: Config, progress: bool = True, fresh: bool = False) -> RunResult:

@@ -18,14 +18,9 @@ from __future__ import annotations
 
 import yaml
 
-from logo_train import train, tune
-from logo_train.audit import finished_audit
-from logo_train.bench import finished_benchmark, trained_models
-from logo_train.clean import finished_cleaning, round_run
 from logo_train.config import Config, config_from_dict, config_to_dict
-from logo_train.data.prepare import shards_location
-from logo_train.data.shards import MANIFEST, is_incomplete
-from logo_train.storage import exists, join, read_bytes, remove
+from logo_train.stages import TABLE, selected
+from logo_train.storage import exists, read_bytes, remove
 
 RESUME_SAFE = frozenset({"output_dir", "train.max_failures", "data.workers"})
 """Fields that may differ between a run and its continuation: where the folder is (already the
@@ -62,8 +57,8 @@ def started_config(cfg: Config) -> Config | None:
 
 
 def _outputs(cfg: Config, stages: tuple[str, ...]) -> list[str]:
-    """The folders of ``stages`` that exist in the run folder."""
-    folders = [u for s in stages for u in cfg.layout.outputs_of(s)]
+    """The folders of ``stages`` (the stage table's ``writes``) that exist in the run folder."""
+    folders = [u for s in TABLE if s.name in stages for u in s.writes(cfg.layout)]
     return [u for u in dict.fromkeys(folders) if exists(u)]
 
 
@@ -95,79 +90,18 @@ def start_fresh(cfg: Config, stages: tuple[str, ...], echo=print) -> None:
 
 
 def describe(cfg: Config, stages: tuple[str, ...]) -> str:
-    """The run's first line: a new run, or what a continued one keeps and where it goes on."""
+    """The run's first line: a new run, or what a continued one keeps and where it goes on
+    (each stage's ``how_far``, from the stage table)."""
     checked = bool(_outputs(cfg, stages))  # check_config compared the config
-    shards = shards_location(cfg)
-    if not checked and not exists(join(shards, MANIFEST)) and not is_incomplete(shards):
+    if not checked and not _has_data(cfg):
         return f"[run] {cfg.run_dir}: a new run"
-    parts = [_data_state(cfg)] if "data" in stages else []
-    if "tune" in stages and cfg.tune.enabled:
-        parts.append(_tune_state(cfg))
-    if "train" in stages:
-        parts.append(_train_state(cfg))
-    models = train.trained(cfg) if "audit" in stages or "benchmark" in stages else None
-    if "audit" in stages:
-        parts.append(_audit_state(cfg, models))
-    if "clean" in stages and cfg.train.clean.enabled:
-        parts.append("clean: done" if finished_cleaning(cfg) else _clean_state(cfg))
-    if "benchmark" in stages and cfg.benchmark.enabled:
-        parts.append(_benchmark_state(cfg, models))
-    if "report" in stages and cfg.benchmark.enabled:
-        parts.append("report: written again")
+    parts = [step.how_far(cfg) for step in selected(cfg, stages) if step.name != "tune"
+             or cfg.tune.enabled]  # fmt: skip
     same = " (same config)" if checked else ""
     return f"[resume] {cfg.run_dir}{same}: " + "; ".join(parts)
 
 
-def _data_state(cfg: Config) -> str:
-    uri = shards_location(cfg)
-    if is_incomplete(uri):
-        return "data: half-written, written again"
-    return "data: done" if exists(join(uri, MANIFEST)) else "data: to do"
-
-
-def _tune_state(cfg: Config) -> str:
-    paths = tune.search_paths(cfg, shards_location(cfg))
-    done = [b for b, p in paths.items() if tune.finished_search(cfg, b, p)]
-    started = [b for b, p in paths.items() if b not in done and exists(p)]
-    if len(done) == len(paths):
-        return "tune: done"
-    return f"tune: {len(done)} of {len(paths)} search(es) done" + (
-        f", {', '.join(started)} restored by Tune" if started else ""
-    )
-
-
-def _train_state(cfg: Config) -> str:
-    state = train.stage_progress(cfg)
-    if all(p.done for p, _ in state):
-        return "train: done"
-    return "train: " + ", ".join(p.words(epochs) for p, epochs in state)
-
-
-def _audit_state(cfg: Config, models) -> str:
-    if not models:
-        return "audit: to do"
-    done = sum(
-        finished_audit(cfg.layout.audit(m.backbone, m.round), m.checkpoint) is not None
-        for m in models
-    )
-    return "audit: done" if done == len(models) else f"audit: {done} of {len(models)} done"
-
-
-def _clean_state(cfg: Config) -> str:
-    rounds = []
-    for backbone in cfg.train.clean.backbones or cfg.model.backbones:
-        for r in range(2, cfg.train.clean.rounds + 2):
-            run = join(round_run(cfg, backbone, r), backbone)
-            if exists(run):
-                p = train.progress(run, backbone)
-                rounds.append(f"round {r} of " + p.words())
-            elif exists(cfg.layout.clean_round(backbone, r)):
-                rounds.append(f"{backbone} round {r} started")
-    return "clean: " + (", ".join(rounds) if rounds else "to do")
-
-
-def _benchmark_state(cfg: Config, models) -> str:
-    """``models``: the train stage's, when it finished (the benchmark's rows then come from
-    ``bench.trained_models``, the cleaning rounds' included)."""
-    done = models and finished_benchmark(cfg, trained_models(cfg))
-    return "benchmark: done" if done else "benchmark: to do"
+def _has_data(cfg: Config) -> bool:
+    """Shards in the run's data location, finished or half-written."""
+    data = next(s for s in TABLE if s.name == "data")
+    return data.how_far(cfg) != "data: to do"

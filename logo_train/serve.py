@@ -40,7 +40,8 @@ from ray.serve import metrics
 from logo_train.config import ServeOptions
 from logo_train.data.augment import eval_spec
 from logo_train.data.ingest import Reject, stored_bytes
-from logo_train.predict import MODEL_ONNX, ExportedModel, Predictor, preprocess, resolve_model
+from logo_train.exported import MODEL_ONNX, ExportedModel, resolve_model
+from logo_train.predict import Predictor, preprocess
 from logo_train.raysetup import init_ray
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from logo_train.cli import (
     config_from_args,
     job_entry,
 )
-from logo_train.pipeline import STAGES, run
+from logo_train.pipeline import run
+from logo_train.stages import STAGES
 
 
 def main() -> None:

@@ -12,19 +12,12 @@ import torch
 from PIL import Image
 
 from logo_train import checkpoint as ckpt
-from logo_train.bench import (
-    benchmark_checkpoint,
-    count_flops,
-    export_onnx,
-    onnx_agreement,
-    onnx_session,
-    predict,
-    quality,
-)
+from logo_train.bench import benchmark_checkpoint, count_flops, predict, quality
 from logo_train.cli import main
 from logo_train.config import BenchmarkConfig
 from logo_train.data import synth
 from logo_train.data.augment import TransformSpec
+from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.models import build_model, normalisation
 from logo_train.report import (
     BENCHMARK_MD,

@@ -20,16 +20,9 @@ from logo_train.config import load_config
 from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
+from logo_train.exported import MODEL_JSON, MODEL_ONNX, ModelError, export_model, load_exported
 from logo_train.models import build_model, normalisation
-from logo_train.predict import (
-    MODEL_JSON,
-    MODEL_ONNX,
-    ModelError,
-    collect_inputs,
-    export_model,
-    load_exported,
-    predict,
-)
+from logo_train.predict import collect_inputs, predict
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -320,7 +313,7 @@ def test_the_open_set_threshold_travels_with_the_model_and_can_be_turned_off(
 def test_export_and_the_model_argument_take_uris(shards, checkpoint, tmp_path):
     """``logo-train export`` and ``--model`` read checkpoints, run folders and exported folders
     at a URI, and export writes to one (tested through file://)."""
-    from logo_train.predict import resolve_model
+    from logo_train.exported import resolve_model
 
     uri = f"file://{checkpoint}"
     out = f"file://{tmp_path}/exported"
@@ -353,7 +346,7 @@ def test_a_model_with_two_views_exports_them_and_every_runtime_answers_alike(sha
     """A checkpoint trained with ``model.test_views`` [1.0, 0.8]: ``load_model`` answers with the
     mean of both views, the export keeps them in the ONNX graph (its logits are the two-view
     logits, not the whole input's) and says so in model.json."""
-    from logo_train.bench import onnx_session
+    from logo_train.exported import onnx_session
 
     _, uri, manifest = shards
     torch.manual_seed(1)
