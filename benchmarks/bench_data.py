@@ -22,7 +22,7 @@ import numpy as np
 
 from logo_train.config import IngestConfig, load_config
 from logo_train.data import ingest, synth
-from logo_train.data.badge import decode_image
+from logo_train.data.augment import decode_image
 from logo_train.data.shards import read_split
 
 ROOT = Path(__file__).resolve().parents[1]

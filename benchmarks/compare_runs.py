@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from logo_train.layout import RunLayout
-from logo_train.report import load
+from logo_train.results import load
 from logo_train.storage import exists, join, read_json
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from logo_train.config import load_config
 from logo_train.data import brands, synth
-from logo_train.data.badge import decode_image
+from logo_train.data.augment import decode_image
 from logo_train.data.shards import iter_batches, read_manifest
 from logo_train.real_eval import class_key
 
@@ -83,10 +83,9 @@ def main() -> None:
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/real_vs_renders.png"))
     args = p.parse_args()
 
-    import matplotlib
+    from logo_train.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     real = real_photos(Path(args.real), args.per_kind)
     if not real:

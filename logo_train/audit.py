@@ -16,7 +16,6 @@ trust (lowest first) or, without a trust head, by loss (highest first), and writ
 
 from __future__ import annotations
 
-import io
 import math
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -32,9 +31,9 @@ from torch import nn
 
 from logo_train.checkpoint import load_trust_model
 from logo_train.config import Config
-from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
-from logo_train.data.badge import decode_image
+from logo_train.data.augment import TransformSpec, decode_image, eval_inputs, eval_spec
 from logo_train.data.shards import read_manifest, read_split
+from logo_train.figures import png_bytes, pyplot
 from logo_train.models import TrustModel
 from logo_train.raysetup import init_ray
 from logo_train.storage import exists, join, read_json, write_bytes, write_json
@@ -198,11 +197,7 @@ def _rank_table(
 
 
 def _contact_sheet(images: list[bytes], ranked: pa.Table, top: int = 64) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = min(top, ranked.num_rows)
     cols = 8
     rows = max(1, math.ceil(n / cols))
@@ -224,10 +219,7 @@ def _contact_sheet(images: list[bytes], ranked: pa.Table, top: int = 64) -> byte
         caption += "; red title = the label really was flipped"
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 @contextmanager

@@ -584,7 +584,7 @@ def copy_suspected(cfg: Config, data: dict) -> None:
     best backbone when it was the one cleaned, else of the backbone that was (the cleaning
     chose it on round 1's validation; round 2 may leave another backbone best). Without a
     cleaning round, the best backbone's audit."""
-    from logo_train.report import best_entry
+    from logo_train.results import best_entry
 
     best = best_entry(data)["backbone"]
     cleaned = [e["backbone"] for e in data["backbones"] if e.get("round", 1) > 1]

@@ -35,6 +35,7 @@ from logo_train.data.shards import (
     write_shard,
 )
 from logo_train.layout import CLEANING_JSON, CLEANING_PARQUET
+from logo_train.progress import backbone_progress
 from logo_train.raysetup import init_ray
 from logo_train.storage import (
     absolute,
@@ -46,7 +47,7 @@ from logo_train.storage import (
     write_bytes,
     write_json,
 )
-from logo_train.train import BackboneResult, backbone_result, progress, train_backbones
+from logo_train.train import BackboneResult, backbone_result, train_backbones
 from logo_train.tune import SearchResult, tuned_configs
 
 KEPT, DROPPED, RELABELLED = "kept", "dropped", "relabelled"
@@ -527,7 +528,7 @@ def _train_round(
     """The backbone trained again on a round's cleaned shards, in a Ray Train run of its own
     (``round<r>``: a resumed run finds it, or keeps the model it finished)."""
     run_uri = round_run(cfg, backbone, round)
-    if progress(join(run_uri, backbone), backbone).done:
+    if backbone_progress(join(run_uri, backbone), backbone).done:
         model = backbone_result(
             backbone, join(run_uri, backbone), round_cfg.model.image_size, cleaned
         )

@@ -23,7 +23,7 @@ import numpy as np
 from logo_train.data.augment import RESIZE_MODES
 from logo_train.data.brands import UNKNOWN
 from logo_train.layout import MODEL_DIR, RunLayout
-from logo_train.report import best_entry, load, name
+from logo_train.results import best_entry, load, name
 from logo_train.storage import copy_dir, download_dir, exists, is_file, join, read_json
 
 if TYPE_CHECKING:

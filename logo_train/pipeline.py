@@ -25,6 +25,7 @@ from logo_train.data.prepare import existing_data, prepare_data, shards_location
 from logo_train.data.preview import CONTACT_SHEET, summary_table
 from logo_train.data.shards import MANIFEST, Manifest, is_incomplete
 from logo_train.exported import export_best
+from logo_train.progress import backbone_progress
 from logo_train.report import print_summary, write_report
 from logo_train.resume import check_config, describe, start_fresh
 from logo_train.runlock import run_lock
@@ -192,7 +193,7 @@ def clean_state(cfg: Config) -> str:
         for r in range(2, cfg.train.clean.rounds + 2):
             folder = join(round_run(cfg, backbone, r), backbone)
             if exists(folder):
-                rounds.append(f"round {r} of " + train.progress(folder, backbone).words())
+                rounds.append(f"round {r} of " + backbone_progress(folder, backbone).words())
             elif exists(cfg.layout.clean_round(backbone, r)):
                 rounds.append(f"{backbone} round {r} started")
     return "clean: " + (", ".join(rounds) if rounds else "to do")

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from logo_train.data.augment import decode_image, eval_spec, eval_uint8, normalise
+from logo_train.data.augment import decodes, eval_spec, eval_uint8, normalise
 from logo_train.data.brands import UNKNOWN
 from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
 from logo_train.data.pipeline import configure_data_context, one_opencv_thread
@@ -139,7 +139,7 @@ def preprocess(batch: dict[str, np.ndarray], spec) -> dict[str, Any]:
     try:
         pixels = eval_uint8([images[i] for i in keep], spec) if keep else None
     except ValueError:  # a file the ingest check passed that OpenCV cannot read
-        for i in [i for i in keep if decode_image(images[i]) is None]:
+        for i in [i for i in keep if not decodes(images[i])]:
             reasons[i], details[i] = "corrupt", "OpenCV cannot decode it"
         keep = [i for i, r in enumerate(reasons) if not r]
         pixels = eval_uint8([images[i] for i in keep], spec) if keep else None

@@ -58,8 +58,8 @@ def keep_data_stats_on_this_node() -> None:
     The actor is detached and pinned to the node of the first process that uses Ray Data. In
     a train job nothing runs Ray Data on the driver before the workers do (the train stream's
     split coordinator and the workers' validation reads run on worker nodes), so it landed on
-    a worker node, which then never became idle: the autoscaler kept it after the job (issue 26,
-    item 5; found in the raylet's state dump: the only resource user of the node that stayed
+    a worker node, which then never became idle: the autoscaler kept it after the job (found
+    in the raylet's state dump: the only resource user of the node that stayed
     was ``_StatsActor``). On the head, which stays anyway, it holds nothing up. Ray 2.60 has no
     public call for this; without the private one, a one-row execution on the driver does the
     same."""

@@ -11,7 +11,6 @@ through the evaluation path itself (``augment.eval_inputs``): what the benchmark
 
 from __future__ import annotations
 
-import io
 import math
 import re
 from collections.abc import Sequence
@@ -23,10 +22,10 @@ import torch
 from torch import nn
 
 from logo_train.calibration import open_set_answer, open_set_summary, risk_coverage, softmax, thin
-from logo_train.data.augment import TransformSpec
-from logo_train.data.badge import decode_image
+from logo_train.data.augment import TransformSpec, decode_image
 from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
 from logo_train.engine import logits_of
+from logo_train.figures import png_bytes, pyplot
 from logo_train.metrics import classification_metrics
 
 FIELD = "data.real_eval"
@@ -243,11 +242,7 @@ def _mistakes(real: RealSet, p: np.ndarray, top: np.ndarray, wrong: np.ndarray) 
 
 def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> bytes:
     """A PNG contact sheet of the first ``top`` mistakes: the photo, its class, the top-3."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = result["mistakes"][:top]
     cols = 8
     rows = max(1, math.ceil(len(shown) / cols))
@@ -265,10 +260,7 @@ def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> by
         fontsize=8,
     )
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, dpi=100)
 
 
 @dataclass

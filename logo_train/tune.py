@@ -26,6 +26,7 @@ from typing import Any
 
 from logo_train.config import Config, SearchParam, config_from_dict, config_to_dict, dump_config
 from logo_train.data.shards import Manifest
+from logo_train.plots import BEST_VAL, search_plot
 from logo_train.raysetup import init_ray
 from logo_train.storage import (
     absolute,
@@ -41,7 +42,7 @@ from logo_train.train import check_resources, shared_datasets, steps_per_epoch, 
 
 log = logging.getLogger(__name__)
 
-METRIC = "best_val_macro_f1"
+METRIC = BEST_VAL
 """What the sampler and ASHA maximise: the trial's best val macro-F1 so far (a running max,
 so one noisy epoch does not decide a rung)."""
 TRIAL_MEMORY = 256 * 2**20
@@ -533,57 +534,6 @@ def trials_markdown(rows: list[dict[str, Any]], params: list[str], best: dict[st
         lines.append("| " + " | ".join(cells) + " |")
     total = sum(int(r["epochs"]) for r in rows)
     return "\n".join(lines) + f"\n\nTrial-epochs spent: {total}.\n"
-
-
-def search_plot(rows: list[dict[str, Any]], space: dict[str, SearchParam], title: str) -> bytes:
-    """Val macro-F1 over the first two searched parameters (or over the one), as PNG bytes."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    params = list(space)
-    scored = [r for r in rows if not math.isnan(r[METRIC])]
-    f1 = [r[METRIC] for r in scored]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)
-    if len(params) >= 2:
-        x, y = params[0], params[1]
-        points = ax.scatter(
-            [r[x] for r in scored],
-            [r[y] for r in scored],
-            c=f1,
-            s=[30 + 15 * r["epochs"] for r in scored],
-            cmap="viridis",
-            edgecolors="black",
-        )
-        fig.colorbar(points, ax=ax, label="best val macro-F1")
-        ax.set_ylabel(y)
-        if space[y].kind == "loguniform":
-            ax.set_yscale("log")
-    else:
-        x = params[0]
-        ax.scatter([r[x] for r in scored], f1, s=[30 + 15 * r["epochs"] for r in scored])
-        ax.set_ylabel("best val macro-F1")
-    if space[x].kind == "loguniform":
-        ax.set_xscale("log")
-    if space[x].kind in ("loguniform", "uniform"):
-        ax.set_xlim(space[x].low, space[x].high)
-    best = max(scored, key=lambda r: r[METRIC])
-    ax.annotate(
-        f"best {best[METRIC]:.3f}",
-        (best[x], best[params[1]] if len(params) >= 2 else best[METRIC]),
-        textcoords="offset points",
-        xytext=(8, 8),
-    )
-    ax.set_xlabel(x)
-    ax.set_title(f"Search on {title}: val macro-F1 per trial (size = epochs run)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 # --- every backbone ---------------------------------------------------------------------------

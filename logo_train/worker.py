@@ -130,7 +130,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         # end the run's stream on the worker's side: Ray Data's split coordinator shuts its
         # executor down once every split has ended, which withdraws the executor's resource
         # request to the autoscaler; a stream left open holds a worker node up to 180 s after
-        # the job (Ray 2.60's request expiry; issue 26, item 5)
+        # the job (Ray 2.60's request expiry)
         batches.close()
 
 

@@ -19,16 +19,9 @@ from logo_train.data import synth
 from logo_train.data.augment import TransformSpec
 from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.models import build_model, normalisation
-from logo_train.report import (
-    BENCHMARK_MD,
-    BENCHMARK_PARQUET,
-    COLUMNS,
-    PLOTS,
-    best_entry,
-    markdown,
-    rows,
-    selected_on,
-)
+from logo_train.plots import PLOTS
+from logo_train.report import BENCHMARK_MD, BENCHMARK_PARQUET, COLUMNS, markdown, rows
+from logo_train.results import best_entry, selected_on
 from logo_train.storage import write_json
 
 

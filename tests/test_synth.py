@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from logo_train.data import badge, brands, synth
-from logo_train.data.badge import decode_image
+from logo_train.data.augment import decode_image
 from logo_train.data.shards import read_manifest, read_split, shard_schema
 
 

@@ -379,7 +379,8 @@ def test_a_uri_output_dir_gets_every_output_and_the_working_directory_none(local
     assert data["backbones"][0]["checkpoint"].startswith(f"file://{run_dir}/train/")
     # the report and the CLI read a URI run folder too
     from logo_train.cli import load_config_of_run
-    from logo_train.report import load, write_report
+    from logo_train.report import write_report
+    from logo_train.results import load
 
     assert load_config_of_run(f"file://{run_dir}", []).name == "uri"
     assert load(f"file://{run_dir}")[0]["run"] == "uri"
@@ -404,7 +405,7 @@ def test_shared_passes_that_would_not_fit_the_object_store_are_refused_before_re
 
 
 def test_the_train_line_estimates_what_is_left():
-    from logo_train.train import eta
+    from logo_train.progress import eta
 
     history = [{"epoch": 1, "epoch_seconds": 10.0}, {"epoch": 2, "epoch_seconds": 20.0}]
     assert eta(history, 2, 5, 2) == "  ~45 s left for it, then 2 more in this group"

@@ -147,20 +147,29 @@ def eval_transform(spec: TransformSpec) -> A.Compose:
     return A.Compose([A.Resize(spec.image_size, spec.image_size, interpolation=cv2.INTER_LINEAR)])
 
 
-def decode_image(data: bytes) -> np.ndarray | None:
-    """Encoded JPEG/PNG bytes -> RGB uint8 HWC, or None when they do not decode."""
+def decode_image(data: bytes) -> np.ndarray:
+    """Encoded JPEG/PNG bytes -> RGB uint8 HWC: the package's one decoder (training, the
+    audit's sheets, prediction). Bytes OpenCV cannot decode raise ``ValueError``."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if bgr is None:
+        raise ValueError("could not decode the image bytes (not a JPEG/PNG OpenCV reads)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def decodes(data: bytes) -> bool:
+    """Whether ``decode_image`` reads these bytes."""
+    try:
+        decode_image(data)
+    except ValueError:
+        return False
+    return True
 
 
 def decode_batch(images: list[bytes] | np.ndarray) -> list[np.ndarray]:
-    out = []
-    for data in images:
-        rgb = decode_image(data)
-        if rgb is None:
-            raise ValueError("could not decode an image in the batch (corrupt shard row?)")
-        out.append(rgb)
-    return out
+    try:
+        return [decode_image(data) for data in images]
+    except ValueError as e:
+        raise ValueError(f"an image in the batch: {e} (a corrupt shard row?)") from None
 
 
 def eval_uint8(images: list[bytes] | np.ndarray, spec: TransformSpec) -> np.ndarray:

@@ -387,11 +387,3 @@ def encode_image(rgb: np.ndarray, fmt: str, jpeg_quality: int | None) -> bytes:
         ok, buf = cv2.imencode(".png", bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
     assert ok
     return buf.tobytes()
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Encoded bytes -> RGB uint8 array."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("could not decode image bytes")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 
-from logo_train.data.badge import decode_image
+from logo_train.data.augment import decode_image
 from logo_train.data.shards import SPLITS, Manifest, iter_batches
+from logo_train.figures import png_bytes, pyplot
 from logo_train.storage import join, write_bytes
 
 CONTACT_SHEET = "contact_sheet.png"
@@ -65,11 +65,7 @@ def summary_table(manifest: Manifest, max_rejected: int = 20) -> str:
 
 def contact_sheet(uri: str, manifest: Manifest, per_class: int = 6, split: str = "train") -> str:
     """A PNG grid, one row per class, the first ``per_class`` images; wrong labels framed red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     columns = ["image", "label"] + (["clean_label"] if manifest.has_truth else [])
     picked: dict[int, list[tuple[bytes, int | None]]] = {
         i: [] for i in range(len(manifest.classes))
@@ -111,9 +107,6 @@ def contact_sheet(uri: str, manifest: Manifest, per_class: int = 6, split: str =
         title += " (red frame: wrong label, true class above)"
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     out = join(uri, CONTACT_SHEET)
-    write_bytes(out, buf.getvalue())
+    write_bytes(out, png_bytes(fig))
     return out
