@@ -175,9 +175,9 @@ def _answer(open_set: dict) -> dict:
 def calibrated(model, spec, shards, manifest, cfg) -> dict:
     """The benchmark's open-set answer for a model (``bench.fit_open_set``: temperature and
     threshold fitted on the validation split) and the validation ECE before and after."""
-    from logo_train.bench import fit_open_set
     from logo_train.data.shards import read_split
     from logo_train.engine import logits_of
+    from logo_train.evaluate import fit_open_set
 
     dev = torch.device("cpu")
     test = read_split(shards, "test", ["image", "label"])

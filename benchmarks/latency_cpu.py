@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from logo_train.bench import count_flops, cpu_model, eager_forward, speed
 from logo_train.config import BenchmarkConfig
+from logo_train.evaluate import count_flops, cpu_model, eager_forward, speed
 from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.models import build_model
 

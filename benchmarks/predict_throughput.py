@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from logo_train.bench import speed
 from logo_train.config import BenchmarkConfig
 from logo_train.data import badge, brands, synth
+from logo_train.evaluate import speed
 from logo_train.exported import MODEL_ONNX, onnx_session, resolve_model
 from logo_train.predict import predict
 

@@ -36,10 +36,10 @@ import numpy as np
 import torch
 from finetune_recipe import parse_variant, variant_config  # benchmarks/, beside this script
 
-from logo_train.bench import quality
 from logo_train.calibration import DEFAULT_MAX_THRESHOLD
 from logo_train.data.augment import decode_batch, eval_inputs, to_tensor_batch, train_transform
 from logo_train.data.shards import read_manifest, read_split
+from logo_train.evaluate import quality
 from logo_train.local import fit_local, model_transform_specs
 from logo_train.models import TestViews, build_model
 from logo_train.real_eval import load_outside_set, load_real_set, sources_of

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from logo_train.bench import predict, quality
 from logo_train.checkpoint import load_model
 from logo_train.config import Config, load_config
 from logo_train.data.augment import eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
+from logo_train.evaluate import predict, quality
 from logo_train.raysetup import init_ray
 from logo_train.train import train_backbone
 from logo_train.tune import apply_params, search

@@ -8,7 +8,7 @@
 * **The open-set threshold**: an answer whose (calibrated) top probability is below it is
   ``unknown`` — "none of the classes I know". Chosen to keep a set share of the right answers
   (``keep``, 0.95) on *shifted* validation images (the validation split seen through the
-  training augmentation at a high strength, ``bench.fit_open_set``): a threshold fitted on
+  training augmentation at a high strength, ``evaluate.fit_open_set``): a threshold fitted on
   the plain validation split, where the model is at home, rejects right answers as soon as
   the photos differ (0.673-0.775 on renders and 8-11% of right real answers lost; 0.999 for a
   model trained on a user's photos). A cap (``maximum``) guards against a degenerate fit.

@@ -1,7 +1,7 @@
 """The whole job behind ``logo-train run``: the stages of ``logo_train.stages.TABLE``, one
 after another, one line per stage. Each stage's work lives with its owner (``data.prepare``,
 ``tune.tune_stage``, ``train.train_stage``, ``audit.audit_stage``, ``clean.clean_stage``,
-``bench.benchmark_models``, ``report.write_report``); this module holds the table's bodies
+``evaluate.benchmark_models``, ``report.write_report``); this module holds the table's bodies
 (each passes the run's results on) and states (how far a run folder got, for the resumed
 run's first line).
 
@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 
 from logo_train import train, tune
 from logo_train.audit import AuditResult, audit_stage, finished_audit
-from logo_train.bench import benchmark_models, finished_benchmark, trained_models
 from logo_train.clean import clean_stage, finished_cleaning, round_run
 from logo_train.config import Config, dump_config
 from logo_train.data.prepare import existing_data, prepare_data, shards_location
 from logo_train.data.preview import CONTACT_SHEET, summary_table
 from logo_train.data.shards import MANIFEST, Manifest, is_incomplete
+from logo_train.evaluate import benchmark_models, finished_benchmark, trained_models
 from logo_train.exported import export_best
 from logo_train.progress import backbone_progress
 from logo_train.report import print_summary, write_report

@@ -31,8 +31,8 @@ import numpy as np
 
 from logo_train.data.augment import decodes, eval_spec, eval_uint8, normalise
 from logo_train.data.brands import UNKNOWN
+from logo_train.data.datasets import configure_data_context, one_opencv_thread
 from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
-from logo_train.data.pipeline import configure_data_context, one_opencv_thread
 from logo_train.data.shards import read_manifest, shard_uris
 from logo_train.exported import MODEL_ONNX, ExportedModel, ResolvedModel, resolve_model
 from logo_train.raysetup import init_ray

@@ -22,7 +22,7 @@ from logo_train import checkpoint as ckpt
 from logo_train.backbones import NONE, weights_source
 from logo_train.config import Config
 from logo_train.data.augment import transform_specs
-from logo_train.data.pipeline import small_eval_split, train_val_datasets
+from logo_train.data.datasets import small_eval_split, train_val_datasets
 from logo_train.data.shards import Manifest
 from logo_train.models import build_model, count_parameters
 from logo_train.progress import Progress, ProgressWatcher, backbone_progress

@@ -352,7 +352,7 @@ class _TensorBoard:
 
 def _run_batches(shard, batch_size: int, tc, device) -> _Prefetch:
     """The run's training batches: one stream over every pass of every backbone (the train
-    dataset is the split repeated, ``data.pipeline.train_val_datasets``), pulled ahead in a
+    dataset is the split repeated, ``data.datasets.train_val_datasets``), pulled ahead in a
     background thread. One stream instead of one per epoch: starting a Ray Data execution
     costs ~3 s on 2 cores, and an epoch of a small backbone there takes ~10 s."""
     return _Prefetch(

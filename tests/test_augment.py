@@ -10,7 +10,7 @@ from logo_train.data.augment import (
     to_tensor_batch,
     train_transform,
 )
-from logo_train.data.pipeline import transform_batch
+from logo_train.data.datasets import transform_batch
 
 SPEC = TransformSpec(image_size=48, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), strength=0.8)
 

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 
 from logo_train import checkpoint as ckpt
-from logo_train.bench import benchmark_checkpoint, count_flops, predict, quality
 from logo_train.cli import main
 from logo_train.config import BenchmarkConfig
 from logo_train.data import synth
 from logo_train.data.augment import TransformSpec
+from logo_train.evaluate import benchmark_checkpoint, count_flops, predict, quality
 from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.models import build_model, normalisation
 from logo_train.plots import PLOTS
@@ -231,7 +231,7 @@ def test_report_without_onnx_shows_a_dash_and_bad_path_errors(benchmark_data, tm
 
 
 def test_the_benchmark_line_names_a_round_two_row_as_the_table_does(benchmark_data):
-    from logo_train.bench import summary_line
+    from logo_train.evaluate import summary_line
 
     data, _, _ = benchmark_data
     entry = dict(data["backbones"][0], label=f"{data['backbones'][0]['backbone']}-round2")
@@ -246,7 +246,7 @@ def test_the_report_lists_the_cleaned_labels_even_when_another_backbone_is_best(
     (with what was done to each label), whichever backbone validation chose."""
     from types import SimpleNamespace
 
-    from logo_train.bench import copy_suspected
+    from logo_train.evaluate import copy_suspected
     from logo_train.layout import RunLayout
 
     layout = RunLayout(str(tmp_path / "run"))

@@ -12,12 +12,12 @@ import pytest
 import ray
 import torch
 
-from logo_train.bench import predict
 from logo_train.checkpoint import load_model
 from logo_train.config import load_config
 from logo_train.data.augment import eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
+from logo_train.evaluate import predict
 from logo_train.metrics import classification_metrics
 from logo_train.train import train_stage
 

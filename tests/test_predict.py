@@ -14,12 +14,12 @@ from PIL import Image
 from torch import nn
 
 from logo_train import checkpoint as ckpt
-from logo_train.bench import predict as bench_predict
 from logo_train.cli import main as cli
 from logo_train.config import load_config
 from logo_train.data.augment import TransformSpec, eval_inputs, eval_spec
 from logo_train.data.prepare import prepare_data
 from logo_train.data.shards import read_split
+from logo_train.evaluate import predict as bench_predict
 from logo_train.exported import MODEL_JSON, MODEL_ONNX, ModelError, export_model, load_exported
 from logo_train.models import build_model, normalisation
 from logo_train.predict import collect_inputs, predict

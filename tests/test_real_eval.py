@@ -123,9 +123,9 @@ def test_the_benchmark_scores_real_photos_and_the_report_shows_them(tmp_path):
     """benchmark_run with data.real_eval: every model gets a 'real' entry, its mistakes'
     contact sheet lands in the report folder, and the table and the report show them."""
     from logo_train import checkpoint as ckpt
-    from logo_train.bench import benchmark_run
     from logo_train.config import BenchmarkConfig, SynthConfig
     from logo_train.data import synth
+    from logo_train.evaluate import benchmark_run
     from logo_train.models import build_model, normalisation
     from logo_train.report import markdown, rows
     from logo_train.storage import write_json

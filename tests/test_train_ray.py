@@ -247,7 +247,7 @@ def test_eval_split_from_the_driver_equals_the_ray_data_one(local_ray, tiny_data
     must hold the same tensors and labels."""
     import numpy as np
 
-    from logo_train.data import pipeline
+    from logo_train.data import datasets
     from logo_train.data.augment import TransformSpec
 
     _, uri, manifest = tiny_data
@@ -260,9 +260,9 @@ def test_eval_split_from_the_driver_equals_the_ray_data_one(local_ray, tiny_data
             np.concatenate([b["label"] for b in batches]),
         )
 
-    small_images, small_labels = rows(pipeline.eval_dataset(uri, "val", spec, manifest))
-    monkeypatch.setattr(pipeline, "SMALL_EVAL_BYTES", 0)
-    big_images, big_labels = rows(pipeline.eval_dataset(uri, "val", spec, manifest))
+    small_images, small_labels = rows(datasets.eval_dataset(uri, "val", spec, manifest))
+    monkeypatch.setattr(datasets, "SMALL_EVAL_BYTES", 0)
+    big_images, big_labels = rows(datasets.eval_dataset(uri, "val", spec, manifest))
     assert len(small_labels) == manifest.split_rows("val") == len(big_labels)
     assert small_images.shape == (len(small_labels), 3, 32, 32)
     assert small_images.dtype == np.uint8 and small_labels.dtype == np.int64
@@ -276,7 +276,7 @@ def test_training_stream_is_the_same_for_the_same_seed(local_ray, tiny_data):
     import numpy as np
 
     from logo_train.data.augment import TransformSpec
-    from logo_train.data.pipeline import train_val_datasets
+    from logo_train.data.datasets import train_val_datasets
 
     _, uri, manifest = tiny_data
     spec = TransformSpec(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), strength=0.5)
