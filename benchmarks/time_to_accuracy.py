@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def curves(run: Path) -> dict:
     summary = json.loads((run / "train/summary.json").read_text())
     bench = json.loads((run / "report/benchmark.json").read_text())
-    test = {e["backbone"]: e["metrics"]["macro_f1"] for e in bench["backbones"]}
+    # by the table's name: a cleaning round's entry (``<backbone>-round2``) is not round 1's
+    test = {e.get("label") or e["backbone"]: e["metrics"]["macro_f1"] for e in bench["backbones"]}
     out, total_images, total_seconds, steady_seconds = {}, 0, 0.0, 0.0
     for row in summary["results"]:
         history = json.loads((Path(row["run_path"]) / "history.json").read_text())
