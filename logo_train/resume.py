@@ -95,8 +95,7 @@ def describe(cfg: Config, stages: tuple[str, ...]) -> str:
     checked = bool(_outputs(cfg, stages))  # check_config compared the config
     if not checked and not _has_data(cfg):
         return f"[run] {cfg.run_dir}: a new run"
-    parts = [step.how_far(cfg) for step in selected(cfg, stages) if step.name != "tune"
-             or cfg.tune.enabled]  # fmt: skip
+    parts = [step.how_far(cfg) for step in selected(cfg, stages)]  # the stages that run
     same = " (same config)" if checked else ""
     return f"[resume] {cfg.run_dir}{same}: " + "; ".join(parts)
 
