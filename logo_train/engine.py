@@ -8,6 +8,7 @@ happens after an epoch. It does not import Ray.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.losses import build_loss
 from logo_train.metrics import classification_metrics
 from logo_train.models import TrustModel, build_model, freeze_leading
+
+log = logging.getLogger(__name__)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -321,6 +324,17 @@ def train_epoch(
     )
 
 
+def stops_early(history: list[dict[str, Any]], patience: int, min_delta: float = 0.0) -> bool:
+    """Early stopping: whether the last ``patience`` validations of ``history`` (records with
+    ``val_macro_f1``) all failed to beat the best one before them by more than ``min_delta``.
+    False while ``patience`` is 0 (off) or there are not more validations than ``patience``.
+    A function of the history alone, so a resumed run decides as the first start would."""
+    scores = [r["val_macro_f1"] for r in history if "val_macro_f1" in r]
+    if patience <= 0 or len(scores) <= patience:
+        return False
+    return max(scores[-patience:]) <= max(scores[:-patience]) + min_delta
+
+
 EpochEnd = Callable[[dict[str, Any], bool], None]
 """Called after each epoch with its record (already in the history; the callee may add
 keys) and whether validation improved on the best so far."""
@@ -341,16 +355,22 @@ def fit(
     history: list[dict[str, Any]] | None = None,
     tags: dict[str, Any] | None = None,
     on_epoch_end: EpochEnd | None = None,
+    patience: int = 0,
+    min_delta: float = 0.0,
 ) -> list[dict[str, Any]]:
     """The epoch loop of every training here. Epoch ``e`` trains on ``batches(e)``
     (``steps_per_epoch`` batches of it, or all), validates every ``validate_every`` epochs and
     at the last (``validate()``: evaluation metrics of the current model), appends one record to
     ``history`` (``tags`` first, then ``epoch``, the ``train_*`` metrics, ``lr``, ``val_*``
     and ``best_val_macro_f1`` when validated, ``val_seconds``, ``epoch_seconds``) and calls
-    ``on_epoch_end``. A resumed run passes its ``start_epoch``, ``best`` and ``history``."""
+    ``on_epoch_end``. A resumed run passes its ``start_epoch``, ``best`` and ``history``.
+    With ``patience`` > 0 it stops early (``stops_early``): the last record then has
+    ``stopped_early`` true, and every DDP rank stops at the same epoch."""
     history = [] if history is None else history
     tags = tags or {}
     for epoch in range(start_epoch, epochs):
+        if _stop(history, patience, min_delta, t.device):  # a resumed run that had stopped
+            break
         start = time.perf_counter()
         trust_active = epoch >= trust_warmup_epochs
         label = " ".join(str(v) for v in tags.values() if isinstance(v, str))
@@ -380,9 +400,30 @@ def fit(
         # checkpoint it saves is not counted)
         record["epoch_seconds"] = time.perf_counter() - start
         history.append(record)
+        stop = epoch + 1 < epochs and _stop(history, patience, min_delta, t.device)
+        if stop:
+            record["stopped_early"] = True
+            log.info(
+                "%s: stopped early after epoch %d: no validation macro-F1 above %.4f in the "
+                "last %d validations (train.patience)",
+                label or "training",
+                epoch + 1,
+                best,
+                patience,
+            )
         if on_epoch_end:
             on_epoch_end(record, improved)
+        if stop:
+            break
     return history
+
+
+def _stop(history: list[dict[str, Any]], patience: int, min_delta: float, device) -> bool:
+    """``stops_early``, agreed by every DDP rank (rank 0's validation decides: all stop)."""
+    if patience <= 0:
+        return False
+    votes = mean_over_ranks([float(stops_early(history, patience, min_delta))], device)
+    return votes[0] > 0
 
 
 def logits_of(

@@ -178,6 +178,8 @@ def fit_local(
         trust_warmup_epochs=tc.trust_warmup_epochs,
         validate_every=eval_every,
         on_epoch_end=epoch_end if echo or on_epoch_end else None,
+        patience=tc.patience,
+        min_delta=tc.min_delta,
     )
     return LocalFit(t, history)
 

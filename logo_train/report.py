@@ -136,9 +136,10 @@ def _table_lines(data: dict[str, Any]) -> list[str]:
     return lines + [
         "",
         "Columns: 'starts from': ImageNet weights fine-tuned, or random init (the five "
-        "reference families train from scratch: the table compares families); epochs, "
-        "training (s), training images/s: the model's training (wall time on its worker, the "
-        "first backbone of a worker group also paying the group's start-up; the steady "
+        "reference families train from scratch: the table compares families); epochs: "
+        "those trained (fewer than the recipe's where train.patience stopped a backbone "
+        "early); training (s), training images/s: the model's training (wall time on its "
+        "worker, the first backbone of a worker group also paying the group's start-up; the steady "
         "rate); parameters in millions; MFLOPs = 10^6 floating-point operations per image "
         "(one forward pass, torch.utils.flop_counter; a multiply-add counts 2); weights = "
         "float32 state dict. Accuracy ... macro F1 on the split above (macro = unweighted mean "

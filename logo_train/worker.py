@@ -191,6 +191,8 @@ def _train_job(
         history=checkpointer.history,
         tags={"backbone": job.backbone, "restored_epoch": checkpointer.epoch},
         on_epoch_end=checkpointer.epoch_end,
+        patience=tc.patience,
+        min_delta=tc.min_delta,
     )
     checkpointer.finish(
         job_summary(job, checkpointer.history, setup_seconds, group_start_seconds, job_start)
@@ -315,6 +317,7 @@ def job_summary(job: Job, history, setup_seconds, group_start_seconds, job_start
         "best_val_macro_f1": best["val_macro_f1"],
         "best_epoch": int(best["epoch"]),
         "epochs": int(history[-1]["epoch"]),
+        "stopped_early": bool(history[-1].get("stopped_early", False)),
         "train_images_per_s": history[-1]["train_images_per_s"],
         "data_wait_fraction": history[-1]["data_wait_fraction"],
         "resumed": bool(history[-1]["restored_epoch"]),

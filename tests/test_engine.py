@@ -121,6 +121,63 @@ def test_validation_every_n_epochs_and_at_the_last_with_the_running_best():
     assert all("train_mean_trust" not in h and "trust_active" not in h for h in history)
 
 
+def test_early_stopping_counts_validations_without_a_new_best_and_says_so():
+    records = [{"epoch": e + 1, "val_macro_f1": v} for e, v in enumerate([0.3, 0.5, 0.5, 0.49])]
+    assert not engine.stops_early(records, patience=0)  # off
+    assert not engine.stops_early(records[:2], patience=2)  # too few validations
+    assert engine.stops_early(records, patience=2)  # 0.5 and 0.49 do not beat 0.5
+    assert not engine.stops_early(records, patience=3)  # 0.5 beat 0.3
+    assert engine.stops_early(records, patience=3, min_delta=0.25)  # +0.2 is not enough
+    assert not engine.stops_early(records + [{"epoch": 5}], patience=3)  # unvalidated: no vote
+
+    _, t = _training(epochs=8)
+    seen = []
+    history = engine.fit(
+        t,
+        epochs=8,
+        batches=lambda epoch: iter(_stream(2)),
+        prepare=_prepare([]),
+        validate=_scripted([0.2, 0.4, 0.4, 0.3, 0.9, 0.9, 0.9, 0.9]),
+        trust_warmup_epochs=0,
+        patience=2,
+        on_epoch_end=lambda record, improved: seen.append(record["epoch"]),
+    )
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] == seen  # 0.9 at epoch 5 never seen
+    assert history[-1]["stopped_early"] is True
+    assert history[-1]["best_val_macro_f1"] == 0.4
+    assert not any(h.get("stopped_early") for h in history[:-1])
+
+    # a resumed run whose history had stopped trains no further epoch
+    _, t = _training(epochs=8)
+    again = engine.fit(
+        t,
+        epochs=8,
+        batches=lambda epoch: iter(_stream(2)),
+        prepare=_prepare([]),
+        validate=_scripted([]),
+        trust_warmup_epochs=0,
+        start_epoch=4,
+        best=0.4,
+        history=list(history),
+        patience=2,
+    )
+    assert [h["epoch"] for h in again] == [1, 2, 3, 4]
+
+    # the last epoch is not "stopped early", and patience off trains every epoch
+    _, t = _training(epochs=3)
+    plain = engine.fit(
+        t,
+        epochs=3,
+        batches=lambda epoch: iter(_stream(2)),
+        prepare=_prepare([]),
+        validate=_scripted([0.5, 0.4, 0.3]),
+        trust_warmup_epochs=0,
+        patience=2,
+    )
+    assert [h["epoch"] for h in plain] == [1, 2, 3]
+    assert not any(h.get("stopped_early") for h in plain)
+
+
 def test_trust_records_and_a_resumed_history_goes_on():
     _, t = _training(loss="trust_penalty", epochs=3)
     earlier = [{"epoch": 1, "val_macro_f1": 0.5, "best_val_macro_f1": 0.5}]

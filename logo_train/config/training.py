@@ -26,6 +26,7 @@ RECIPE_FIELDS = (
     "gce_q",
     "frozen_stages",
     "min_steps",
+    "patience",
     "image_size",
     "test_views",
 )
@@ -270,6 +271,13 @@ class TrainConfig:
     """At least this many optimisation steps: ``epochs`` is raised for a small training split
     (a user's few hundred photos) so a recipe sized for the embedded data still converges;
     0 = ``epochs`` as given."""
+    patience: int = 0
+    """Early stopping: stop a backbone's training once this many validations in a row have
+    not raised its best validation macro-F1 by more than ``min_delta`` (the checkpoint kept
+    is still the best one); 0 = train every epoch. For long recipes (a GPU profile's 200
+    epochs); the quick profile trains a few epochs on a schedule and keeps it off."""
+    min_delta: float = 0.0
+    """Early stopping: the rise of the best validation macro-F1 that counts as learning."""
     frozen_stages: int = 0
     """Fine-tuning: the first N parameter groups of the backbone (timm's coarse grouping: the
     stem, then one per stage of blocks) keep their pretrained weights and batch-norm
@@ -341,6 +349,8 @@ class TrainConfig:
         )
         check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
+        check(self.patience >= 0, p + "patience", self.patience, ">= 0 (0 = off)")
+        check(0 <= self.min_delta < 1, p + "min_delta", self.min_delta, "0..<1")
         check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
         check(self.num_workers >= 1, p + "num_workers", self.num_workers, ">= 1")
