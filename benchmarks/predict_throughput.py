@@ -5,7 +5,8 @@
 Renders ``--images`` badge crops with the embedded generator at their native sizes (30-90 px
 wide, as real crops are; a seed of its own, so none is a training image) into class folders,
 runs ``predict`` over them (Ray Data read -> check -> eval transform -> ONNX Runtime actor ->
-CSV) and times ONNX Runtime alone on ready-made input batches of the model's size, with as
+a CSV file gathered on the driver, and a folder of Parquet part files that Ray Data writes:
+``--writes``) and times ONNX Runtime alone on ready-made input batches of the model's size, with as
 many threads as the predict actor has CPUs. Prints and writes
 ``benchmarks/results/predict_throughput.json``: images/s of both and their ratio (issue 13's
 target: predict >= 0.7x the bare model), and what predict printed.
@@ -51,7 +52,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default=str(ROOT / "runs/quick/report/model"))
     p.add_argument("--images", type=int, default=3000)
-    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--actors", type=int, default=1, help="0: sized to the cluster")
+    p.add_argument(
+        "--writes",
+        default="file,folder",
+        help="file (one CSV, gathered on the driver), folder (Ray Data's part files): each run",
+    )
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/predict_throughput.json"))
@@ -68,20 +74,24 @@ def main() -> None:
             print(line)
             lines.append(line)
 
-        start = time.perf_counter()
-        summary = predict(
-            args.model,
-            [str(crops)],
-            Path(tmp) / "preds.csv",
-            actors=args.actors,
-            cpus_per_actor=args.cpus_per_actor,
-            batch_size=args.batch_size,
-            progress=False,
-            echo=echo,
-        )
-        wall = time.perf_counter() - start
+        runs = {}
+        for write in args.writes.split(","):
+            out = Path(tmp) / ("preds.csv" if write == "file" else "preds")
+            start = time.perf_counter()
+            summary = predict(
+                args.model,
+                [str(crops)],
+                out if write == "file" else f"file://{out}",
+                actors=args.actors,
+                cpus_per_actor=args.cpus_per_actor,
+                batch_size=args.batch_size,
+                progress=False,
+                echo=echo,
+            )
+            runs[write] = (summary, time.perf_counter() - start)
         resolved = resolve_model(args.model, tmp)
-        threads = args.actors * max(1, int(args.cpus_per_actor))  # as many as predict runs
+        actors = max(r.actors_used for r, _ in runs.values())
+        threads = actors * max(1, int(args.cpus_per_actor))  # as many as predict runs
         session = onnx_session(Path(resolved.onnx_dir) / MODEL_ONNX, threads)
         cfg = BenchmarkConfig(throughput_batch=args.batch_size, throughput_runs=20)
         bare = speed(
@@ -94,21 +104,31 @@ def main() -> None:
         "images": args.images,
         "actors": args.actors,
         "cpus_per_actor": args.cpus_per_actor,
-        "predict_images_per_s": summary.images_per_s,
-        "predict_wall_s_including_start": wall,
         "onnx_images_per_s": bare,
-        "ratio": summary.images_per_s / bare,
-        "accuracy": summary.metrics.get("accuracy"),
-        "macro_f1": summary.metrics.get("macro_f1"),
+        "writes": {
+            write: {
+                "written_by": summary.written_by,
+                "predict_images_per_s": summary.images_per_s,
+                "predict_wall_s_including_start": wall,
+                "ratio": summary.images_per_s / bare,
+                "actors_used": summary.actors_used,
+                "accuracy": summary.metrics.get("accuracy"),
+                "macro_f1": summary.metrics.get("macro_f1"),
+            }
+            for write, (summary, wall) in runs.items()
+        },
         "printed": lines,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
-    print(
-        f"predict {summary.images_per_s:.0f} images/s (streaming, after start-up; "
-        f"{wall:.1f} s wall with start-up) vs ONNX Runtime alone {bare:.0f} images/s at batch "
-        f"{args.batch_size}: ratio {result['ratio']:.2f}  -> {args.out}"
-    )
+    for write, r in result["writes"].items():
+        print(
+            f"predict, {write} written by the {r['written_by']}: "
+            f"{r['predict_images_per_s']:.0f} images/s (streaming, after start-up; "
+            f"{r['predict_wall_s_including_start']:.1f} s wall with start-up) vs ONNX Runtime "
+            f"alone {bare:.0f} images/s at batch {args.batch_size}: ratio {r['ratio']:.2f}"
+        )
+    print(f"-> {args.out}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ logo-train tune [--config F] [--set KEY=VALUE ...] | --resume EXPERIMENT
 logo-train audit --checkpoint DIR --shards URI [--out DIR]
 logo-train benchmark RUN_DIR | --config F      (every backbone's best checkpoint, then the report)
 logo-train report RUN_DIR                      (the report again, from benchmark.json alone)
-logo-train predict --model MODEL --out FILE SOURCE...   (labels for image files / folders / shards)
+logo-train predict --model MODEL --out FILE|FOLDER SOURCE...  (labels for files, folders, shards)
 logo-train export RUN_OR_CHECKPOINT OUT [--backbone B]  (a self-contained ONNX model folder)
 logo-train data synth [--out URI] [--noise-rate R ...]
 logo-train data ingest SRC OUT [--layout splits|single ...]
@@ -270,7 +270,19 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="run folder (its best backbone), checkpoint folder, or exported model folder",
     )
-    p.add_argument("--out", required=True, help="predictions file: .csv or .parquet")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="a file (.csv or .parquet: gathered on the driver, in input order) or a folder / "
+        "URI (file://, s3://, gs://) that Ray Data writes: predictions/, rejected/, summary.json",
+    )
+    p.add_argument(
+        "--format",
+        dest="out_format",
+        choices=("parquet", "csv"),
+        default="parquet",
+        help="the part files of a folder --out (default parquet)",
+    )
     p.add_argument(
         "sources",
         nargs="+",
@@ -280,7 +292,13 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--top-k", type=int, default=3, help="classes per row (default 3)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--actors", type=int, default=1, help="model replicas (Ray actors)")
+    p.add_argument(
+        "--actors",
+        type=int,
+        default=0,
+        help="model replicas (Ray actors); 0 (default) sizes the pool to the cluster: one per "
+        "GPU with --device cuda, else as many as leave one CPU to reading and decoding",
+    )
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--split", default="test", help="the split of shards sources (default test)")
@@ -298,7 +316,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 def predict_from_args(args: argparse.Namespace) -> int:
     from logo_train.predict import predict
 
-    for flag in ("top_k", "batch_size", "actors"):
+    for flag in ("top_k", "batch_size"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
     predict(
@@ -313,6 +331,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
         split=args.split,
         max_pixels=args.max_pixels,
         min_confidence=args.min_confidence,
+        out_format=args.out_format,
         progress=not args.no_progress,
     )
     return 0

@@ -36,11 +36,7 @@ from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
 from logo_train.data.shards import read_manifest, shard_uris
 from logo_train.exported import MODEL_ONNX, ExportedModel, ResolvedModel, resolve_model
 from logo_train.raysetup import init_ray
-from logo_train.storage import (
-    exists,
-    join,
-    resolve,
-)
+from logo_train.storage import absolute, exists, is_file, join, resolve, write_json
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +250,7 @@ class Predictor:
             "reason": reasons,
             "detail": details,
             "actor": np.full(n, os.getpid()),
+            "finished_at": np.full(n, time.time()),  # the actor's clock: the streaming rate
         }
         for j in range(k):
             out[f"top{j + 1}_label"] = self.classes[top_idx[:, j]]
@@ -262,6 +259,14 @@ class Predictor:
 
 
 # --- the whole prediction ---------------------------------------------------------------------
+
+
+FILE_SUFFIXES = (".csv", ".parquet")
+FORMATS = ("parquet", "csv")
+PREDICTIONS, REJECTED, SUMMARY_JSON = "predictions", "rejected", "summary.json"
+"""A folder output's parts: Ray Data's files of answers and of rejected inputs, the summary."""
+STAT_COLUMNS = ["reason", "true_label", "label", "top1_label", "actor", "finished_at"]
+"""What a folder output brings back to the driver: counts, metrics and timing, no images."""
 
 
 @dataclass
@@ -275,16 +280,18 @@ class PredictSummary:
     rejected: int
     reasons: dict[str, int]
     seconds: float
-    """Wall time of the Ray Data execution, start-up included."""
+    """Wall time of the Ray Data execution, start-up and writing included."""
     start_seconds: float
-    """Until the first batch came back (actors started, model loaded, first batch)."""
+    """Until the first batch was predicted (actors started, model loaded, first batch)."""
     images_per_s: float
-    """Streaming rate after the first batch."""
+    """Streaming rate after the first batch (the actors' clocks)."""
     actors_used: int = 0
     labelled: int = 0
     """Rows whose true class is known (class folders, shards): the metrics count these."""
     metrics: dict[str, float] = field(default_factory=dict)
     unknown_labels: dict[str, int] = field(default_factory=dict)
+    written_by: str = "driver"
+    """'driver' (one file, rows in input order) or 'ray-data' (a folder of part files)."""
 
 
 def predict(
@@ -294,24 +301,29 @@ def predict(
     *,
     top_k: int = 3,
     batch_size: int = 64,
-    actors: int = 1,
+    actors: int = 0,
     cpus_per_actor: float = 1.0,
     device: str = "cpu",
     split: str = "test",
     max_pixels: int = 40_000_000,
     min_confidence: float | None = None,
+    out_format: str = "parquet",
     progress: bool = True,
     echo=print,
 ) -> PredictSummary:
-    """Predict every input of ``sources`` with ``model`` into ``out`` (.csv or .parquet), the
-    rejected inputs into ``<out stem>.rejected<suffix>`` beside it. An image whose calibrated
-    top probability is below ``min_confidence`` (None: the model's own, ``model.json``; 0:
-    off), or whose top class is the model's ``unknown`` class, is answered ``unknown``, the
-    reason in ``unknown_reason``; ``top1_label`` keeps the class it would have named."""
-    import pyarrow as pa
+    """Predict every input of ``sources`` with ``model``. An image whose calibrated top
+    probability is below ``min_confidence`` (None: the model's own, ``model.json``; 0: off),
+    or whose top class is the model's ``unknown`` class, is answered ``unknown``, the reason in
+    ``unknown_reason``; ``top1_label`` keeps the class it would have named.
 
-    out = Path(out)
-    _check_args(out, top_k, min_confidence)
+    ``out`` a file (.csv or .parquet): the driver gathers the answers and writes them in input
+    order, the rejected inputs to ``<out stem>.rejected<suffix>`` beside it (a few thousand
+    images). Any other ``out`` is a folder (a local path or a URI: file://, s3://, gs://) that
+    Ray Data writes where the actors' blocks are, ``out_format`` part files: ``predictions/``,
+    ``rejected/`` and ``summary.json``; only the columns the summary counts come back to the
+    driver. ``actors`` 0 sizes the model's actor pool to the cluster (``pool_size``)."""
+    out = str(out)
+    one_file = _check_args(out, top_k, min_confidence, out_format)
     with tempfile.TemporaryDirectory(prefix="logo-train-predict-") as workdir:
         resolved = resolve_model(model, workdir)
         meta = resolved.meta
@@ -323,37 +335,85 @@ def predict(
             f"{meta.image_size} px): {len(inputs.files)} file(s), {inputs.shard_rows} shard row(s)"
         )
         init_ray()
-        _check_cpus(actors, cpus_per_actor, device)
-        configure_data_context()
+        pool = pool_size(actors, cpus_per_actor, device)
+        configure_data_context(progress_bars=progress and not one_file)
         # our bar reports progress; Ray Data's periodic progress log lines would repeat it
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         threshold = meta.min_confidence if min_confidence is None else min_confidence
         echo(open_set_line(meta, threshold, min_confidence is None))
         ds = _predictions(
-            _dataset(inputs, max_pixels, actors),
+            _dataset(inputs, max_pixels, max(pool)),
             resolved,
             batch_size=batch_size,
-            actors=actors,
+            pool=pool,
             cpus_per_actor=cpus_per_actor,
             device=device,
             top_k=top_k,
             min_confidence=threshold,
         )
-        tables, seconds = _collect(ds, inputs.seen, progress)
-    result = pa.concat_tables(tables).sort_by("index") if tables else None
-    if result is None or result.num_rows != inputs.seen:
-        got = 0 if result is None else result.num_rows
-        raise RuntimeError(f"predict lost inputs: {inputs.seen} seen, {got} came back")
-    return _write(result, out, resolved, inputs, top_k, seconds, echo)
+        start = time.time()
+        if one_file:
+            table = _collect(ds, inputs.seen, progress)
+        else:
+            ds = ds.materialize()  # the answers stay in the object store, where they were made
+            table = _gather(ds, STAT_COLUMNS)
+        if table is None or table.num_rows != inputs.seen:
+            got = 0 if table is None else table.num_rows
+            raise RuntimeError(f"predict lost inputs: {inputs.seen} seen, {got} came back")
+        columns = answer_columns(resolved.meta, top_k, _has_labels(table))
+        if one_file:
+            out_file, rejected_file = _write_files(table, Path(out), columns)
+        else:
+            out_file, rejected_file = _write_folder(ds, out, columns, out_format)
+        summary = _summary(table, resolved, inputs, (start, time.time()), out_file, rejected_file)
+        summary.written_by = "driver" if one_file else "ray-data"
+        if not one_file:
+            write_json(join(absolute(out), SUMMARY_JSON), asdict(summary))
+    for line in summary_lines(summary):
+        echo(line)
+    return summary
 
 
-def _check_args(out: Path, top_k: int, min_confidence: float | None) -> None:
-    if out.suffix.lower() not in (".csv", ".parquet"):
-        raise ValueError(f"--out {out}: the file must end in .csv or .parquet")
+def _check_args(out: str, top_k: int, min_confidence: float | None, out_format: str) -> bool:
+    """Whether ``out`` is one file (else a folder); raises on a bad argument."""
     if top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {top_k}")
     if min_confidence is not None and not 0 <= min_confidence <= 1:
         raise ValueError(f"--min-confidence must be in 0..1, got {min_confidence}")
+    if out_format not in FORMATS:
+        raise ValueError(f"--format {out_format!r}: one of {', '.join(FORMATS)}")
+    suffix = Path(out.rstrip("/")).suffix.lower()
+    if suffix in FILE_SUFFIXES:
+        return True
+    if suffix and not out.endswith("/"):
+        raise ValueError(
+            f"--out {out}: a file must end in .csv or .parquet; a folder (Ray Data writes it) "
+            f"must not look like a file (end it in '/')"
+        )
+    if is_file(out):
+        raise ValueError(f"--out {out}: a file, not a folder (a file must end in .csv or .parquet)")
+    return False
+
+
+def pool_size(actors: int, cpus_per_actor: float, device: str) -> tuple[int, int]:
+    """(min, max) model actors. ``actors`` > 0: exactly that many (checked against the
+    cluster's CPUs). 0: sized to the cluster as it is now: one per GPU with ``device`` cuda;
+    on CPU as many as fit while one CPU stays free for reading and decoding (Ray Data's tasks),
+    at least one; Ray Data starts one and adds the others while work is queued."""
+    import ray
+
+    resources = ray.cluster_resources()
+    if actors < 0:
+        raise ValueError(f"--actors must be 0 (sized to the cluster) or more, got {actors}")
+    if actors:
+        _check_cpus(actors, cpus_per_actor, device, resources.get("CPU", 0))
+        return actors, actors
+    if device == "cuda":
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise ValueError("--device cuda: this Ray cluster has no GPU")
+        return 1, gpus
+    return 1, max(1, int((resources.get("CPU", 0) - 1) // cpus_per_actor))
 
 
 def _predictions(
@@ -361,7 +421,7 @@ def _predictions(
     resolved: ResolvedModel,
     *,
     batch_size: int,
-    actors: int,
+    pool: tuple[int, int],
     cpus_per_actor: float,
     device: str,
     top_k: int,
@@ -375,6 +435,7 @@ def _predictions(
     ds = ds.map_batches(
         preprocess, fn_kwargs={"spec": eval_spec(meta)}, batch_size=batch_size, num_cpus=0.5
     )
+    low, high = pool
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={
@@ -388,25 +449,130 @@ def _predictions(
         },
         batch_size=batch_size,
         # a block at a time per actor, so a slow-starting actor still gets its share
-        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        compute=ray.data.ActorPoolStrategy(
+            min_size=low, max_size=high, max_tasks_in_flight_per_actor=1
+        ),
         num_cpus=cpus_per_actor,
         num_gpus=1 if device == "cuda" else 0,
     )
 
 
 def _collect(ds, seen: int, progress: bool):
-    """Every predicted block (a progress bar over ``seen`` inputs) and the timings: (start,
-    (first block's time, its rows), end)."""
-    start = time.perf_counter()
-    tables, first = [], None
+    """Every predicted block on the driver (a progress bar over ``seen`` inputs), in input
+    order; None when nothing came back."""
+    import pyarrow as pa
+
+    tables = []
     bar = _progress(seen, progress)
     for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        if first is None:  # Ray Data is lazy: start-up (actors, model load) ends here
-            first = (time.perf_counter(), table.num_rows)
         tables.append(table)
         bar.update(table.num_rows)
     bar.close()
-    return tables, (start, first, time.perf_counter())
+    return pa.concat_tables(tables).sort_by("index") if tables else None
+
+
+def _gather(ds, columns: list[str]):
+    """``columns`` of a materialised dataset on the driver (None when it has no rows)."""
+    import pyarrow as pa
+    import ray
+
+    tables = [t for t in ray.get(ds.select_columns(columns).to_arrow_refs()) if t.num_rows]
+    return pa.concat_tables(tables) if tables else None
+
+
+def answer_columns(meta: ExportedModel, top_k: int, labelled: bool) -> list[str]:
+    """The columns of the answers' file(s)."""
+    columns = ["path", "label", "probability", "unknown_reason"]
+    for j in range(min(top_k, len(meta.class_names))):
+        columns += [f"top{j + 1}_label", f"top{j + 1}_probability"]
+    if labelled:
+        columns.insert(1, "true_label")
+    return columns
+
+
+def _has_labels(table) -> bool:
+    import pyarrow.compute as pc
+
+    ok = pc.equal(table["reason"], "")
+    return bool(pc.any(pc.and_(ok, pc.not_equal(table["true_label"], ""))).as_py())
+
+
+def answers_of(table, columns: list[str]):
+    """The read inputs' answers (``columns``) of a block."""
+    import pyarrow.compute as pc
+
+    return table.filter(pc.equal(table["reason"], "")).select(columns)
+
+
+def rejected_of(table):
+    """The rejected inputs of a block, with their reasons."""
+    import pyarrow.compute as pc
+
+    return table.filter(pc.not_equal(table["reason"], "")).select(["path", "reason", "detail"])
+
+
+def _write_files(table, out: Path, columns: list[str]) -> tuple[str, str]:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rejected_file = out.with_name(f"{out.stem}.rejected{out.suffix}")
+    _write_table(answers_of(table, columns), out)
+    _write_table(rejected_of(table), rejected_file)
+    return str(out), str(rejected_file)
+
+
+def _write_folder(ds, out: str, columns: list[str], out_format: str) -> tuple[str, str]:
+    """Ray Data writes the answers and the rejected inputs as part files where the blocks
+    are (each folder replaced: a second run into the same ``out`` leaves no stale parts)."""
+    from ray.data import SaveMode
+
+    where = absolute(out)  # tasks run in their own working folders
+    parts = {
+        PREDICTIONS: ds.map_batches(
+            answers_of, fn_kwargs={"columns": columns}, batch_format="pyarrow", batch_size=None
+        ),
+        REJECTED: ds.map_batches(rejected_of, batch_format="pyarrow", batch_size=None),
+    }
+    for name, part in parts.items():
+        getattr(part, f"write_{out_format}")(join(where, name), mode=SaveMode.OVERWRITE)
+    return join(where, PREDICTIONS), join(where, REJECTED)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="predict", disable=not enabled)
+
+
+def _summary(table, resolved: ResolvedModel, inputs: Inputs, wall, out_file, rejected_file):
+    """Counts, metrics and timing from the answers' ``STAT_COLUMNS``; ``wall`` the driver's
+    (start, end) of the execution."""
+    import pyarrow.compute as pc
+
+    start, end = wall
+    done = np.asarray(table["finished_at"].to_numpy(), np.float64)
+    first_at = float(done.min())
+    first_rows = int((done == first_at).sum())
+    steady = float(done.max()) > first_at and table.num_rows > first_rows
+    ok = pc.equal(table["reason"], "")
+    rows = table.filter(ok)
+    reasons = table.filter(pc.invert(ok))["reason"].to_pylist()
+    summary = PredictSummary(
+        model=resolved.described_as,
+        backbone=resolved.meta.backbone,
+        out=out_file,
+        rejected_file=rejected_file,
+        seen=inputs.seen,
+        predicted=rows.num_rows,
+        rejected=len(reasons),
+        reasons=dict(Counter(reasons)),
+        seconds=end - start,
+        start_seconds=max(0.0, first_at - start),
+        images_per_s=(table.num_rows - first_rows) / (done.max() - first_at) if steady else 0.0,
+        actors_used=len(set(table["actor"].to_pylist())),
+    )
+    labelled = pc.not_equal(rows["true_label"], "")
+    if pc.any(labelled).as_py():
+        _score_labelled(summary, rows.filter(labelled), resolved.meta.class_names)
+    return summary
 
 
 def open_set_line(meta: ExportedModel, threshold: float, own: bool) -> str:
@@ -426,12 +592,9 @@ def open_set_line(meta: ExportedModel, threshold: float, own: bool) -> str:
     )
 
 
-def _check_cpus(actors: int, cpus_per_actor: float, device: str) -> None:
+def _check_cpus(actors: int, cpus_per_actor: float, device: str, total: float) -> None:
     """Actors that take every CPU never start: Ray Data keeps CPU for its other operators, and
     the run would wait forever (seen on 2 cores with one actor of 2 CPUs)."""
-    import ray
-
-    total = ray.cluster_resources().get("CPU", 0)
     if device == "cpu" and actors * cpus_per_actor >= total:
         raise ValueError(
             f"--actors {actors} x --cpus-per-actor {cpus_per_actor:g} asks for every CPU of this "
@@ -481,54 +644,6 @@ def _dataset(inputs: Inputs, max_pixels: int, actors: int):
     return parts[0] if len(parts) == 1 else parts[0].union(*parts[1:])
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="predict", disable=not enabled)
-
-
-def _write(table, out: Path, resolved: ResolvedModel, inputs: Inputs, top_k, seconds, echo):
-    import pyarrow.compute as pc
-
-    start, first, end = seconds
-    first_at, first_rows = first or (end, 0)
-    steady = first is not None and end > first_at and table.num_rows > first_rows
-    ok = pc.equal(table["reason"], "")
-    rows = table.filter(ok)
-    rejected = table.filter(pc.invert(ok)).select(["path", "reason", "detail"])
-    columns = ["path", "label", "probability", "unknown_reason"]
-    for j in range(min(top_k, len(resolved.meta.class_names))):
-        columns += [f"top{j + 1}_label", f"top{j + 1}_probability"]
-    labelled = pc.not_equal(rows["true_label"], "")
-    has_labels = pc.any(labelled).as_py() or False
-    if has_labels:
-        columns.insert(1, "true_label")
-    rows = rows.select(columns)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    rejected_file = out.with_name(f"{out.stem}.rejected{out.suffix}")
-    _write_table(rows, out)
-    _write_table(rejected, rejected_file)
-    summary = PredictSummary(
-        model=resolved.described_as,
-        backbone=resolved.meta.backbone,
-        out=str(out),
-        rejected_file=str(rejected_file),
-        seen=inputs.seen,
-        predicted=rows.num_rows,
-        rejected=rejected.num_rows,
-        reasons=dict(Counter(rejected["reason"].to_pylist())),
-        seconds=end - start,
-        start_seconds=(first_at if first else end) - start,
-        images_per_s=(table.num_rows - first_rows) / (end - first_at) if steady else 0.0,
-        actors_used=len(set(table["actor"].to_pylist())),
-    )
-    if has_labels:
-        _score_labelled(summary, rows.filter(labelled), resolved.meta.class_names)
-    for line in summary_lines(summary):
-        echo(line)
-    return summary
-
-
 def _score_labelled(summary: PredictSummary, truth, class_names: list[str]) -> None:
     """The metrics of the labelled inputs (``truth``: their rows) into ``summary``: of the
     class each image would be given (top-1), and of the answers (``unknown`` included)."""
@@ -575,7 +690,8 @@ def summary_lines(s: PredictSummary) -> list[str]:
             else "too few batches to time a steady rate"
         )
         + f" on {s.actors_used} actor(s))",
-        f"[predict] predictions: {s.out}",
+        f"[predict] predictions: {s.out}"
+        + (" (part files written by Ray Data)" if s.written_by == "ray-data" else ""),
     ]
     if s.rejected:
         lines.append(f"[predict] rejected, with reasons: {s.rejected_file}")

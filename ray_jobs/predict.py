@@ -2,7 +2,7 @@
 batch inference (an actor pool holding the model; ONNX Runtime on CPU, PyTorch on GPU).
 
 ray job submit --working-dir . -- python -m ray_jobs.predict \
-    --model runs/full/report/model --out preds.parquet --actors 4 s3://bucket/shards
+    --model runs/full/report/model --out s3://bucket/preds/ --device cuda s3://bucket/shards
 
 Files and folders are read where the tasks run: on a cluster, give a shards URI (or a
 filesystem every node mounts).

@@ -228,6 +228,65 @@ def test_predict_with_two_actors_keeps_every_row_once(local_ray, shards, checkpo
     assert paths == [p for p, _ in inputs.files], "rows come back in input order"
 
 
+def test_a_folder_out_is_written_by_ray_data_with_every_row_once(
+    local_ray, shards, checkpoint, tmp_path
+):
+    """--out a folder URI: Ray Data writes part files (answers, rejected) and summary.json;
+    the answers equal the one-file path's; a second run replaces the parts."""
+    _, uri, _ = shards
+    crops = tmp_path / "crops"
+    images, _ = _write_test_split(uri, crops)
+    (crops / "empty.png").write_bytes(b"")
+    (crops / "notes.txt").write_text("not an image")
+    one = predict(checkpoint, [str(crops)], tmp_path / "one.parquet", progress=False)
+    expected = pq.read_table(tmp_path / "one.parquet").sort_by("path")
+
+    folder = tmp_path / "preds"
+    for fmt in ("parquet", "parquet", "csv"):  # twice: no stale part files
+        summary = predict(
+            checkpoint, [str(crops)], f"file://{folder}", out_format=fmt, progress=False
+        )
+        assert summary.written_by == "ray-data"
+        parts = sorted((folder / "predictions").iterdir())
+        assert parts and all(p.suffix == f".{fmt}" for p in parts)
+        read = pq.read_table if fmt == "parquet" else pacsv.read_csv
+        got = pa_concat([read(p) for p in parts]).sort_by("path")
+        assert got.num_rows == summary.predicted == len(images) == expected.num_rows
+        assert got["path"].to_pylist() == expected["path"].to_pylist()
+        assert got["label"].to_pylist() == expected["label"].to_pylist()
+        assert got.column_names == expected.column_names
+        rejected = pa_concat([read(p) for p in sorted((folder / "rejected").iterdir())])
+        assert sorted(rejected["reason"].to_pylist()) == ["empty_file", "unsupported_extension"]
+        assert summary.seen == summary.predicted + summary.rejected == len(images) + 2
+        saved = json.loads((folder / "summary.json").read_text())
+        assert saved["predicted"] == summary.predicted and saved["reasons"] == summary.reasons
+        assert saved["metrics"]["accuracy"] == pytest.approx(one.metrics["accuracy"])
+        assert summary.actors_used == 1 and summary.start_seconds > 0
+
+    with pytest.raises(ValueError, match=r"--out .*preds.txt: a file must end in .csv"):
+        predict(checkpoint, [str(crops)], tmp_path / "preds.txt", progress=False)
+    with pytest.raises(ValueError, match="--format 'json'"):
+        predict(checkpoint, [str(crops)], folder, out_format="json", progress=False)
+
+
+def test_the_actor_pool_is_sized_to_the_cluster(local_ray):
+    from logo_train.predict import pool_size
+
+    assert pool_size(0, 1.0, "cpu") == (1, 1)  # 2 CPUs: one for the model, one for decoding
+    assert pool_size(0, 0.5, "cpu") == (1, 2)
+    assert pool_size(2, 0.5, "cpu") == (2, 2)
+    with pytest.raises(ValueError, match="asks for every CPU"):
+        pool_size(2, 1.0, "cpu")
+    with pytest.raises(ValueError, match="no GPU"):
+        pool_size(0, 1.0, "cuda")
+
+
+def pa_concat(tables):
+    import pyarrow as pa
+
+    return pa.concat_tables(tables)
+
+
 def test_a_broken_model_folder_stops_before_any_work(shards, checkpoint, tmp_path):
     assert cli(["export", str(checkpoint), str(tmp_path / "model")]) == 0
     exported = tmp_path / "model"
