@@ -205,7 +205,16 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s: this "
                    "machine only; the server has no authentication of its own)")  # fmt: skip
     p.add_argument("--port", type=int, default=d.port, help="default %(default)s")
-    p.add_argument("--replicas", type=int, default=d.replicas, help="model replicas")
+    p.add_argument("--replicas", type=int, default=d.replicas,
+                   help="model replicas (with --max-replicas: the least)")  # fmt: skip
+    p.add_argument("--max-replicas", type=int, default=d.max_replicas,
+                   help="autoscale from --replicas up to this (0: fixed)")  # fmt: skip
+    p.add_argument("--target-ongoing-requests", type=float, default=d.target_ongoing_requests,
+                   help="autoscaling: requests in flight per replica")  # fmt: skip
+    p.add_argument("--upscale-delay-s", type=float, default=d.upscale_delay_s)
+    p.add_argument("--downscale-delay-s", type=float, default=d.downscale_delay_s)
+    p.add_argument("--gpus-per-replica", type=float, default=d.gpus_per_replica,
+                   help="> 0: PyTorch on a GPU share per replica (needs a checkpoint)")  # fmt: skip
     p.add_argument("--cpus-per-replica", type=float, default=d.cpus_per_replica)
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                    help="requests one model call answers together (1: no batching)")  # fmt: skip
@@ -222,6 +231,11 @@ def serve_options_from_args(args: argparse.Namespace) -> ServeOptions:
         host=args.host,
         port=args.port,
         replicas=args.replicas,
+        max_replicas=args.max_replicas,
+        target_ongoing_requests=args.target_ongoing_requests,
+        upscale_delay_s=args.upscale_delay_s,
+        downscale_delay_s=args.downscale_delay_s,
+        gpus_per_replica=args.gpus_per_replica,
         cpus_per_replica=args.cpus_per_replica,
         max_batch_size=args.max_batch_size,
         batch_wait_ms=args.batch_wait_ms,

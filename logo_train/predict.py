@@ -441,7 +441,7 @@ def _predictions(
         fn_constructor_kwargs={
             "meta": asdict(meta),
             "onnx": Path(resolved.onnx_dir, MODEL_ONNX).read_bytes(),
-            "torch_state": _torch_state(resolved.checkpoint) if device == "cuda" else b"",
+            "torch_state": checkpoint_weights(resolved.checkpoint) if device == "cuda" else b"",
             "device": device,
             "threads": max(1, int(cpus_per_actor)),
             "top_k": top_k,
@@ -603,7 +603,7 @@ def _check_cpus(actors: int, cpus_per_actor: float, device: str, total: float) -
         )
 
 
-def _torch_state(checkpoint: str) -> bytes:
+def checkpoint_weights(checkpoint: str) -> bytes:
     """The model weights of a checkpoint as bytes ('' without one: ONNX Runtime then)."""
     if not checkpoint:
         log.warning("no checkpoint behind this model: ONNX Runtime on CPU instead of the GPU")

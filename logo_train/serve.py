@@ -9,7 +9,8 @@ costs no accepted request:
   as ``logo-train predict`` runs it) — and answers a bad one with a 4xx naming the check. It
   calls the model through a ``DeploymentHandle`` and, when the replica it was given dies, asks
   another one (``MODEL_RETRIES``).
-* ``LogoModel`` (``--replicas`` of them): holds ONNX Runtime and answers batches
+* ``LogoModel`` (``--replicas`` of them, or ``--replicas`` to ``--max-replicas`` by Serve's
+  autoscaling): holds ONNX Runtime (PyTorch on a GPU replica) and answers batches
   (``@serve.batch``: up to ``--max-batch-size`` requests that arrived within
   ``--batch-wait-ms``) with predict's own functions — ``predict.preprocess`` (decode, make
   square as in training, resize) and ``predict.Predictor`` (normalise, the model, temperature,
@@ -41,7 +42,7 @@ from logo_train.config import ServeOptions
 from logo_train.data.augment import eval_spec
 from logo_train.data.ingest import Reject, stored_bytes
 from logo_train.exported import MODEL_ONNX, ExportedModel, resolve_model
-from logo_train.predict import Predictor, preprocess
+from logo_train.predict import Predictor, checkpoint_weights, preprocess
 from logo_train.raysetup import init_ray
 
 log = logging.getLogger(__name__)
@@ -135,12 +136,19 @@ def request_batch(images: list[bytes]) -> dict[str, np.ndarray]:
     }
 
 
-def answers(meta: ExportedModel, onnx: bytes, min_confidence: float, threads: int):
+def answers(
+    meta: ExportedModel,
+    onnx: bytes,
+    min_confidence: float,
+    threads: int,
+    torch_state: bytes = b"",
+):
     """A function: list of checked image bytes -> one answer each (``{"error", "detail"}`` for
     an image OpenCV cannot decode), through predict's ``preprocess`` and ``Predictor``, with
-    every class ranked."""
+    every class ranked. With ``torch_state`` (a checkpoint's weights) PyTorch on the GPU."""
+    device = "cuda" if torch_state else "cpu"
     predictor = Predictor(
-        asdict(meta), onnx, b"", "cpu", threads, len(meta.class_names), min_confidence
+        asdict(meta), onnx, torch_state, device, threads, len(meta.class_names), min_confidence
     )
     spec = eval_spec(meta)
 
@@ -184,6 +192,8 @@ class LoadedModel:
     onnx: bytes
     described_as: str
     min_confidence: float
+    torch_state: bytes = b""
+    """The checkpoint's weights, for GPU replicas (``gpus_per_replica``); empty on CPU."""
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -198,17 +208,40 @@ def load_model(model: str | Path, options: ServeOptions) -> LoadedModel:
         onnx = Path(resolved.onnx_dir, MODEL_ONNX).read_bytes()
     meta = resolved.meta
     threshold = meta.min_confidence if options.min_confidence is None else options.min_confidence
-    return LoadedModel(meta, onnx, resolved.described_as, threshold)
+    weights = b""
+    if options.gpus_per_replica > 0:
+        if not resolved.checkpoint:
+            raise ValueError(
+                f"serve option 'gpus_per_replica' = {options.gpus_per_replica:g}: GPU replicas "
+                f"run PyTorch and need the checkpoint behind --model {model} (an exported "
+                f"folder alone has none: give the run folder or the checkpoint)"
+            )
+        weights = checkpoint_weights(resolved.checkpoint)
+    return LoadedModel(meta, onnx, resolved.described_as, threshold, weights)
 
 
 def build_app(model: LoadedModel, options: ServeOptions):
     """The Serve application: ``Api`` (ingress) bound to ``LogoModel`` (``options.replicas``)."""
     options.check()
+    scale: dict[str, Any] = {"num_replicas": options.replicas}
+    if options.autoscaling:
+        scale = {
+            "autoscaling_config": {
+                "min_replicas": options.replicas,
+                "max_replicas": options.max_replicas,
+                "target_ongoing_requests": options.target_ongoing_requests,
+                "upscale_delay_s": options.upscale_delay_s,
+                "downscale_delay_s": options.downscale_delay_s,
+            }
+        }
     model_deployment = serve.deployment(
         LogoModel,
         name="LogoModel",
-        num_replicas=options.replicas,
-        ray_actor_options={"num_cpus": options.cpus_per_replica},
+        **scale,
+        ray_actor_options={
+            "num_cpus": options.cpus_per_replica,
+            "num_gpus": options.gpus_per_replica,
+        },
         max_ongoing_requests=max(32, 4 * options.max_batch_size),
         health_check_period_s=2,
         health_check_timeout_s=10,
@@ -225,7 +258,7 @@ class LogoModel:
 
     def __init__(self, model: LoadedModel, options: ServeOptions):
         threads = max(1, int(options.cpus_per_replica))
-        self.run = answers(model.meta, model.onnx, model.min_confidence, threads)
+        self.run = answers(model.meta, model.onnx, model.min_confidence, threads, model.torch_state)
         self.predict_batch.set_max_batch_size(options.max_batch_size)
         self.predict_batch.set_batch_wait_timeout_s(options.batch_wait_ms / 1000)
 
@@ -387,7 +420,7 @@ def start(model: str | Path, options: ServeOptions, echo=print) -> str:
         f"{meta.image_size} px, version {loaded.version}"
     )
     echo(
-        f"[serve] {options.replicas} replica(s), batches of up to {options.max_batch_size} "
+        f"[serve] {options.replicas_said()}, batches of up to {options.max_batch_size} "
         f"within {options.batch_wait_ms:g} ms; open-set threshold {loaded.min_confidence:.3f}"
     )
     echo(

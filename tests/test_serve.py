@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from torch import nn
 
@@ -108,6 +109,22 @@ def test_the_serve_run_builder_takes_the_flags_options():
         builder_args({"replicas": "2"})
     with pytest.raises(ValueError, match="max_batch_size"):
         builder_args({"model": "m", "max_batch_size": "0"})
+
+
+def test_the_serve_config_file_is_serves_own_and_names_our_options():
+    """configs/serve.yaml: Ray Serve's schema accepts it, its args are serve options."""
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load((ROOT / "configs/serve.yaml").read_text())
+    app = ServeDeploySchema.model_validate(data).applications[0]
+    assert app.import_path == "logo_train.serve:app" and app.name == "logo-train"
+    model, options = builder_args(app.args)
+    assert model == "runs/quick"
+    assert options.autoscaling and (options.replicas, options.max_replicas) == (1, 4)
+    assert "autoscaling" in options.replicas_said() and "1-4 replicas" in options.replicas_said()
+    assert not ServeOptions().autoscaling
+    with pytest.raises(ValueError, match="'max_replicas' = 2: more than 'replicas' \\(2\\)"):
+        builder_args({"model": "m", "replicas": "2", "max_replicas": "2"})
 
 
 # --- the server for real ----------------------------------------------------------------------
@@ -264,3 +281,89 @@ async def _load_with_a_kill(url: str, paths: list[Path], victim: int) -> dict[in
 
         await asyncio.gather(*(one(i) for i in range(200)))
     return statuses
+
+
+@pytest.mark.integration
+def test_serve_run_of_a_config_file_scales_up_under_load_and_back_down(model_and_files, tmp_path):
+    """``serve run`` of configs/serve.yaml (its model, port and delays changed): one model
+    replica at rest, at least two under 16 concurrent requests, one again after the load, and
+    every request answered 200."""
+    checkpoint, files = model_and_files
+    images = [p.read_bytes() for p in sorted(files.rglob("*.png"))]
+    data = yaml.safe_load((ROOT / "configs/serve.yaml").read_text())
+    port = free_port()
+    data["http_options"]["port"] = port
+    data["applications"][0]["args"].update(
+        model=str(checkpoint), replicas=1, max_replicas=2, target_ongoing_requests=1,
+        upscale_delay_s=1, downscale_delay_s=4, cpus_per_replica=0.5,
+    )  # fmt: skip
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(data))
+    log = tmp_path / "serve-run.log"
+    serve_cli = Path(sys.executable).parent / "serve"
+    proc = subprocess.Popen(
+        [str(serve_cli), "run", str(config)], cwd=tmp_path, stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not _healthy(url, proc, log):
+            time.sleep(1)
+        assert _healthy(url, proc, log), "serve run did not come up:\n" + log.read_text()[-3000:]
+        assert len(_replicas()) == 1
+        statuses, peak = asyncio.run(_load_until_scaled(url, images, want=2, limit_s=120))
+        assert peak >= 2, f"no second replica under load (statuses {statuses})"
+        # after the load: back to one replica, answering all the while
+        deadline = time.time() + 120
+        while time.time() < deadline and len(_replicas()) > 1:
+            r = httpx.post(f"{url}/predict", content=images[0],
+                           headers={"Content-Type": "image/png"}, timeout=60)  # fmt: skip
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            time.sleep(0.5)
+        assert len(_replicas()) == 1, "the extra replica stayed after the load"
+        assert set(statuses) == {200}, statuses  # none lost, no 5xx
+        print(f"\nautoscaling: peak {peak} replicas, {statuses[200]} requests answered")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert _replicas() == [], log.read_text()[-3000:]
+
+
+def _healthy(url: str, proc: subprocess.Popen, log: Path) -> bool:
+    assert proc.poll() is None, log.read_text()[-3000:]
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).status_code == 200 and bool(_replicas())
+    except httpx.HTTPError:
+        return False
+
+
+async def _load_until_scaled(url: str, images: list[bytes], want: int, limit_s: float):
+    """16 requests in flight until ``want`` model replicas run (then 5 s more) or
+    ``limit_s``; returns the statuses and the most replicas seen."""
+    statuses: dict[int, int] = {}
+    peak, stop_at = 1, time.time() + limit_s
+    async with httpx.AsyncClient(timeout=60) as client:
+
+        async def worker(k: int) -> None:
+            i = k
+            while time.time() < stop_at:
+                r = await client.post(f"{url}/predict", content=images[i % len(images)],
+                                      headers={"Content-Type": "image/png"})  # fmt: skip
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                i += 16
+
+        async def watch() -> None:
+            nonlocal peak, stop_at
+            while time.time() < stop_at:
+                peak = max(peak, len(_replicas()))
+                if peak >= want:
+                    stop_at = min(stop_at, time.time() + 5)
+                await asyncio.sleep(0.5)
+
+        await asyncio.gather(watch(), *(worker(k) for k in range(16)))
+    return statuses, peak
