@@ -10,12 +10,15 @@ fits of the same variant differ by a point or two on the real sets).
 
 Each variant is configs/quick.yaml's recipe for ``--backbone`` with the variant's overrides
 (``benchmarks/finetune_recipe.py``'s syntax), trained in one process (``fit_local``) on the
-shards' train split: the quick profile's data, 20% wrong labels, imbalance 10, difficulty 0.5,
-unchanged. The trained model scores the validation and test splits and every real set; its
-logits and pre-logit features are kept (``<out>/real_photo_study/<variant>.npz``) so that every
-open-set rule is compared on the same numbers (``--rules-only`` re-reads them), and every rule
-is fitted on what the run itself has (the validation renders, plain or seen through the
-training augmentation at ``--aug-strength``) and judged on the real sets it never saw:
+shards' train split and averaged with its starting weights when its ``train.wise_alpha`` says
+so, as the train stage does (``<variant>.pt`` keeps the weights as trained: ``--weights`` with
+``--wise`` re-scores them at another average): the quick profile's data, 20% wrong labels,
+imbalance 10, difficulty 0.5, unchanged. The trained model scores the validation and test splits
+and every real set; its logits and pre-logit features are kept
+(``<out>/real_photo_study/<variant>.npz``) so that every open-set rule is compared on the same
+numbers (``--rules-only`` re-reads them), and every rule is fitted on what the run itself has
+(the validation renders, plain or seen through the training augmentation at ``--aug-strength``)
+and judged on the real sets it never saw:
 
 * top-1 per real set (and per source, ``real_eval.sources_of``: the development sets'
   ``cctv_``, ``web_`` and ``cam_`` file-name prefixes) before the open-set answer,
@@ -142,6 +145,8 @@ def run_variant(name, overrides, args, manifest, reals, outsides, out: Path) -> 
     if args.weights:  # a saved variant's model, looked at differently (e.g. model.test_views)
         model = build_model(args.backbone, len(manifest.classes), cfg.model.image_size)
         model.load_state_dict(torch.load(args.weights, weights_only=True))
+        if args.wise < 1:
+            wise_ft(model, args.backbone, len(manifest.classes), cfg, args.wise)
         model.eval()
         val_f1 = float("nan")
     else:
@@ -149,6 +154,10 @@ def run_variant(name, overrides, args, manifest, reals, outsides, out: Path) -> 
             cfg, args.backbone, args.shards, manifest, loader_workers=args.loader_workers
         )
         model, val_f1 = fit.classifier, fit.history[-1]["val_macro_f1"]
+        (out / "real_photo_study").mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), out / "real_photo_study" / f"{name}.pt")  # as trained
+        if cfg.train.wise_alpha < 1:  # as the train stage hands it over
+            wise_ft(model, args.backbone, len(manifest.classes), cfg, cfg.train.wise_alpha)
     seconds = time.perf_counter() - start
     device = next(model.parameters()).device
     _, spec = model_transform_specs(cfg, args.backbone, len(manifest.classes))
@@ -182,17 +191,26 @@ def run_variant(name, overrides, args, manifest, reals, outsides, out: Path) -> 
         arrays[f"outside_{set_name}_feat"], arrays[f"outside_{set_name}_logits"] = f, z
     (out / "real_photo_study").mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "real_photo_study" / f"{name}.npz", **arrays)
-    torch.save(model.state_dict(), out / "real_photo_study" / f"{name}.pt")
     test = quality(arrays["test_labels"], arrays["test_logits"].argmax(1), manifest.classes)
     return {
         "variant": name,
         "overrides": overrides,
         "test_views": list(cfg.model.test_views),
         "weights": args.weights,
+        "wise": args.wise if args.weights else cfg.train.wise_alpha,
         "val_macro_f1": val_f1,
         "test_macro_f1": test["metrics"]["macro_f1"],
         "train_seconds": seconds,
     }
+
+
+def wise_ft(model, backbone: str, num_classes: int, cfg, alpha: float) -> None:
+    """``logo_train.wise``'s average of the saved weights and the starting weights."""
+    from logo_train import wise
+
+    start = wise.starting_weights(cfg, backbone, num_classes)
+    keep = wise.classifier_prefixes(model)
+    model.load_state_dict(wise.interpolate(model.state_dict(), start, alpha, keep))
 
 
 def judge(arrays, unknown: int | None) -> dict:
@@ -280,6 +298,13 @@ def main() -> None:
         help="a saved variant's .pt: every variant scores this model instead of training one "
         "(variants then differ in how the model looks: model.test_views; fit_local on CPU is "
         "not bit-reproducible, so this is the paired comparison)",
+    )
+    p.add_argument(
+        "--wise",
+        type=float,
+        default=1.0,
+        help="with --weights: WiSE-FT (logo_train.wise), alpha x the saved weights + "
+        "(1 - alpha) x the starting ones (the classifier kept); 1 = the saved weights",
     )
     p.add_argument("--out", default=str(ROOT / "benchmarks/results"))
     args = p.parse_args()

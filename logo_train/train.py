@@ -19,6 +19,7 @@ import ray.train
 import ray.train.torch
 
 from logo_train import checkpoint as ckpt
+from logo_train import wise
 from logo_train.backbones import NONE, weights_source
 from logo_train.config import Config
 from logo_train.data.augment import transform_specs
@@ -227,6 +228,14 @@ def train_backbones(
     failures = {
         j.backbone: j.error() or f"not trained: {result.error!r}" for j in jobs if j not in done
     }
+    for j in done:
+        averaged = wise.apply(j.config, j.backbone, j.output_uri, shards_uri, manifest)
+        if averaged and echo:
+            echo(
+                f"[train] {j.backbone}: WiSE-FT, {averaged['alpha']:g} x fine-tuned + "
+                f"{1 - averaged['alpha']:g} x starting weights: validation macro-F1 "
+                f"{averaged['val_macro_f1_before']:.3f} -> {averaged['val_macro_f1']:.3f}"
+            )
     return [_backbone_result(j, manifest) for j in done], failures
 
 

@@ -27,6 +27,7 @@ RECIPE_FIELDS = (
     "frozen_stages",
     "min_steps",
     "patience",
+    "wise_alpha",
     "image_size",
     "test_views",
 )
@@ -278,6 +279,11 @@ class TrainConfig:
     epochs); the quick profile trains a few epochs on a schedule and keeps it off."""
     min_delta: float = 0.0
     """Early stopping: the rise of the best validation macro-F1 that counts as learning."""
+    wise_alpha: float = 1.0
+    """WiSE-FT for a backbone that starts from weights (``logo_train.wise``): once trained, its
+    best weights become ``wise_alpha`` x fine-tuned + (1 - ``wise_alpha``) x the starting
+    weights (the classifier kept), validated again; 1 = off. Real photos, which the renders do
+    not show, keep more of what ImageNet taught (docs/benchmarks.md, "WiSE-FT")."""
     frozen_stages: int = 0
     """Fine-tuning: the first N parameter groups of the backbone (timm's coarse grouping: the
     stem, then one per stage of blocks) keep their pretrained weights and batch-norm
@@ -350,6 +356,7 @@ class TrainConfig:
         check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
         check(self.patience >= 0, p + "patience", self.patience, ">= 0 (0 = off)")
+        check(0 < self.wise_alpha <= 1, p + "wise_alpha", self.wise_alpha, "in (0, 1]")
         check(0 <= self.min_delta < 1, p + "min_delta", self.min_delta, "0..<1")
         check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
