@@ -544,6 +544,7 @@ def _train_round(
         storage_path=cfg.layout.round_train(backbone, round),
         echo=print,
         tensorboard_uri=cfg.layout.tensorboard_of(f"{backbone}-round{round}"),
+        track={"stage": "clean", "round": str(round)},
     )
     if failures:
         raise RuntimeError(f"cleaning round {round} of {backbone} failed: {failures}")

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from logo_train import train, tune
+from logo_train import tracking, train, tune
 from logo_train.audit import AuditResult, audit_stage, finished_audit
 from logo_train.clean import clean_stage, finished_cleaning, round_run
 from logo_train.config import Config, dump_config
@@ -27,6 +27,7 @@ from logo_train.evaluate import benchmark_models, finished_benchmark, trained_mo
 from logo_train.exported import export_best
 from logo_train.progress import backbone_progress
 from logo_train.report import print_summary, write_report
+from logo_train.results import best_entry, load, name
 from logo_train.resume import check_config, describe, start_fresh
 from logo_train.runlock import run_lock
 from logo_train.stages import STAGES, check_stages, selected
@@ -138,12 +139,22 @@ def benchmark_body(cfg: Config, result: RunResult) -> None:
     models = result.training + result.cleaned
     benchmark_models(cfg, models, result.shards_uri, keep_finished=True)
     result.report_dir = cfg.layout.report
+    logged = tracking.log_benchmark(cfg, load(result.report_dir)[0])
+    if logged:
+        print(f"[benchmark] MLflow: the benchmark row of {logged} model(s) in their runs")
 
 
 def report_body(cfg: Config, result: RunResult) -> None:
     result.report_dir = cfg.layout.report
     write_report(result.report_dir)
     export_best(result.report_dir)
+    where = tracking.settings(cfg)
+    best = name(best_entry(load(result.report_dir)[0]))
+    if tracking.log_report(cfg, result.report_dir, best):
+        print(
+            f"[report] MLflow: the report and the exported model in {best}'s run "
+            f"(experiment {where['experiment']}, {where['uri']})"
+        )
 
 
 # --- the table's states: how far a run folder got, for the resumed run's first line -----------

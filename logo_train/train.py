@@ -8,6 +8,7 @@ and where its time went.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -19,7 +20,7 @@ import ray.train
 import ray.train.torch
 
 from logo_train import checkpoint as ckpt
-from logo_train import wise
+from logo_train import tracking, wise
 from logo_train.backbones import NONE, weights_source
 from logo_train.config import Config
 from logo_train.data.augment import transform_specs
@@ -178,6 +179,7 @@ def train_backbones(
     callbacks: list | None = None,
     echo=None,
     datasets: dict[str, Any] | None = None,
+    track: dict[str, str] | None = None,
 ) -> tuple[list[BackboneResult], dict[str, str]]:
     """Train every backbone of ``configs`` (backbone -> its config), in order, in **one** Ray
     Train run: one worker group, one Ray Data pipeline, so Ray's start-up is paid once.
@@ -187,7 +189,9 @@ def train_backbones(
     a restore, so the run resumes from its checkpoint), ``storage_path``, ``tensorboard_uri``
     and ``callbacks`` (``TuneReportCallback``). ``echo`` gets one line per epoch.
     ``datasets``: passes rendered before (``shared_datasets``), read by every backbone from the
-    first; the search renders its trials' passes once this way.
+    first; the search renders its trials' passes once this way. ``track``: the tags of the
+    backbones' MLflow runs (``stage``, a cleaning round's ``round``), None for no run of their
+    own (a Tune trial: Tune's callback tracks it).
 
     Returns the trained backbones and the failed or untrained ones (backbone -> error): a
     backbone that raises is recorded and retried from the last checkpoint up to
@@ -212,6 +216,7 @@ def train_backbones(
         )
         for backbone, bcfg in configs.items()
     ]
+    _track(cfg, jobs, track)
     trainer = _trainer(
         cfg, _loop_config(cfg, jobs, manifest, shared), datasets, name, storage_path, callbacks
     )
@@ -234,9 +239,22 @@ def train_backbones(
             echo(
                 f"[train] {j.backbone}: WiSE-FT, {averaged['alpha']:g} x fine-tuned + "
                 f"{1 - averaged['alpha']:g} x starting weights: validation macro-F1 "
-                f"{averaged['val_macro_f1_before']:.3f} -> {averaged['val_macro_f1']:.3f}"
+                f"{averaged['val_macro_f1_before']:.3f} -> {averaged['val_macro_f1']:.3f}, "
+                + ("kept" if averaged["kept"] else "too low: the trained weights stay")
             )
     return [_backbone_result(j, manifest) for j in done], failures
+
+
+def _track(cfg: Config, jobs: list[Job], tags: dict[str, str] | None) -> None:
+    """Each job's MLflow settings (``Job.tracking``), the experiment created on the driver."""
+    where = tracking.settings(cfg) if tags is not None else None
+    if where is None:
+        return
+    tracking.ensure_experiment(where)
+    round_ = int(tags.get("round", "1"))
+    for job in jobs:
+        model = ckpt.run_label(job.backbone, round_)
+        job.tracking = {**where, "model": model, "tags": json.dumps(tags)}
 
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -491,7 +509,9 @@ def train_stage(
             echo(f"[train] worker group{which} ({cfg.train.num_workers} worker(s), {size} px): "
                  + _plan(todo))  # fmt: skip
             try:
-                done, failed = train_backbones(todo, shards_uri, manifest, echo=echo, name=name)
+                done, failed = train_backbones(
+                    todo, shards_uri, manifest, echo=echo, name=name, track={"stage": "train"}
+                )
             except Exception as e:  # written to the summary, then raised
                 log.exception("training failed")
                 key = "run" if len(groups) == 1 else f"run ({size} px group)"

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any
 
+from logo_train import tracking
 from logo_train.config import Config, SearchParam, config_from_dict, config_to_dict, dump_config
 from logo_train.data.shards import Manifest
 from logo_train.plots import BEST_VAL, search_plot
@@ -359,7 +360,13 @@ def search(
         param_space=search_space(t.space),
         tune_config=_tune_config(cfg, concurrency),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=[_progress_callback()]
+            name=name,
+            storage_path=storage,
+            verbose=0,
+            callbacks=[
+                _progress_callback(),
+                *tracking.tune_callbacks(cfg, backbone),
+            ],
         ),
     )
     return _finish(tuner, context, echo)

@@ -7,9 +7,11 @@ of them. ``train.wise_alpha`` (1 = off); measured on two real development sets
 (docs/benchmarks.md, "WiSE-FT").
 
 The train stage applies it on the driver once a backbone's training has finished
-(``apply``): ``best/`` is replaced by the averaged model, validated again, and ``result.json``
-records both validation scores under ``wise`` (so the report's choice on validation sees the
-model it hands over). A second call (a resumed run) finds the mark and does nothing.
+(``apply``): the averaged model is validated, and replaces ``best/`` unless its validation
+macro-F1 fell more than ``train.wise_max_drop`` (a guard: on a cleaning round's relabelled
+data the average lost 0.026 once); ``result.json`` records both validation scores and the
+verdict under ``wise`` (the report's choice on validation sees the model it hands over). A
+second call (a resumed run) finds the mark and does nothing.
 """
 
 from __future__ import annotations
@@ -99,23 +101,31 @@ def apply(
     model.load_state_dict(interpolate(model.state_dict(), start, alpha, classifier_prefixes(model)))
     model.eval()
     val = evaluate_split(model, cfg, backbone, shards_uri, manifest, "val")
+    before = result["best_val_macro_f1"]
+    kept = val["macro_f1"] >= before - cfg.train.wise_max_drop
     wise = {
         "alpha": alpha,
-        "val_macro_f1_before": result["best_val_macro_f1"],
+        "val_macro_f1_before": before,
         "val_macro_f1": val["macro_f1"],
+        "kept": kept,
     }
-    state["model"] = model.state_dict()
-    state["wise"] = wise
+    if kept:
+        state["model"] = model.state_dict()
+    state["wise"] = wise  # also when not kept: a resumed run does not try again
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_bytes(join(best, ckpt.STATE), buffer.getvalue())
-    result.update(wise=wise, best_val_macro_f1=val["macro_f1"])
+    result.update(wise=wise, best_val_macro_f1=val["macro_f1"] if kept else before)
     write_json(result_uri, result)
     log.info(
-        "%s: WiSE-FT alpha %.2f, validation macro-F1 %.4f -> %.4f",
+        "%s: WiSE-FT alpha %.2f, validation macro-F1 %.4f -> %.4f: %s",
         backbone,
         alpha,
-        wise["val_macro_f1_before"],
-        wise["val_macro_f1"],
+        before,
+        val["macro_f1"],
+        "kept"
+        if kept
+        else f"more than train.wise_max_drop {cfg.train.wise_max_drop} lower, "
+        "the trained weights stay",
     )
     return wise

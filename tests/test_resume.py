@@ -228,6 +228,44 @@ def _run_until(command, log: Path, condition, what: str, timeout: float = 400):
             proc.kill()
 
 
+def _check_mlflow(run: Path, data: dict) -> None:
+    """The run's MLflow store, read back with MLflow's client: one finished run per model
+    however often the driver was killed (the runs a kill left open closed as KILLED), params =
+    the resolved config, every epoch's metrics once, the benchmark row, and the report with
+    the exported model in the handed-over model's run."""
+    from mlflow.tracking import MlflowClient
+
+    from logo_train.results import best_entry, name
+
+    client = MlflowClient(f"sqlite:///{run}/mlflow.db")
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id])
+    by_model, killed = {}, []
+    for r in runs:
+        if r.info.status == "KILLED":  # left open by a killed driver, closed by the resume
+            killed.append(r.data.tags["model"])
+            assert r.data.tags["superseded"]
+            continue
+        by_model.setdefault(r.data.tags["model"], []).append(r)
+    assert sorted(by_model) == ["mobilenetv2_050", "resnet10t", "resnet10t-round2"]
+    assert all(len(v) == 1 for v in by_model.values()), {k: len(v) for k, v in by_model.items()}
+    # the two kills inside training: mobilenetv2_050's and the round's runs were left open
+    assert sorted(killed) == ["mobilenetv2_050", "resnet10t-round2"], killed
+    for model, (r,) in by_model.items():
+        assert r.info.status == "FINISHED", model
+        assert r.data.tags["stage"] == ("clean" if "round" in model else "train")
+        assert r.data.params["train.epochs"] == str(EPOCHS)
+        assert r.data.params["model.backbones"] == '["resnet10t", "mobilenetv2_050"]'
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_macro_f1")]
+        assert steps == list(range(1, EPOCHS + 1)), (model, steps)
+        entry = next(e for e in data["backbones"] if name(e) == model)
+        assert r.data.metrics["benchmark/macro_f1"] == pytest.approx(entry["metrics"]["macro_f1"])
+    best = by_model[name(best_entry(data))][0]
+    assert best.data.tags["handed_over"] == "true"
+    files = {f.path for f in client.list_artifacts(best.info.run_id, "report/model")}
+    assert {"report/model/model.onnx", "report/model/model.json"} <= files
+
+
 def _first_line(log: Path) -> str:
     lines = log.read_text().splitlines()  # a lock taken over is said before it
     return next(ln for ln in lines if ln.startswith("[resume]") or ln.endswith(": a new run"))
@@ -323,6 +361,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tmp_path):
         "resnet10t-round2",
     ]
     _check_the_clean_stage(run)
+    _check_mlflow(run, data)
     print("first lines:\n" + "\n".join(_first_line(log) for log in logs))
     print(f"killed after: mobilenetv2_050 epoch {killed_after}, round 2 epoch {round_killed_after}")
 

@@ -232,6 +232,18 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
     assert (experiment / "search.png").stat().st_size > 0
     events = list((experiment / "tensorboard").rglob("events.out.tfevents.*"))
     assert len({e.parent.name for e in events}) == 2, "one TensorBoard folder per trial"
+    # MLflow (Tune's MLflowLoggerCallback): the trials' runs, their sampled params and epochs
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/tiny/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'tune'")
+    assert len({r.data.tags["trial_name"] for r in runs}) == 2, [r.data.tags for r in runs]
+    assert all({"gce_q", "class_weight_power"} <= set(r.data.params) for r in runs)
+    histories = [
+        [m.step for m in client.get_metric_history(r.info.run_id, "val_macro_f1")] for r in runs
+    ]
+    assert [1, 2] in histories, histories
 
     # 4. the same command again finds the finished search and runs nothing (no Ray either)
     proc = _cli("tune", "--config", str(config), "--no-progress")

@@ -36,7 +36,7 @@ def test_a_trained_backbone_is_averaged_once_and_says_so(tmp_path):
         [f"output_dir={tmp_path}", "data.synth.images_per_class=4",
          "data.synth.imbalance_ratio=1", "data.synth.val_per_class=1",
          "data.synth.test_per_class=1", "data.workers=1", "model.image_size=32",
-         "data.synth.image_size=32", "train.wise_alpha=0.5"],
+         "data.synth.image_size=32", "train.wise_alpha=0.5", "train.wise_max_drop=1"],
     )  # fmt: skip
     uri, manifest, _ = prepare_data(cfg, progress=False)
     classes = len(manifest.classes)
@@ -53,7 +53,7 @@ def test_a_trained_backbone_is_averaged_once_and_says_so(tmp_path):
     write_json(run / "result.json", {"backbone": "efficientnet_lite0", "best_val_macro_f1": 0.9})
 
     done = wise.apply(cfg, "efficientnet_lite0", str(run), uri, manifest)
-    assert done["alpha"] == 0.5 and done["val_macro_f1_before"] == 0.9
+    assert done["alpha"] == 0.5 and done["val_macro_f1_before"] == 0.9 and done["kept"]
     assert 0 <= done["val_macro_f1"] <= 1
     result = read_json(run / "result.json")
     assert result["wise"] == done and result["best_val_macro_f1"] == done["val_macro_f1"]
@@ -66,6 +66,16 @@ def test_a_trained_backbone_is_averaged_once_and_says_so(tmp_path):
     again = wise.apply(cfg, "efficientnet_lite0", str(run), uri, manifest)  # a resumed run
     assert again == done and torch.equal(ckpt.load_state(run / "best")["model"][name],
                                          averaged[name])  # fmt: skip
+    # the guard: an average that validates lower than allowed leaves the trained weights
+    ckpt.save(run / "best", info=info, model=tuned, epoch=3, best_metric=1.0, history=[])
+    write_json(run / "result.json", {"backbone": "efficientnet_lite0", "best_val_macro_f1": 1.0})
+    strict = load_config(ROOT / "configs/quick.yaml", [f"output_dir={tmp_path}",
+                         "train.wise_alpha=0.5", "train.wise_max_drop=0"])  # fmt: skip
+    refused = wise.apply(strict, "efficientnet_lite0", str(run), uri, manifest)
+    assert refused["kept"] is False and refused["val_macro_f1"] < 1.0
+    assert read_json(run / "result.json")["best_val_macro_f1"] == 1.0
+    assert torch.equal(ckpt.load_state(run / "best")["model"][name], tuned_state[name])
+
     # off, or a backbone trained from random init: nothing to average towards
     off = load_config(ROOT / "configs/quick.yaml", ["train.wise_alpha=1"])
     assert wise.apply(off, "efficientnet_lite0", str(run), uri, manifest) is None

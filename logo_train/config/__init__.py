@@ -8,7 +8,8 @@ so a typo in a profile fails before any work starts. Validation reads the backbo
 * ``fields``: dicts to dataclasses, the type checks, overrides;
 * ``data``: ``data.*`` (the embedded dataset, ingest);
 * ``training``: ``model.*``, ``augment.*``, ``train.*`` (``train.clean``), the recipe fields;
-* ``run``: ``tune.*``, ``benchmark.*``, ``Config``, ``load_config`` / ``dump_config``;
+* ``run``: ``tune.*``, ``benchmark.*``, ``tracking.*``, ``Config``, ``load_config`` /
+  ``dump_config``;
 * ``serve``: ``logo-train serve``'s options (not part of a run).
 """
 
@@ -18,6 +19,7 @@ from logo_train.config.run import (
     BenchmarkConfig,
     Config,
     SearchParam,
+    TrackingConfig,
     TuneConfig,
     config_from_dict,
     config_to_dict,
@@ -45,6 +47,7 @@ __all__ = [
     "SearchParam",
     "ServeOptions",
     "SynthConfig",
+    "TrackingConfig",
     "TrainConfig",
     "TuneConfig",
     "config_from_dict",

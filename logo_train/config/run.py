@@ -177,6 +177,23 @@ class BenchmarkConfig:
 
 
 @dataclass(kw_only=True)
+class TrackingConfig:
+    """Experiment tracking in MLflow (``logo_train.tracking``): a run per backbone trained
+    (params: its resolved config; metrics per epoch; the benchmark row; the report and the
+    exported model as artifacts of the model handed over) and per Tune trial."""
+
+    mlflow: bool = True
+    """Track in MLflow; false = TensorBoard's event files only."""
+    uri: str = ""
+    """MLflow tracking URI; empty = a SQLite store in the run folder (``<run>/mlflow.db``,
+    artifacts in ``<run>/mlartifacts``: ``mlflow ui --backend-store-uri
+    sqlite:///<run>/mlflow.db``); or a team's server (``http://...``), any MLflow URI. A run
+    stored at a URI (``output_dir`` s3://...) needs one."""
+    experiment: str = ""
+    """MLflow experiment; empty = the run's ``name``."""
+
+
+@dataclass(kw_only=True)
 class Config:
     """A whole logo-train run."""
 
@@ -190,9 +207,17 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
+        check(
+            not (self.tracking.mlflow and not self.tracking.uri and "://" in self.output_dir),
+            "tracking.uri",
+            self.tracking.uri,
+            f"a tracking server (http://...) for a run stored at {self.output_dir} (the "
+            "default SQLite store lives in a local run folder), or tracking.mlflow=false",
+        )
         if self.train.per_backbone:
             from logo_train.backbones import BACKBONES
 
