@@ -209,8 +209,7 @@ class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-    def __post_init__(self) -> None:
-        check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
+    def _check_tracking(self) -> None:
         check(
             not (self.tracking.mlflow and not self.tracking.uri and "://" in self.output_dir),
             "tracking.uri",
@@ -218,6 +217,10 @@ class Config:
             f"a tracking server (http://...) for a run stored at {self.output_dir} (the "
             "default SQLite store lives in a local run folder), or tracking.mlflow=false",
         )
+
+    def __post_init__(self) -> None:
+        check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
+        self._check_tracking()
         if self.train.per_backbone:
             from logo_train.backbones import BACKBONES
 

@@ -359,10 +359,7 @@ class TrainConfig:
         )
         check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
-        check(self.patience >= 0, p + "patience", self.patience, ">= 0 (0 = off)")
-        check(0 < self.wise_alpha <= 1, p + "wise_alpha", self.wise_alpha, "in (0, 1]")
-        check(0 <= self.wise_max_drop <= 1, p + "wise_max_drop", self.wise_max_drop, "0..1")
-        check(0 <= self.min_delta < 1, p + "min_delta", self.min_delta, "0..<1")
+        self._check_after_training()
         check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
         check(self.num_workers >= 1, p + "num_workers", self.num_workers, ">= 1")
@@ -384,6 +381,14 @@ class TrainConfig:
             ">= 1",
         )
         check(self.max_failures >= 0, p + "max_failures", self.max_failures, ">= 0")
+
+    def _check_after_training(self) -> None:
+        """Early stopping and WiSE-FT: what decides which weights a training hands over."""
+        p = "train."
+        check(self.patience >= 0, p + "patience", self.patience, ">= 0 (0 = off)")
+        check(0 <= self.min_delta < 1, p + "min_delta", self.min_delta, "0..<1")
+        check(0 < self.wise_alpha <= 1, p + "wise_alpha", self.wise_alpha, "in (0, 1]")
+        check(0 <= self.wise_max_drop <= 1, p + "wise_max_drop", self.wise_max_drop, "0..1")
 
     @property
     def use_gpu(self) -> bool:
