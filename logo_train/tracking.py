@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from typing import Any
 
 from logo_train.config import Config, config_to_dict
@@ -118,12 +119,14 @@ def start_backbone_run(
 
 def log_epoch(mlflow, record: dict[str, Any]) -> None:
     """One epoch's numeric metrics, at step = epoch."""
-    metrics = {
-        k: float(v)
-        for k, v in record.items()
-        if isinstance(v, int | float) and not isinstance(v, bool) and k != "epoch"
-    }
+    metrics = {k: float(v) for k, v in record.items() if _number(v) and k != "epoch"}
     mlflow.log_metrics(metrics, step=int(record["epoch"]))
+
+
+def end_backbone_run(mlflow, summary: dict[str, Any]) -> None:
+    """The backbone's ``result.json`` numbers as ``result/*``, and the run closed."""
+    mlflow.log_metrics({f"result/{k}": float(v) for k, v in summary.items() if _number(v)})
+    mlflow.end_run()
 
 
 def tune_callbacks(cfg: Config, backbone: str) -> list:
@@ -173,6 +176,7 @@ def log_benchmark(cfg: Config, data: dict[str, Any]) -> int:
     where = settings(cfg)
     if where is None:
         return 0
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from logo_train.results import name
@@ -194,8 +198,8 @@ def log_benchmark(cfg: Config, data: dict[str, Any]) -> int:
         for key in ("params", "flops", "weights_mb"):
             if _number(entry.get(key)):
                 metrics[f"benchmark/{key}"] = entry[key]
-        for key, value in metrics.items():
-            client.log_metric(run_id, key.replace("@", "_at_"), float(value))
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
         logged += 1
     return logged
 

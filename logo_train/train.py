@@ -8,7 +8,6 @@ and where its time went.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -254,7 +253,7 @@ def _track(cfg: Config, jobs: list[Job], tags: dict[str, str] | None) -> None:
     round_ = int(tags.get("round", "1"))
     for job in jobs:
         model = ckpt.run_label(job.backbone, round_)
-        job.tracking = {**where, "model": model, "tags": json.dumps(tags)}
+        job.tracking = {"where": where, "model": model, "tags": tags}
 
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"

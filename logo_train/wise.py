@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from logo_train import checkpoint as ckpt
-from logo_train.backbones import weights_source
+from logo_train.backbones import NONE, weights_source
 from logo_train.config import Config
 from logo_train.data.shards import Manifest
 from logo_train.storage import join, read_json, write_bytes, write_json
@@ -65,7 +65,7 @@ def starting_weights(cfg: Config, backbone: str, num_classes: int) -> dict[str, 
         backbone,
         num_classes,
         cfg.model.image_size,
-        weights="none" if cfg.train.start_from else weights,
+        weights=NONE if cfg.train.start_from else weights,
         field=f"model.pretrained.{backbone}",
     )
     if cfg.train.start_from:
@@ -88,7 +88,7 @@ def apply(
     from logo_train.local import evaluate_split
 
     alpha = cfg.train.wise_alpha
-    if alpha >= 1 or (weights_source(cfg.model, backbone) == "none" and not cfg.train.start_from):
+    if alpha >= 1 or (weights_source(cfg.model, backbone) == NONE and not cfg.train.start_from):
         return None
     result_uri = join(output_uri, RESULT_JSON)
     result = read_json(result_uri)

@@ -12,7 +12,6 @@ with its epoch, optimizer, scheduler, scaler and history restored.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import tempfile
@@ -51,9 +50,10 @@ class Job:
     output_uri: str
     """``<run>/<backbone>``: ``best/`` (the best checkpoint), ``history.json``, ``result.json``."""
     tensorboard_uri: str
-    tracking: dict[str, str] | None = None
-    """Where rank 0 logs this backbone's MLflow run (``tracking.settings`` + ``model``, the
-    table's name, and the run's tags); None: not tracked (a Tune trial: Tune's callback is)."""
+    tracking: dict[str, Any] | None = None
+    """Where rank 0 logs this backbone's MLflow run: ``where`` (``tracking.settings``),
+    ``model`` (the table's name), ``tags``; None: not tracked (a Tune trial: Tune's callback
+    is)."""
 
     def error(self) -> str | None:
         """The error this backbone's training last raised in this run, if it did not finish
@@ -211,10 +211,9 @@ def _start_tracking(job: Job, restored_epoch: int, history: list[dict[str, Any]]
     the restored epochs logged first."""
     from logo_train import tracking
 
-    where = dict(job.tracking or {})
-    model, tags = where.pop("model"), json.loads(where.pop("tags", "{}"))
-    tags = {**tags, "backbone": job.backbone, "restored_epoch": str(restored_epoch)}
-    return tracking.start_backbone_run(where, job.config, model, tags, history)
+    t = job.tracking
+    tags = {**t["tags"], "backbone": job.backbone, "restored_epoch": str(restored_epoch)}
+    return tracking.start_backbone_run(t["where"], job.config, t["model"], tags, history)
 
 
 def _build(job: Job, worker: WorkerContext):
@@ -314,13 +313,9 @@ class Checkpointer:
             write_json(join(self.job.output_uri, ckpt.HISTORY_JSON), self.history)
             write_json(join(self.job.output_uri, RESULT_JSON), summary)
         if self.mlflow is not None:
-            numbers = {
-                k: v
-                for k, v in summary.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
-            self.mlflow.log_metrics({f"result/{k}": float(v) for k, v in numbers.items()})
-            self.mlflow.end_run()
+            from logo_train.tracking import end_backbone_run
+
+            end_backbone_run(self.mlflow, summary)
 
     def _save(self, directory: str, state: dict[str, Any]) -> None:
         t = self.t
