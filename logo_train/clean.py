@@ -47,7 +47,7 @@ from logo_train.storage import (
     write_bytes,
     write_json,
 )
-from logo_train.train import BackboneResult, backbone_result, train_backbones
+from logo_train.train import BackboneResult, backbone_result, log_tracked, train_backbones
 from logo_train.tune import SearchResult, tuned_configs
 
 KEPT, DROPPED, RELABELLED = "kept", "dropped", "relabelled"
@@ -534,6 +534,7 @@ def _train_round(
         )
         model.round = round
         print(f"[clean] {model.label}: trained before ({model.run_path}); kept")
+        log_tracked(round_cfg, backbone, model.run_path, {"stage": "clean", "round": str(round)})
         return model
     init_ray()
     done, failures = train_backbones(

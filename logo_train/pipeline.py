@@ -82,6 +82,7 @@ def run(
     finished is kept; the first line says what); one of another config is refused, naming the
     fields, unless ``fresh`` (its stage outputs are deleted first)."""
     check_stages(cfg, stages)
+    tracking.settings(cfg)  # a run in object storage without a tracking server: refused now
     with run_lock(cfg.run_dir):
         if fresh:
             start_fresh(cfg, stages)

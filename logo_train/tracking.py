@@ -4,11 +4,13 @@ One MLflow experiment per run name (``tracking.experiment``, default the run's `
 a SQLite store inside the run folder unless ``tracking.uri`` names another (a team's server):
 
 * **a run per backbone trained** (the train stage; a cleaning round's retraining too, named
-  ``<backbone>-round2``): rank 0 of the Ray Train worker opens it with
-  ``ray.air.integrations.mlflow.setup_mlflow`` (params: the backbone's resolved config,
-  dotted keys), logs every epoch's metrics (``log_epoch``) and closes it; the driver adds the
-  benchmark row's metrics (``log_benchmark``) and, to the handed-over model's run, the report
-  and the exported model as artifacts (``log_report``);
+  ``<backbone>-round2``), logged by the driver once the backbone has finished
+  (``log_backbone``: params = the backbone's resolved config in dotted keys, every epoch's
+  metrics from ``history.json``, ``result/*``); then the benchmark row's metrics
+  (``log_benchmark``) and, in the handed-over model's run, the report and the exported model
+  as artifacts (``log_report``). Not from the workers (Ray's ``setup_mlflow``): a worker on
+  another node cannot reach the run folder's SQLite file, and a resumed backbone would log
+  the epochs it trains again twice;
 * **a run per Tune trial**: Tune's ``MLflowLoggerCallback`` (params: the sampled ones; metrics
   per epoch), tagged ``stage`` = ``tune``.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -44,6 +47,14 @@ def settings(cfg: Config) -> dict[str, str] | None:
     if not t.mlflow:
         return None
     root = absolute(cfg.layout.root)
+    if root.startswith("file://"):
+        root = root[len("file://") :]
+    elif "://" in root and not t.uri:
+        raise ValueError(
+            f"config field 'tracking.uri' = '': a run stored at {root} needs a tracking server "
+            "(http://...: the default SQLite store lives in a local run folder), or "
+            "tracking.mlflow=false"
+        )
     return {
         "uri": t.uri or f"sqlite:///{root}/{DB}",
         "experiment": t.experiment or cfg.name,
@@ -54,11 +65,9 @@ def settings(cfg: Config) -> dict[str, str] | None:
 
 def ensure_experiment(where: dict[str, str]) -> str:
     """The experiment's id, created (artifacts in the run folder by default) when new."""
-    from mlflow.tracking import MlflowClient
-
     if "://" not in where["run"]:
         os.makedirs(where["run"], exist_ok=True)  # SQLite needs the folder of its file
-    client = MlflowClient(where["uri"])
+    client = _client(where)
     found = client.get_experiment_by_name(where["experiment"])
     if found:
         return found.experiment_id
@@ -83,50 +92,46 @@ def params_of(cfg: Config) -> dict[str, str]:
     return out
 
 
-def start_backbone_run(
-    where: dict[str, str],
-    cfg: Config,
-    model: str,
-    tags: dict[str, str],
-    history: list[dict[str, Any]] | None = None,
-):
-    """Rank 0 of a Ray Train worker group: an MLflow run for ``model`` (the table's name),
-    through ``setup_mlflow``; None on the other ranks. A resumed backbone (``history``: the
-    epochs its checkpoint restored) gets a new run that logs those epochs first, and the run
-    the killed driver left open is closed as KILLED: the latest run holds exactly the epochs of
-    ``history.json``, none twice."""
-    import ray.train
-    from mlflow.tracking import MlflowClient
-    from ray.air.integrations.mlflow import setup_mlflow
+def log_backbone(
+    where: dict[str, str], cfg: Config, model: str, tags: dict[str, str], output_uri: str
+) -> str:
+    """A trained backbone's MLflow run, from what its training wrote (``output_uri``:
+    ``history.json``, ``result.json``): params = its resolved config, every epoch's metrics at
+    step = epoch, ``result/*``. Logged by the driver once the backbone has finished, so a
+    resumed training logs each epoch once, and no worker on another node needs the store.
+    A model that has a run of this run folder already keeps it (a resumed driver)."""
+    from mlflow.entities import Metric, Param
 
-    if ray.train.get_context().get_world_rank() != 0:
-        return None
-    client = MlflowClient(where["uri"])
-    for _, run_id in _run_ids(where, model, status="RUNNING"):
-        client.set_tag(run_id, "superseded", "a resumed run took over")
-        client.set_terminated(run_id, status="KILLED")
-    mlflow = setup_mlflow(
-        config=params_of(cfg),
-        tracking_uri=where["uri"],
-        experiment_name=where["experiment"],
+    from logo_train.checkpoint import HISTORY_JSON
+    from logo_train.storage import join, read_json
+    from logo_train.worker import RESULT_JSON
+
+    done = dict(_run_ids(where, model, status="FINISHED"))
+    if model in done:
+        return done[model]
+    client = _client(where)
+    run = client.create_run(
+        ensure_experiment(where),
         run_name=model,
         tags={RUN_TAG: where["run"], MODEL_TAG: model, **tags},
     )
-    for record in history or []:
-        log_epoch(mlflow, record)
-    return mlflow
-
-
-def log_epoch(mlflow, record: dict[str, Any]) -> None:
-    """One epoch's numeric metrics, at step = epoch."""
-    metrics = {k: float(v) for k, v in record.items() if _number(v) and k != "epoch"}
-    mlflow.log_metrics(metrics, step=int(record["epoch"]))
-
-
-def end_backbone_run(mlflow, summary: dict[str, Any]) -> None:
-    """The backbone's ``result.json`` numbers as ``result/*``, and the run closed."""
-    mlflow.log_metrics({f"result/{k}": float(v) for k, v in summary.items() if _number(v)})
-    mlflow.end_run()
+    run_id = run.info.run_id
+    params = [Param(k, v) for k, v in params_of(cfg).items()]
+    for i in range(0, len(params), 100):  # MLflow takes 100 params a request
+        client.log_batch(run_id, params=params[i : i + 100])
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(k, float(v), now, int(record["epoch"]))
+        for record in read_json(join(output_uri, HISTORY_JSON))
+        for k, v in record.items()
+        if _number(v) and k != "epoch"
+    ]
+    summary = read_json(join(output_uri, RESULT_JSON))
+    metrics += [Metric(f"result/{k}", float(v), now, 0) for k, v in summary.items() if _number(v)]
+    for i in range(0, len(metrics), 1000):  # and 1,000 metrics
+        client.log_batch(run_id, metrics=metrics[i : i + 1000])
+    client.set_terminated(run_id)
+    return run_id
 
 
 def tune_callbacks(cfg: Config, backbone: str) -> list:
@@ -148,9 +153,7 @@ def tune_callbacks(cfg: Config, backbone: str) -> list:
 def _run_ids(where: dict[str, str], model: str = "", status: str = "") -> list[tuple[str, str]]:
     """The run folder's backbone runs, oldest first, as (table name, MLflow run id); only
     ``model``'s and only ``status`` ('RUNNING', 'FINISHED') when given."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(where["uri"])
+    client = _client(where)
     exp = client.get_experiment_by_name(where["experiment"])
     if exp is None:
         return []
@@ -177,11 +180,10 @@ def log_benchmark(cfg: Config, data: dict[str, Any]) -> int:
     if where is None:
         return 0
     from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
     from logo_train.results import name
 
-    client, runs, logged = MlflowClient(where["uri"]), _runs(where), 0
+    client, runs, logged = _client(where), _runs(where), 0
     for entry in data["backbones"]:
         run_id = runs.get(name(entry))
         if run_id is None:
@@ -211,13 +213,10 @@ def log_report(cfg: Config, report_dir: str, best: str) -> bool:
     run_id = _runs(where).get(best) if where else None
     if run_id is None:
         return False
-    import tempfile
-
-    from mlflow.tracking import MlflowClient
 
     from logo_train.storage import download_dir
 
-    client = MlflowClient(where["uri"])
+    client = _client(where)
     with tempfile.TemporaryDirectory() as tmp:
         local = str(download_dir(report_dir, tmp)) if "://" in report_dir else report_dir
         client.log_artifacts(run_id, local, artifact_path="report")
@@ -227,3 +226,16 @@ def log_report(cfg: Config, report_dir: str, best: str) -> bool:
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _client(where: dict[str, str]):
+    """An MLflow client of the run's store. MLflow resolves its default artifact root against
+    the working folder even for a store that has its own: a Ray job's driver whose working
+    folder was removed under it (seen in the autoscaler test) works from the run folder."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(where["run"] if "://" not in where["run"] else tempfile.gettempdir())
+    return MlflowClient(where["uri"])

@@ -215,7 +215,6 @@ def train_backbones(
         )
         for backbone, bcfg in configs.items()
     ]
-    _track(cfg, jobs, track)
     trainer = _trainer(
         cfg, _loop_config(cfg, jobs, manifest, shared), datasets, name, storage_path, callbacks
     )
@@ -234,6 +233,8 @@ def train_backbones(
     }
     for j in done:
         averaged = wise.apply(j.config, j.backbone, j.output_uri, shards_uri, manifest)
+        if track is not None:
+            log_tracked(j.config, j.backbone, j.output_uri, track)
         if averaged and echo:
             echo(
                 f"[train] {j.backbone}: WiSE-FT, {averaged['alpha']:g} x fine-tuned + "
@@ -244,16 +245,13 @@ def train_backbones(
     return [_backbone_result(j, manifest) for j in done], failures
 
 
-def _track(cfg: Config, jobs: list[Job], tags: dict[str, str] | None) -> None:
-    """Each job's MLflow settings (``Job.tracking``), the experiment created on the driver."""
-    where = tracking.settings(cfg) if tags is not None else None
-    if where is None:
-        return
-    tracking.ensure_experiment(where)
-    round_ = int(tags.get("round", "1"))
-    for job in jobs:
-        model = ckpt.run_label(job.backbone, round_)
-        job.tracking = {"where": where, "model": model, "tags": tags}
+def log_tracked(cfg: Config, backbone: str, output_uri: str, tags: dict[str, str]) -> None:
+    """A finished backbone's MLflow run (``tracking.log_backbone``; once: a backbone kept
+    from an earlier driver gets its run if that driver died before logging it)."""
+    where = tracking.settings(cfg)
+    if where:
+        model = ckpt.run_label(backbone, int(tags.get("round", "1")))
+        tracking.log_backbone(where, cfg, model, {**tags, "backbone": backbone}, output_uri)
 
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -499,6 +497,7 @@ def train_stage(
         }
         for backbone in kept:
             echo(f"[train] {backbone}: trained before ({join(run_uri, backbone)}); kept")
+            log_tracked(group[backbone], backbone, join(run_uri, backbone), {"stage": "train"})
         todo = {b: c for b, c in group.items() if b not in kept}
         done: list[BackboneResult] = []
         if todo:

@@ -50,10 +50,6 @@ class Job:
     output_uri: str
     """``<run>/<backbone>``: ``best/`` (the best checkpoint), ``history.json``, ``result.json``."""
     tensorboard_uri: str
-    tracking: dict[str, Any] | None = None
-    """Where rank 0 logs this backbone's MLflow run: ``where`` (``tracking.settings``),
-    ``model`` (the table's name), ``tags``; None: not tracked (a Tune trial: Tune's callback
-    is)."""
 
     def error(self) -> str | None:
         """The error this backbone's training last raised in this run, if it did not finish
@@ -167,8 +163,6 @@ def _train_job(
     checkpointer = Checkpointer(job, t, info, worker, finished)
     if resume:
         checkpointer.restore(resume)
-    if job.tracking:
-        checkpointer.mlflow = _start_tracking(job, checkpointer.epoch, checkpointer.history)
     train_shard, val_shard = shards
     if batches is None:
         batches = _run_batches(train_shard, tc.batch_size // worker.world, tc, worker.device)
@@ -204,16 +198,6 @@ def _train_job(
         job_summary(job, checkpointer.history, setup_seconds, group_start_seconds, job_start)
     )
     return batches
-
-
-def _start_tracking(job: Job, restored_epoch: int, history: list[dict[str, Any]]):
-    """Rank 0's MLflow run of this backbone (Ray's ``setup_mlflow``; None on other ranks),
-    the restored epochs logged first."""
-    from logo_train import tracking
-
-    t = job.tracking
-    tags = {**t["tags"], "backbone": job.backbone, "restored_epoch": str(restored_epoch)}
-    return tracking.start_backbone_run(t["where"], job.config, t["model"], tags, history)
 
 
 def _build(job: Job, worker: WorkerContext):
@@ -263,8 +247,6 @@ class Checkpointer:
         self.job, self.t, self.info, self.worker = job, training, info, worker
         self.finished = finished
         self.epoch, self.best, self.history = 0, -1.0, []
-        self.mlflow = None
-        """The backbone's MLflow run (``_start_tracking``), or None."""
         self.tensorboard = _TensorBoard(job.tensorboard_uri) if worker.rank == 0 else None
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -298,10 +280,6 @@ class Checkpointer:
             with tempfile.TemporaryDirectory() as directory:
                 self._save(directory, state)
                 ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
-            if self.mlflow is not None:  # after the checkpoint: a resumed run logs no epoch twice
-                from logo_train.tracking import log_epoch
-
-                log_epoch(self.mlflow, record)
         else:
             ray.train.report(record)
         record["checkpoint_seconds"] = time.perf_counter() - start  # in the next history.json
@@ -312,10 +290,6 @@ class Checkpointer:
         if self.worker.rank == 0:
             write_json(join(self.job.output_uri, ckpt.HISTORY_JSON), self.history)
             write_json(join(self.job.output_uri, RESULT_JSON), summary)
-        if self.mlflow is not None:
-            from logo_train.tracking import end_backbone_run
-
-            end_backbone_run(self.mlflow, summary)
 
     def _save(self, directory: str, state: dict[str, Any]) -> None:
         t = self.t

@@ -57,8 +57,14 @@ def test_settings_params_and_the_benchmark_row_and_report_land_in_the_models_run
     assert (tmp_path / "t/mlartifacts").is_dir()  # artifacts in the run folder
 
 
-def test_a_run_stored_at_a_uri_needs_a_tracking_server():
+def test_a_run_stored_at_a_uri_needs_a_tracking_server(tmp_path):
+    cloud = load_config(None, ["output_dir=s3://bucket/lt"])  # loads: the layout works alone
     with pytest.raises(ValueError, match="tracking.uri"):
-        load_config(None, ["output_dir=s3://bucket/lt"])
-    ok = load_config(None, ["output_dir=s3://bucket/lt", "tracking.mlflow=false"])
-    assert not ok.tracking.mlflow
+        tracking.settings(cloud)
+    server = load_config(None, ["output_dir=s3://bucket/lt", "tracking.uri=http://m:5000"])
+    assert tracking.settings(server)["uri"] == "http://m:5000"
+    assert (
+        tracking.settings(load_config(None, ["output_dir=s3://b", "tracking.mlflow=false"])) is None
+    )
+    local = tracking.settings(load_config(None, [f"output_dir=file://{tmp_path}", "name=u"]))
+    assert local["uri"] == f"sqlite:///{tmp_path}/u/mlflow.db"

@@ -188,7 +188,8 @@ class TrackingConfig:
     """MLflow tracking URI; empty = a SQLite store in the run folder (``<run>/mlflow.db``,
     artifacts in ``<run>/mlartifacts``: ``mlflow ui --backend-store-uri
     sqlite:///<run>/mlflow.db``); or a team's server (``http://...``), any MLflow URI. A run
-    stored at a URI (``output_dir`` s3://...) needs one."""
+    stored in object storage (``output_dir`` s3://, gs://) needs one: training stops with
+    this field named before any work."""
     experiment: str = ""
     """MLflow experiment; empty = the run's ``name``."""
 
@@ -209,18 +210,8 @@ class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
-    def _check_tracking(self) -> None:
-        check(
-            not (self.tracking.mlflow and not self.tracking.uri and "://" in self.output_dir),
-            "tracking.uri",
-            self.tracking.uri,
-            f"a tracking server (http://...) for a run stored at {self.output_dir} (the "
-            "default SQLite store lives in a local run folder), or tracking.mlflow=false",
-        )
-
     def __post_init__(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
-        self._check_tracking()
         if self.train.per_backbone:
             from logo_train.backbones import BACKBONES
 
