@@ -471,6 +471,8 @@ def _with_training(entry: dict, row: dict, label: str, audits: dict[str, dict]) 
     """A benchmark entry with what its training row and audit say about the model."""
     keys = ("best_val_macro_f1", "best_epoch", "epochs", "seconds", "train_images_per_s")
     entry["train"] = {k: row[k] for k in keys if k in row}
+    if "images" in row.get("time", {}):  # training images seen: the compute the table compares
+        entry["train"]["images"] = row["time"]["images"]
     entry["round"] = row.get("round", 1)
     entry["label"] = label
     if row.get("cleaning"):

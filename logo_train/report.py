@@ -28,6 +28,7 @@ COLUMNS: list[tuple[str, Any, str]] = [
     ("MFLOPs / image", lambda e: e["flops"] / 1e6, "{:.1f}"),
     ("weights (MB)", lambda e: e["weights_mb"], "{:.2f}"),
     ("epochs", lambda e: _train(e, "epochs"), "{:.0f}"),
+    ("training images (k)", lambda e: _train(e, "images") / 1e3, "{:.1f}"),
     ("training (s)", lambda e: _train(e, "seconds"), "{:.0f}"),
     ("training images/s", lambda e: _train(e, "train_images_per_s"), "{:.0f}"),
     ("accuracy", lambda e: e["metrics"]["accuracy"], "{:.4f}"),
@@ -133,12 +134,15 @@ def _table_lines(data: dict[str, Any]) -> list[str]:
     for e in data["backbones"]:
         lines.append("| " + " | ".join(_cell(fmt, get(e)) for _, get, fmt in columns(data)) + " |")
     lines += _views_lines(data["backbones"])
+    lines += _compute_lines(data["backbones"])
     return lines + [
         "",
         "Columns: 'starts from': ImageNet weights fine-tuned, or random init (the five "
         "reference families train from scratch: the table compares families); epochs: "
         "those trained (fewer than the recipe's where train.patience stopped a backbone "
-        "early); training (s), training images/s: the model's training (wall time on its "
+        "early); training images: the training rows the model was fed over all its epochs (the "
+        "compute the families are compared at); training (s), training images/s: the "
+        "model's training (wall time on its "
         "worker, the first backbone of a worker group also paying the group's start-up; the steady "
         "rate); parameters in millions; MFLOPs = 10^6 floating-point operations per image "
         "(one forward pass, torch.utils.flop_counter; a multiply-add counts 2); weights = "
@@ -149,6 +153,35 @@ def _table_lines(data: dict[str, Any]) -> list[str]:
         "(CPU execution provider) on the same exported model; throughput: images/s at batch "
         f"{first['eager']['throughput_batch']}. '–': not measured (ONNX Runtime runs on CPU only).",
     ]
+
+
+def compute_words(entries: list[dict[str, Any]]) -> str:
+    """How much training the random-init families of round 1 got: equal compute (the same
+    number of training images each, deterministic, unlike seconds) or not; '' without them."""
+    scratch = {
+        name(e): e["train"]["images"]
+        for e in entries
+        if start_word(e) == "random init"
+        and e.get("round", 1) == 1
+        and "images" in e.get("train", {})
+    }
+    if len(scratch) < 2:
+        return ""
+    if len(set(scratch.values())) == 1:
+        images = next(iter(scratch.values()))
+        return (
+            f"The {len(scratch)} families from random init trained at **equal compute**: "
+            f"{images:,} training images each."
+        )
+    each = ", ".join(f"{b} {n:,}" for b, n in scratch.items())
+    return (
+        f"The families from random init trained at **unequal** compute (training images: {each})."
+    )
+
+
+def _compute_lines(entries: list[dict[str, Any]]) -> list[str]:
+    words = compute_words(entries)
+    return ["", words] if words else []
 
 
 def _views_lines(entries: list[dict[str, Any]]) -> list[str]:
@@ -398,7 +431,7 @@ def print_summary(folder: str, stage_seconds: dict[str, float]) -> None:
     print("stages: " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items()))
     print(
         f"{'backbone':<22} {'starts from':<11} {'px':>4} {'macro F1':>8} {'accuracy':>8} "
-        f"{'p50 ms':>8} {'ONNX p50 ms':>11} {'images/s':>9} {'MFLOPs':>8}"
+        f"{'p50 ms':>8} {'ONNX p50 ms':>11} {'images/s':>9} {'MFLOPs':>8} {'train s':>8}"
     )
     for e in data["backbones"]:
         onnx = f"{e['onnx']['latency_ms_p50']:.2f}" if e.get("onnx") else "-"
@@ -406,8 +439,11 @@ def print_summary(folder: str, stage_seconds: dict[str, float]) -> None:
             f"{name(e):<22} {start_word(e):<11} {e['image_size']:>4} "
             f"{e['metrics']['macro_f1']:8.3f} {e['metrics']['accuracy']:8.3f} "
             f"{e['eager']['latency_ms_p50']:8.2f} {onnx:>11} "
-            f"{e['eager']['throughput_images_per_s']:9.0f} {e['flops'] / 1e6:8.1f}"
+            f"{e['eager']['throughput_images_per_s']:9.0f} {e['flops'] / 1e6:8.1f} "
+            f"{_cell('{:8.0f}', _train(e, 'seconds')):>8}"
         )
+    if compute_words(data["backbones"]):
+        print(compute_words(data["backbones"]).replace("**", ""))
     print(
         f"best: {name(best_entry(data))} (chosen on {selected_on(data)} macro-F1; table: "
         f"{data['split']} split, {len(data['classes'])} classes)"

@@ -20,7 +20,14 @@ from logo_train.evaluate import benchmark_checkpoint, count_flops, predict, qual
 from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.models import build_model, normalisation
 from logo_train.plots import PLOTS
-from logo_train.report import BENCHMARK_MD, BENCHMARK_PARQUET, COLUMNS, markdown, rows
+from logo_train.report import (
+    BENCHMARK_MD,
+    BENCHMARK_PARQUET,
+    COLUMNS,
+    compute_words,
+    markdown,
+    rows,
+)
 from logo_train.results import best_entry, selected_on
 from logo_train.storage import write_json
 
@@ -268,3 +275,31 @@ def test_the_report_lists_the_cleaned_labels_even_when_another_backbone_is_best(
     (tmp_path / "run/clean").rename(tmp_path / "run/no-clean")
     copy_suspected(SimpleNamespace(layout=layout), {"backbones": data["backbones"][:2]})
     assert (tmp_path / "run/report/suspected_labels.parquet").read_bytes() == best.encode()
+
+
+def test_the_report_says_whether_the_families_trained_at_equal_compute(benchmark_data):
+    """Training images (steps x batch) are the compute the families are compared at: the
+    report names the count when every random-init family of round 1 saw the same number,
+    lists them when not, and leaves out the pretrained backbone and the cleaning round."""
+    data, _, _ = benchmark_data
+    runs = json.loads(json.dumps(data))
+    for e in runs["backbones"]:
+        e["train"] = {"best_val_macro_f1": 0.5, "epochs": 8, "images": 44_032}
+    pretrained = dict(runs["backbones"][0], backbone="efficientnet_lite0", pretrained="package")
+    pretrained["train"] = {"best_val_macro_f1": 0.9, "images": 16_128}
+    round2 = dict(runs["backbones"][0], label="resnet10t-round2", round=2)
+    round2["train"] = {"best_val_macro_f1": 0.6, "images": 999}
+    runs["backbones"] += [pretrained, round2]
+    words = compute_words(runs["backbones"])
+    assert words == (
+        "The 2 families from random init trained at **equal compute**: 44,032 training images each."
+    )
+    text = markdown(runs)
+    assert words in text
+    cells = [line for line in text.splitlines() if line.startswith("| resnet10t |")]
+    assert " 44.0 |" in cells[0]  # the 'training images (k)' column
+    runs["backbones"][1]["train"]["images"] = 55_040
+    assert "**unequal** compute (training images: resnet10t 44,032, mobilenetv2_050 55,040)" in (
+        compute_words(runs["backbones"])
+    )
+    assert compute_words(data["backbones"]) == ""  # bare checkpoints: no training record
