@@ -442,8 +442,9 @@ def print_summary(folder: str, stage_seconds: dict[str, float]) -> None:
             f"{e['eager']['throughput_images_per_s']:9.0f} {e['flops'] / 1e6:8.1f} "
             f"{_cell('{:8.0f}', _train(e, 'seconds')):>8}"
         )
-    if compute_words(data["backbones"]):
-        print(compute_words(data["backbones"]).replace("**", ""))
+    compute = compute_words(data["backbones"])
+    if compute:
+        print(compute.replace("**", ""))
     print(
         f"best: {name(best_entry(data))} (chosen on {selected_on(data)} macro-F1; table: "
         f"{data['split']} split, {len(data['classes'])} classes)"
