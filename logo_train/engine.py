@@ -74,6 +74,8 @@ class Training:
     amp_dtype: torch.dtype
     channels_last: bool
     total_steps: int
+    grad_clip: float
+    """``train.grad_clip``: the gradients' largest global norm per step (0 = unclipped)."""
     frozen: list[nn.Module]
     """Modules of a pretrained backbone kept as they are (``train.frozen_stages``): no
     gradients, batch norm in eval mode during training too."""
@@ -152,6 +154,7 @@ def build_training(
         amp_dtype=amp_dtype,
         channels_last=channels_last,
         total_steps=total_steps,
+        grad_clip=tc.grad_clip,
         frozen=frozen,
     )
 
@@ -206,6 +209,9 @@ def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, trust_active: bool
             out = {"loss": loss.detach()}
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
+    if t.grad_clip > 0:
+        t.scaler.unscale_(t.optimizer)
+        nn.utils.clip_grad_norm_(t.model.parameters(), t.grad_clip)
     t.scaler.step(t.optimizer)
     t.scaler.update()
     if t.scheduler.last_epoch < t.total_steps - 1:  # a few extra batches must not overrun

@@ -15,7 +15,9 @@ CLASSES = 4
 BATCH = 8
 
 
-def _training(loss: str = "ce_weighted", steps_per_epoch: int = 3, epochs: int = 3):
+def _training(
+    loss: str = "ce_weighted", steps_per_epoch: int = 3, epochs: int = 3, more: tuple = ()
+):
     cfg = load_config(
         ROOT / "configs/quick.yaml",
         [
@@ -24,6 +26,7 @@ def _training(loss: str = "ce_weighted", steps_per_epoch: int = 3, epochs: int =
             f"train.batch_size={BATCH}",
             "train.trust_warmup_epochs=1",
             "model.image_size=32",
+            *more,
         ],
     )
     torch.manual_seed(0)
@@ -244,3 +247,24 @@ def test_training_starts_from_a_checkpoints_weights_and_names_a_bad_one(tmp_path
         build(str(tmp_path / "nowhere"))
     with pytest.raises(ValueError, match=r"train\.start_from.*not this model's weights"):
         build(str(tmp_path / "ckpt"), classes=CLASSES + 1)
+
+
+def test_grad_clip_bounds_each_step_and_a_negative_norm_is_refused():
+    """``train.grad_clip``: the step is taken with the gradients scaled to that global norm
+    when they are larger. With plain SGD (no decay) the first step is proportional to the
+    gradient, so twice the norm gives twice the step, and no clip a much larger one."""
+    batch = _stream(1)[0]
+    moved = {}
+    for clip in (0.0, 1e-3, 2e-3):
+        more = ("train.optimizer=sgd", "train.weight_decay=0", f"train.grad_clip={clip}")
+        _, t = _training(more=more)
+        before = [p.detach().clone() for p in t.model.parameters()]
+        engine.train_step(t, batch["image"], batch["label"], trust_active=False)
+        step = sum(
+            ((p.detach() - b) ** 2).sum() for p, b in zip(t.model.parameters(), before, strict=True)
+        )
+        moved[clip] = float(step) ** 0.5
+    assert moved[2e-3] == pytest.approx(2 * moved[1e-3], rel=1e-3)
+    assert moved[0.0] > 20 * moved[2e-3]  # unclipped: the raw gradient's step
+    with pytest.raises(ValueError, match=r"train\.grad_clip"):
+        _training(more=("train.grad_clip=-1",))

@@ -19,6 +19,7 @@ RECIPE_FIELDS = (
     "lr",
     "weight_decay",
     "warmup_fraction",
+    "grad_clip",
     "trust_warmup_epochs",
     "penalty_weight",
     "class_weight_power",
@@ -235,6 +236,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_fraction: float = 0.2
     """Share of the steps OneCycle spends rising to ``lr``."""
+    grad_clip: float = 0.0
+    """Largest global L2 norm of the gradients per step (clipped to it, as timm's
+    ``--clip-grad``); 0 = off."""
     loss: LossName = "trust_penalty"
     """'ce' (plain), 'ce_weighted' (class weights, the reference recipe), 'trust_penalty'
     (class-weighted CE scaled by the trust head's per-sample trust, plus a penalty) or 'gce'
@@ -371,6 +375,7 @@ class TrainConfig:
             f">= num_workers ({self.num_workers})",
         )
         check(self.eval_batch_size >= 1, p + "eval_batch_size", self.eval_batch_size, ">= 1")
+        check(self.grad_clip >= 0, p + "grad_clip", self.grad_clip, ">= 0 (0 = off)")
         check(self.cpus_per_worker > 0, p + "cpus_per_worker", self.cpus_per_worker, "> 0")
         check(self.gpus_per_worker >= 0, p + "gpus_per_worker", self.gpus_per_worker, ">= 0")
         check(self.shuffle_buffer >= 0, p + "shuffle_buffer", self.shuffle_buffer, ">= 0")
