@@ -395,12 +395,8 @@ def finished_search(cfg: Config, backbone: str, path: str) -> SearchResult | Non
 
 def search_paths(cfg: Config, shards_uri: str) -> dict[str, str]:
     """backbone -> its search's experiment folder, for the searches ``tune.scope`` asks for."""
-    if cfg.tune.scope == "shared":
-        backbones = [cfg.tune.proxy_backbone or cfg.model.backbones[0]]
-    else:
-        backbones = list(cfg.model.backbones)
     storage = absolute(cfg.layout.tune)
-    return {b: join(storage, experiment_name(cfg, b, shards_uri)) for b in backbones}
+    return {b: join(storage, experiment_name(cfg, b, shards_uri)) for b in cfg.searched_backbones()}
 
 
 def check_resumable(path: str) -> None:

@@ -207,3 +207,18 @@ def test_the_search_s_limits_apply_only_when_it_runs():
     assert cfg.tune.space["trust_warmup_epochs"].high == 3
     with pytest.raises(ValueError, match="'tune.space.trust_warmup_epochs'"):
         load_config(None, [*short, "tune.epochs=2", searched, "tune.enabled=true"])
+
+
+def test_the_warm_up_check_reads_the_recipes_the_search_trains():
+    """A long warm-up in a backbone the shared search never trains loads (and resolves); in the
+    proxy's recipe, or in any backbone's with a search per backbone, it is refused."""
+    quick = ROOT / "configs/quick.yaml"
+    long_swin = "train.per_backbone.swin_nano.trust_warmup_epochs=11"
+    cfg = load_config(quick, [long_swin])
+    swin = cfg.for_backbone("swin_nano")
+    assert swin.train.trust_warmup_epochs == 11 and swin.train.epochs == 12
+    assert cfg.for_backbone("resnet10t").train.trust_warmup_epochs == cfg.train.trust_warmup_epochs
+    with pytest.raises(ValueError, match="'tune.epochs'"):
+        load_config(quick, ["train.per_backbone.efficientformer_nano.trust_warmup_epochs=2"])
+    with pytest.raises(ValueError, match="'tune.epochs'"):
+        load_config(quick, [long_swin, "tune.scope=per_backbone"])

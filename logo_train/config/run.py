@@ -252,8 +252,13 @@ class Config:
         if self.tune.enabled and self.train.loss in ("trust_penalty", "gce"):  # warm-ups
             trial_epochs = self.tune.epochs or self.train.epochs
             searched = self.tune.space.get("trust_warmup_epochs")
-            if searched is None:
-                name, most = "tune.epochs", self.train.trust_warmup_epochs
+            if searched is None:  # the warm-ups of the recipes the trials train
+                recipes = self.train.per_backbone
+                warmups = [
+                    recipes.get(b, {}).get("trust_warmup_epochs", self.train.trust_warmup_epochs)
+                    for b in self.searched_backbones()
+                ]
+                name, most = "tune.epochs", max(warmups)
             else:
                 name = "tune.space.trust_warmup_epochs"
                 most = max(searched.values) if searched.kind == "choice" else searched.high
@@ -281,6 +286,13 @@ class Config:
                     raise
                 field = f"train.per_backbone.{backbone}.image_size"
                 raise ValueError(str(e).replace("model.image_size", field)) from None
+
+    def searched_backbones(self) -> list[str]:
+        """The backbones whose recipes the search's trials train: the proxy ('shared') or
+        every backbone ('per_backbone')."""
+        if self.tune.scope == "shared":
+            return [self.tune.proxy_backbone or self.model.backbones[0]]
+        return list(self.model.backbones)
 
     def image_sizes(self) -> dict[str, int]:
         """The input size of every backbone of the run (and of the search's proxy)."""
@@ -310,10 +322,15 @@ class Config:
         if not overrides:
             return self
         data = config_to_dict(self)
+        recipes = data["train"]["per_backbone"]
         if "image_size" in overrides:  # the others keep theirs: model.image_size becomes this one's
-            recipes = data["train"]["per_backbone"]
             for other, size in self.image_sizes().items():
                 recipes.setdefault(other, {}).setdefault("image_size", size)
+        if "trust_warmup_epochs" in overrides:  # the same for the search's check of warm-ups
+            for other in self.searched_backbones():
+                recipes.setdefault(other, {}).setdefault(
+                    "trust_warmup_epochs", self.train.trust_warmup_epochs
+                )
         for key, value in overrides.items():  # the same coercion as with_train
             set_fields(data, "model" if key in MODEL_RECIPE_FIELDS else "train", {key: value})
         try:
