@@ -71,8 +71,8 @@ def score_batches(
 ) -> Scores:
     """Score ``(images, given labels)`` batches (already transformed) in eval mode. The model
     is put in channels-last layout, which ``score_split``'s images come in (on 2 CPU cores it
-    scores a 112 px EfficientNet-Lite0 1.7-1.85x faster than NCHW at batch 256; the same
-    outputs)."""
+    scores a 112 px EfficientNet-Lite0 1.7-1.85x faster than NCHW at batch 256, the same
+    outputs: ``benchmarks/audit_layout.py``)."""
     model = model.eval().to(device, memory_format=torch.channels_last)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("trust", "loss", "margin", "prob")}
     with torch.inference_mode():
