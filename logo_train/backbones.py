@@ -63,6 +63,10 @@ class BackboneSpec:
     hub: bool = True
     """timm's hub has pretrained weights for ``timm_name`` (checked against
     ``timm.list_pretrained`` by tests/test_models.py)."""
+    conv_stem: bool = False
+    """Replace a vision transformer's patchify convolution by a small convolutional stem
+    (``logo_train.models.conv_stem``): for a transformer trained from random init on small
+    images; it changes the parameters, so timm's weights for ``timm_name`` no longer fit."""
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -82,6 +86,7 @@ BACKBONES: dict[str, BackboneSpec] = {
             "swin_tiny_patch4_window7_224",
             {"embed_dim": 32, "depths": (1, 1, 2, 1), "num_heads": (1, 2, 4, 8)},
             size="small",
+            conv_stem=True,
         ),
         BackboneSpec(
             "efficientformer_nano",

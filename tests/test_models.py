@@ -103,6 +103,30 @@ def test_pretrained_file_loads_local_weights_and_skips_other_head(tmp_path):
         build_model("resnet10t", 28, 64, weights=str(tmp_path / "missing.pth"))
 
 
+def test_swin_nano_has_a_convolutional_stem_and_its_files_load(tmp_path):
+    """swin_nano's patchify convolution is a conv stem of the same stride (3x3/2 convs, BN,
+    ReLU, then 1x1); swin_tiny keeps timm's, so its ImageNet weights still fit."""
+    torch.manual_seed(0)
+    model = build_model("swin_nano", 28, 32)
+    stem = model.patch_embed.proj
+    convs = [m for m in stem if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.kernel_size[0], c.stride[0], c.out_channels) for c in convs] == [
+        (3, 2, 16),
+        (3, 2, 32),
+        (1, 1, 32),
+    ]
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in stem) == 2
+    assert model.forward_features(torch.randn(2, 3, 32, 32)).shape == (2, 1, 1, 256)
+    assert isinstance(
+        build_model("swin_tiny_patch4_window7_224", 28, 64).patch_embed.proj, torch.nn.Conv2d
+    )
+    # a swin_nano weights file (a stem in its keys) loads exactly, timm's loader bypassed
+    path = tmp_path / "nano.pth"
+    torch.save(model.state_dict(), path)
+    again = build_model("swin_nano", 28, 32, weights=str(path))
+    assert torch.equal(again.patch_embed.proj[0].weight, stem[0].weight)
+
+
 def test_test_views_answer_the_mean_of_the_whole_input_and_its_centre():
     torch.manual_seed(0)
     model = build_model("resnet10t", 5, 40).eval()
