@@ -2,6 +2,7 @@
 
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,6 +12,8 @@ import pytest
 from logo_train.data import badge, brands, synth
 from logo_train.data.augment import decode_image
 from logo_train.data.shards import read_manifest, read_split, shard_schema
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_28_classes_with_unknown_and_real_artwork():
@@ -196,6 +199,27 @@ def test_wide_badges_get_detector_like_wide_crops(tiny_synth):
     assert all(h == w == 32 for h, w, _ in shapes(replace(tiny_synth, max_aspect=1.0)))
 
 
+def test_wide_shots_show_the_badge_small_and_leave_other_data_unchanged(tiny_synth):
+    """``wide_shots``: the badge covers a quarter to a half of the frame instead of most of it;
+    at 0 (the profiles' default) the generator draws nothing for it (the data rendered before
+    the option existed stays the same), and the label never depends on it."""
+    template = synth.templates()["toyota"][0][..., None]
+
+    def coverage(wide: bool) -> float:
+        rng = np.random.default_rng(0)
+        return float(np.mean([(badge._place(template, 64, 64, rng, 0.5, wide) > 0.5).mean()
+                              for _ in range(20)]))  # fmt: skip
+
+    close, wide = coverage(False), coverage(True)
+    assert wide < 0.5 * close, (wide, close)
+    sample = synth.make_plan(tiny_synth)[0]
+    assert tiny_synth.wide_shots == 0.0
+    default = synth.render_sample(sample, tiny_synth)
+    assert synth.render_sample(sample, replace(tiny_synth, wide_shots=0.0)) == default
+    always = synth.render_sample(sample, replace(tiny_synth, wide_shots=1.0))
+    assert always["image"] != default["image"] and always["label"] == default["label"]
+
+
 def test_enamel_fills_what_the_outline_encloses():
     ring = np.zeros((60, 60), np.float32)
     cv2.circle(ring, (30, 30), 25, 1.0, 4)
@@ -207,3 +231,25 @@ def test_enamel_fills_what_the_outline_encloses():
     bar = np.zeros((20, 60), np.float32)
     bar[5:15, 5:55] = 1.0
     assert badge.enamel_regions(bar).sum() == 0  # nothing enclosed
+
+
+def test_shards_of_other_artwork_are_made_again_not_reused(tmp_path, monkeypatch):
+    """The manifest records the artwork the renderer drew; shards of the same config but other
+    artwork (an older release of the package) are rendered again, not trained on."""
+    from logo_train.config import load_config
+    from logo_train.data.prepare import prepare_data
+
+    cfg = load_config(
+        ROOT / "configs/quick.yaml",
+        [f"output_dir={tmp_path}", "data.synth.image_size=32", "data.synth.images_per_class=3",
+         "data.synth.imbalance_ratio=1", "data.synth.val_per_class=1",
+         "data.synth.test_per_class=1", "data.workers=1"],
+    )  # fmt: skip
+    _, manifest, reused = prepare_data(cfg, progress=False)
+    assert not reused and manifest.params["artwork"] == brands.artwork_fingerprint()
+    assert prepare_data(cfg, progress=False)[2], "the same config and artwork: reused"
+    monkeypatch.setitem(brands.CLASSIC_BADGES, "Peugeot", ())  # the artwork before the lion
+    assert brands.artwork_fingerprint() != manifest.params["artwork"]
+    _, again, reused = prepare_data(cfg, progress=False)
+    assert not reused and again.params["artwork"] == brands.artwork_fingerprint()
+    assert again.split_rows("train") == manifest.split_rows("train")

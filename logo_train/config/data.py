@@ -51,11 +51,16 @@ class SynthConfig:
     surveillance: float = 0.3
     """Share of crops, times ``difficulty``, seen by a surveillance camera: grey, the badge
     12-28 px tall, soft, sometimes glare (0.15 at difficulty 0.5)."""
+    wide_shots: float = 0.0
+    """Share of photos that show the badge small in its surroundings (a car's front, a wheel,
+    a product shot with margins: the badge a quarter to a half of the frame), sharp: many web
+    photos are taken so; 0 = none (every crop frames the badge)."""
     classic_badges: bool = True
     """Draw the badges most cars still wear where simple-icons has the newer design (Citroen's
-    chevrons without the oval, Renault's 1992 lozenge), beside the current one."""
+    chevrons without the oval, Renault's 1992 lozenge, Peugeot's standing lion of 2002-2021),
+    beside the current one."""
     unknown_vehicles: bool = True
-    """The ``unknown`` class also holds other makers' badges (19), not only non-vehicle icons."""
+    """The ``unknown`` class also holds other makers' badges (20), not only non-vehicle icons."""
     image_format: ImageFormat = "png"
     """Encoding of the stored images."""
     seed: int = 0
@@ -84,6 +89,7 @@ class SynthConfig:
         check(1.0 <= self.max_aspect <= 4.0, p + "max_aspect", self.max_aspect, "1..4")
         check(0.0 <= self.studio <= 1.0, p + "studio", self.studio, "0..1")
         check(0.0 <= self.surveillance <= 1.0, p + "surveillance", self.surveillance, "0..1")
+        check(0.0 <= self.wide_shots <= 1.0, p + "wide_shots", self.wide_shots, "0..1")
         check(
             self.max_crop_px >= self.min_crop_px,
             p + "max_crop_px",

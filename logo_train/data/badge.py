@@ -147,12 +147,18 @@ def _crop_width(h: int, logo_aspect: float, max_aspect: float, rng) -> int:
     return round(h * float(np.clip(logo_aspect * rng.uniform(0.9, 1.4), 1.0, max_aspect)))
 
 
-def _place(layers: np.ndarray, h: int, w: int, rng: np.random.Generator, d: float) -> np.ndarray:
+WIDE_FILL = (0.25, 0.55)
+"""A wide shot: the badge's limiting side covers this share of the photo's."""
+
+
+def _place(
+    layers: np.ndarray, h: int, w: int, rng: np.random.Generator, d: float, wide: bool = False
+) -> np.ndarray:
     """Warp the template's layers (HxWxk) into an h x w crop: scaled to fill it (the badge's
-    limiting side covers 0.85-1.0 of the crop's at difficulty 0, down to 0.4 at 1), rotated,
-    moved off-centre, with perspective."""
+    limiting side covers 0.85-1.0 of the crop's at difficulty 0, down to 0.4 at 1; ``wide``:
+    ``WIDE_FILL``), rotated, moved off-centre, with perspective."""
     th0, tw0 = layers.shape[:2]
-    fill = rng.uniform(0.85 - 0.45 * d, 1.0)
+    fill = rng.uniform(*WIDE_FILL) if wide else rng.uniform(0.85 - 0.45 * d, 1.0)
     scale = fill * min(h / th0, w / tw0)
     th, tw = max(2, round(th0 * scale)), max(2, round(tw0 * scale))
     small = cv2.resize(layers, (tw, th), interpolation=cv2.INTER_AREA)
@@ -291,16 +297,22 @@ def compose_badge(
     max_aspect: float = 1.0,
     studio: float = 0.15,
     surveillance: float = 0.3,
+    wide_shots: float = 0.0,
 ) -> tuple[np.ndarray, int | None]:
     """Return ``(rgb uint8 [size, width, 3], jpeg_quality or None)`` for one badge crop:
     ``size`` rows; ``width`` from ``size`` (square) up to ``max_aspect * size`` (a wide
     badge's detector crop). ``studio``: the share of crops on a light background (whatever
     the difficulty: a kind of photo, not an easier one; the camera still degrades it);
-    ``surveillance`` x ``difficulty``: the share seen by a surveillance camera."""
+    ``surveillance`` x ``difficulty``: the share seen by a surveillance camera; ``wide_shots``:
+    the share of photos that show the badge small in its surroundings (a car's front, a
+    wheel, a product shot with its margins: ``WIDE_FILL`` of the frame), taken at up to twice
+    ``max_crop_px`` so that the badge is as sharp as in a close-up."""
     d = float(difficulty)
-    h = int(rng.integers(min_crop_px, max_crop_px + 1))
+    wide = wide_shots > 0 and rng.random() < wide_shots  # no draw at 0: older data unchanged
+    low, high = (max_crop_px, 2 * max_crop_px) if wide else (min_crop_px, max_crop_px)
+    h = int(rng.integers(low, high + 1))
     w = _crop_width(h, template.shape[1] / template.shape[0], max_aspect, rng)
-    img = _badge_on_body(template, brand_rgb, h, w, rng, d, studio)
+    img = _badge_on_body(template, brand_rgb, h, w, rng, d, studio, wide)
     return _camera(img, size, h, w, rng, d, surveillance)
 
 
@@ -308,9 +320,11 @@ def compose_badge(
 # dataset (moving one changes every image rendered after it).
 
 
-def _badge_on_body(template, brand_rgb, h: int, w: int, rng, d: float, studio: float):
+def _badge_on_body(
+    template, brand_rgb, h: int, w: int, rng, d: float, studio: float, wide: bool = False
+):
     """The badge in its style (chrome, enamel, flat) on a car body or a light background, at
-    the crop's own size ``h`` x ``w``, float32 RGB."""
+    the crop's own size ``h`` x ``w`` (``wide``: small in it), float32 RGB."""
     light = rng.random() < studio
     bg = _studio(h, w, rng) if light else _background(h, w, rng, d)
     style = STYLES[rng.choice(len(STYLES), p=STUDIO_STYLE_P if light else STYLE_P)]
@@ -318,7 +332,7 @@ def _badge_on_body(template, brand_rgb, h: int, w: int, rng, d: float, studio: f
     if regions is not None and regions.sum() < 0.15 * (template > 0.5).sum():
         style, regions = "chrome", None  # nothing enclosed to fill
     layers = template[..., None] if regions is None else np.dstack([template, regions])
-    placed = _place(layers, h, w, rng, d)
+    placed = _place(layers, h, w, rng, d, wide)
     ink = placed[..., 0]
     fill = placed[..., 1] if regions is not None else np.zeros_like(ink)
     mask = np.clip(ink + fill, 0, 1)

@@ -7,7 +7,10 @@ classification task.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from importlib.metadata import version
 
 # class name -> simple-icons slug. The reference project's brands that the package has, then
 # the extra ones the embedded dataset adds (docs/rendering.md); "unknown" is drawn from
@@ -50,6 +53,9 @@ UNKNOWN_NON_VEHICLE: tuple[str, ...] = (
     "starbucks", "mcdonalds", "facebook", "instagram", "linux", "ubuntu", "firefox",
     "paypal", "visa", "mastercard", "netflix", "youtube", "whatsapp", "telegram",
     "reddit", "steam", "playstation", "intel", "samsung", "shell",
+    # animal and figure silhouettes (sportswear, drinks, airlines): a silhouette alone is not
+    # Peugeot's lion
+    "puma", "redbull", "brave", "jordan", "lufthansa", "qantas",
 )  # fmt: skip
 # ... and the badges of other vehicle makers (a detector's true positives of brands the model
 # does not know). Deliberately not every maker simple-icons has: Aston Martin, Bentley,
@@ -59,14 +65,16 @@ UNKNOWN_NON_VEHICLE: tuple[str, ...] = (
 UNKNOWN_VEHICLE: tuple[str, ...] = (
     "acura", "bugatti", "chrysler", "dacia", "daf", "dsautomobiles", "infiniti", "iveco",
     "koenigsegg", "lada", "lucid", "man", "mclaren", "polestar", "proton", "ram", "scania",
-    "seat", "smart",
+    "seat", "smart", "vauxhall",
 )  # fmt: skip
 UNKNOWN_SLUGS: tuple[str, ...] = UNKNOWN_NON_VEHICLE + UNKNOWN_VEHICLE
 
 # Badges most cars on the road still wear, which simple-icons replaced by a newer design:
 # drawn here as plain geometry (24 x 24 viewBox, like simple-icons), rendered beside the
 # current artwork (each with equal chance). Citroen's double chevrons without the 2022 oval;
-# Renault's 1992-2021 lozenge (a solid frame, not the 2021 interlaced outline). A Volvo with
+# Renault's 1992-2021 lozenge (a solid frame, not the 2021 interlaced outline); Peugeot's
+# standing lion of 2002-2021 (a silhouette in profile, forepaws raised, tail curled over the
+# back), not the 2021 shield with a lion's head and the name, which few cars yet wear. A Volvo with
 # its name cut out of a bar across the ring was tried and dropped: it lowered real Volvo photos
 # (chrome letters on a dark bar) from 0.77-0.91 to 0.48-0.61 (docs/rendering.md).
 CLASSIC_SVG: dict[str, str] = {
@@ -76,10 +84,17 @@ CLASSIC_SVG: dict[str, str] = {
     "renault-lozenge": (
         '<path fill-rule="evenodd" d="M12 0 21.5 12 12 24 2.5 12zm0 5.2L6.6 12l5.4 6.8 5.4-6.8z"/>'
     ),
+    "peugeot-lion": (
+        '<path d="M3 4.5 4.5 2.5 7 1.2h3l2.3 1.3.7 2.3 1.5 2.2 1 2.5 1.5 1.5.8-2.5-.8-2.5.8-2.8 '
+        "2.7-1.4 2 1.2-1.5.8-1.2 1.2.7 3 .1 3-1.1 3-1.5 2.5.5 2.5 2.5 2 .5 2H16l-.5-2-2-1.5-2 1-1 "
+        "1.5 1 1h-6l1-1.5 2.3-2.5.7-2.5-1-2.2-2.5.3-3.2.4-1.3-1.2 1-1.1 3-.4 2.5-1-.5-1-3-.1-3-.4"
+        '.3-1.6 3.2-.4 2-.5-1.5-.7-2 .4-1.7-.6 1.8-1z"/>'
+    ),
 }
 CLASSIC_BADGES: dict[str, tuple[str, ...]] = {
     "Citroen": ("citroen-chevrons",),
     "Renault": ("renault-lozenge",),
+    "Peugeot": ("peugeot-lion",),
 }
 
 # Look-alike partners for "pairs" label noise: a flipped label becomes the partner's.
@@ -134,6 +149,19 @@ def load_artwork(slug: str) -> Artwork:
     if icon is None:
         raise KeyError(f"simple-icons-pack has no icon '{slug}'")
     return Artwork(slug=icon.slug, title=icon.title, svg=icon.svg, hex_colour=icon.hex)
+
+
+def artwork_fingerprint() -> str:
+    """12 hex digits that change when the artwork the renderer draws does: the slugs of every
+    class, the classic badges' geometry and the simple-icons-pack release."""
+    drawn = {
+        "brands": BRAND_SLUGS,
+        "classic": CLASSIC_SVG,
+        "classic_of": CLASSIC_BADGES,
+        "unknown": UNKNOWN_SLUGS,
+        "simple_icons_pack": version("simple-icons-pack"),
+    }
+    return hashlib.sha256(json.dumps(drawn, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def class_slugs(name: str, classic: bool = True, unknown_vehicles: bool = True) -> tuple[str, ...]:

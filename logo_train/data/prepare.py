@@ -90,7 +90,7 @@ def prepare_data(
 
     uri = cfg.shards_uri
     if data.source == "synth":
-        source, params = "synth", {"generator": "logo_train.data.synth", **asdict(data.synth)}
+        source, params = "synth", synth.manifest_params(data.synth)
     else:
         root = Path(data.source)
         if not root.is_dir():

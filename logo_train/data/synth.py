@@ -127,6 +127,7 @@ def render_sample(sample: PlannedSample, cfg: SynthConfig) -> dict:
         max_aspect=cfg.max_aspect,
         studio=cfg.studio,
         surveillance=cfg.surveillance,
+        wide_shots=cfg.wide_shots,
     )
     return {
         "image": badge.encode_image(pixels, cfg.image_format, quality),
@@ -158,6 +159,17 @@ def iter_rows(cfg: SynthConfig, workers: int = 0, progress: bool = True) -> Iter
         unit="img",
         progress=progress,
     )
+
+
+def manifest_params(cfg: SynthConfig) -> dict:
+    """What the shards of ``cfg`` are made from, as their manifest records it: the generator,
+    the artwork it draws (``brands.artwork_fingerprint``: shards rendered before a change of
+    artwork are made again, not reused) and the config."""
+    return {
+        "generator": "logo_train.data.synth",
+        "artwork": brands.artwork_fingerprint(),
+        **asdict(cfg),
+    }
 
 
 def generate(
@@ -193,7 +205,7 @@ def generate(
         classes=list(brands.CLASS_NAMES),
         counts=counts,
         files=files,
-        params={"generator": "logo_train.data.synth", **asdict(cfg)},
+        params=manifest_params(cfg),
         has_truth=True,
         noisy_counts=noisy,
         clean_counts=clean_counts,
