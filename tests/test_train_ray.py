@@ -71,14 +71,19 @@ def tiny_data(tmp_path_factory):
 
 
 def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
-    """Through the pipeline's train, audit, benchmark and report stages, with the trust head
-    (trust_penalty); tuning has its own test (test_tune.py). The pretrained backbone trains at
-    its own input size (48 px) beside the five families at 32 px: each size in a worker group
+    """Through the pipeline's data, train, audit, benchmark and report stages, with the trust
+    head (trust_penalty); tuning has its own test (test_tune.py). The pretrained backbone trains
+    at its own input size (48 px) beside the five families at 32 px: each size in a worker group
     of its own, on the same shards (rendered at 48 px: the largest of the run), and the table
-    says which row started from ImageNet."""
+    says which row started from ImageNet. The run's output_dir is a URI (file:// here; s3:// and
+    gs:// go through the same pyarrow filesystems): every stage writes there and nothing lands
+    in the working directory (a pathlib round trip would turn file:///x into a folder 'file:')."""
     tmp, _, _ = tiny_data
+    cwd = Path.cwd()
+    before = sorted(p.name for p in cwd.iterdir())
     cfg = tiny_config(
         tmp,
+        f"output_dir=file://{tmp}",
         "name=families",
         "data.synth.image_size=0",  # the largest input size of the run: 48 px
         "train.epochs=3",
@@ -165,7 +170,7 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
     for name in ("benchmark.md", "benchmark.parquet", "suspected_labels.parquet"):
         assert (report / name).is_file(), name
     assert len(list(report.glob("*.png"))) >= 6  # 5 plots + the suspected-label sheet
-    assert f"report folder: {report}" in out
+    assert f"report folder: file://{report}" in out
     # the best backbone, chosen on validation, exported for `logo-train predict`
     chosen = max(results, key=lambda r: r.best_val_macro_f1)
     model = json.loads((report / "model/model.json").read_text())
@@ -173,6 +178,29 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
     entry = next(e for e in data["backbones"] if e["backbone"] == chosen.backbone)
     assert model["metrics"]["macro_f1"] == entry["metrics"]["macro_f1"]
     assert f"best: {chosen.backbone} (chosen on val macro-F1" in out
+    _check_the_uri_run(f"file://{tmp}/families", cwd, before)
+
+
+def _check_the_uri_run(run_uri: str, cwd: Path, before: list[str]) -> None:
+    """What a run with a URI output_dir leaves: every output under the URI, none in the working
+    directory, and the report and the CLI read the URI run folder back."""
+    from logo_train.cli import load_config_of_run
+    from logo_train.report import write_report
+    from logo_train.results import load
+
+    run_dir = Path(run_uri.removeprefix("file://"))
+    assert sorted(p.name for p in cwd.iterdir()) == before and not (cwd / "file:").exists()
+    for name in ("config.yaml", "data/manifest.json", "train/summary.json",
+                 "report/benchmark.parquet", "report/model/model.json"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    data = json.loads((run_dir / "report/benchmark.json").read_text())
+    assert all(e["checkpoint"].startswith(f"{run_uri}/train/") for e in data["backbones"])
+    assert load_config_of_run(run_uri, []).name == "families"
+    assert load(run_uri)[0]["run"] == "families"
+    (run_dir / "report/benchmark.md").unlink()
+    write_report(run_uri)
+    assert (run_dir / "report/benchmark.md").is_file()
+    assert sorted(p.name for p in cwd.iterdir()) == before
 
 
 def _history(result):
@@ -332,62 +360,6 @@ def test_same_config_twice_gives_the_same_epochs(local_ray, tiny_data):
     assert seen == [(1, False), (2, False)] and local.training.model.training
     ray_only = {"backbone", "restored_epoch", "checkpoint_seconds"}
     assert [set(h) for h in local.history] == [set(h) - ray_only for h in histories[0]]
-
-
-def test_a_uri_output_dir_gets_every_output_and_the_working_directory_none(local_ray, tmp_path):
-    """output_dir as a URI (file:// here; s3:// and gs:// go through the same pyarrow
-    filesystems): every stage writes there, nothing lands in the working directory (a
-    pathlib round trip would turn file:///x into a local folder named 'file:'). Without the
-    tune stage: after a search in this module's Ray session, a one-backbone streamed run of
-    this tiny config hung (not seen from the CLI; under investigation, issue 14's note)."""
-    out = tmp_path / "out"
-    cwd = Path.cwd()
-    before = sorted(p.name for p in cwd.iterdir())
-    cfg = tiny_config(
-        tmp_path,
-        f"output_dir=file://{out}",
-        "name=uri",
-        "train.epochs=2",
-        "model.backbones=[resnet10t]",
-        "tune.enabled=false",  # a search's outputs go through the same layer (test_tune.py)
-        "benchmark.latency_runs=2",
-        "benchmark.warmup_runs=1",
-        "benchmark.throughput_runs=1",
-        "benchmark.throughput_batch=4",
-        "benchmark.num_cpus=1",
-    )
-    result = run(cfg, progress=False)
-    assert result.complete and [r.backbone for r in result.training] == ["resnet10t"]
-    assert sorted(p.name for p in cwd.iterdir()) == before and not (cwd / "file:").exists()
-    run_dir = out / "uri"
-    for name in (
-        "config.yaml",
-        "data/manifest.json",
-        "train/summary.json",
-        "audit/resnet10t/suspected_labels.parquet",
-        "report/benchmark.json",
-        "report/benchmark.md",
-        "report/benchmark.parquet",
-        "report/suspected_labels.parquet",
-        "report/model/model.onnx",
-        "report/model/model.json",
-    ):
-        assert (run_dir / name).is_file(), name
-    assert len(list((run_dir / "report").glob("*.png"))) >= 6
-    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
-    data = json.loads((run_dir / "report/benchmark.json").read_text())
-    assert data["backbones"][0]["checkpoint"].startswith(f"file://{run_dir}/train/")
-    # the report and the CLI read a URI run folder too
-    from logo_train.cli import load_config_of_run
-    from logo_train.report import write_report
-    from logo_train.results import load
-
-    assert load_config_of_run(f"file://{run_dir}", []).name == "uri"
-    assert load(f"file://{run_dir}")[0]["run"] == "uri"
-    (run_dir / "report/benchmark.md").unlink()
-    write_report(f"file://{run_dir}")
-    assert (run_dir / "report/benchmark.md").is_file()
-    assert sorted(p.name for p in cwd.iterdir()) == before
 
 
 def test_shared_passes_that_would_not_fit_the_object_store_are_refused_before_rendering():
