@@ -220,6 +220,33 @@ def test_wide_shots_show_the_badge_small_and_leave_other_data_unchanged(tiny_syn
     assert always["image"] != default["image"] and always["label"] == default["label"]
 
 
+def test_a_lockup_puts_the_name_beside_the_logo(tiny_synth):
+    """``wordmarks``: light-background crops may show the name in ASCII capitals below the
+    logo or to its right; at 0 (the profiles' default) nothing is drawn for it."""
+    template = synth.templates()["skoda"][0]
+    h, w = template.shape
+    rng = np.random.default_rng(0)
+    sides = set()
+    for _ in range(12):
+        out = badge.lockup(template, "SKODA", rng)
+        below = out.shape[0] > h
+        assert below or out.shape[1] > w
+        logo = out[:h, (out.shape[1] - w) // 2 :][:, :w] if below else out[:, :w]
+        assert np.array_equal(logo, template)  # the logo itself untouched
+        assert out.sum() > template.sum() * 1.05  # and letters inked beside it
+        sides.add("below" if below else "right")
+    assert sides == {"below", "right"}
+    assert brands.wordmark(brands.load_artwork("skoda")) == "SKODA"  # from "ŠKODA"
+    assert synth.name_of("peugeot-lion") == "PEUGEOT" and synth.name_of("redbull") == "RED BULL"
+    sample = synth.make_plan(tiny_synth)[0]
+    default = synth.render_sample(sample, tiny_synth)
+    assert tiny_synth.wordmarks == 0.0
+    assert synth.render_sample(sample, replace(tiny_synth, wordmarks=0.0)) == default
+    studio = replace(tiny_synth, studio=1.0)
+    named = synth.render_sample(sample, replace(studio, wordmarks=1.0))
+    assert named["image"] != synth.render_sample(sample, studio)["image"]
+
+
 def test_enamel_fills_what_the_outline_encloses():
     ring = np.zeros((60, 60), np.float32)
     cv2.circle(ring, (30, 30), 25, 1.0, 4)

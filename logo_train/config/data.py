@@ -55,6 +55,10 @@ class SynthConfig:
     """Share of photos that show the badge small in its surroundings (a car's front, a wheel,
     a product shot with margins: the badge a quarter to a half of the frame), sharp: many web
     photos are taken so; 0 = none (every crop frames the badge)."""
+    wordmarks: float = 0.0
+    """Share of the light-background crops (``studio``) that show the name in capitals beside
+    the logo (below it or to its right), as brand artwork, product shots and dealership signs
+    do; 0 = none."""
     classic_badges: bool = True
     """Draw the badges most cars still wear where simple-icons has the newer design (Citroen's
     chevrons without the oval, Renault's 1992 lozenge, Peugeot's standing lion of 2002-2021),
@@ -90,6 +94,7 @@ class SynthConfig:
         check(0.0 <= self.studio <= 1.0, p + "studio", self.studio, "0..1")
         check(0.0 <= self.surveillance <= 1.0, p + "surveillance", self.surveillance, "0..1")
         check(0.0 <= self.wide_shots <= 1.0, p + "wide_shots", self.wide_shots, "0..1")
+        check(0.0 <= self.wordmarks <= 1.0, p + "wordmarks", self.wordmarks, "0..1")
         check(
             self.max_crop_px >= self.min_crop_px,
             p + "max_crop_px",

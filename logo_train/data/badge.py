@@ -47,6 +47,40 @@ def render_mask(svg: str, px: int = TEMPLATE_PX) -> np.ndarray:
     return alpha.astype(np.float32) / 255.0
 
 
+_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX, cv2.FONT_HERSHEY_TRIPLEX)
+
+
+def lockup(template: np.ndarray, word: str, rng: np.random.Generator) -> np.ndarray:
+    """The logo with its name in capitals beside it, one mask: below it (60%) or to its right,
+    as brand artwork, product shots and dealership signs show it (the name in one of three
+    plain fonts: the model may read the letters, not a brand's own lettering)."""
+    text = word.upper()
+    font = _FONTS[rng.integers(len(_FONTS))]
+    thickness = int(rng.integers(4, 11))
+    (tw, th), base = cv2.getTextSize(text, font, 4.0, thickness)
+    pad = thickness
+    canvas = np.zeros((th + base + 2 * pad, tw + 2 * pad), np.uint8)
+    cv2.putText(canvas, text, (pad, pad + th), font, 4.0, 255, thickness, cv2.LINE_AA)
+    ink = canvas.astype(np.float32) / 255.0
+    h, w = template.shape
+    gap = max(2, round(h * rng.uniform(0.05, 0.15)))
+    if rng.random() < 0.6:  # below: the name about as wide as the logo
+        width = max(4, round(w * rng.uniform(0.8, 1.3)))
+        ink = cv2.resize(ink, (width, max(2, round(ink.shape[0] * width / ink.shape[1]))),
+                         interpolation=cv2.INTER_AREA)  # fmt: skip
+        out = np.zeros((h + gap + ink.shape[0], max(w, width)), np.float32)
+        out[:h, (out.shape[1] - w) // 2 :][:, :w] = template
+        out[h + gap :, (out.shape[1] - width) // 2 :][:, :width] = ink
+        return out
+    height = max(2, round(h * rng.uniform(0.25, 0.45)))  # to the right: a third of its height
+    ink = cv2.resize(ink, (max(2, round(ink.shape[1] * height / ink.shape[0])), height),
+                     interpolation=cv2.INTER_AREA)  # fmt: skip
+    out = np.zeros((h, w + gap + ink.shape[1]), np.float32)
+    out[:, :w] = template
+    out[(h - height) // 2 :][:height, w + gap :] = ink
+    return out
+
+
 # --- backgrounds ------------------------------------------------------------------------------
 
 
@@ -298,6 +332,8 @@ def compose_badge(
     studio: float = 0.15,
     surveillance: float = 0.3,
     wide_shots: float = 0.0,
+    wordmark: str = "",
+    wordmarks: float = 0.0,
 ) -> tuple[np.ndarray, int | None]:
     """Return ``(rgb uint8 [size, width, 3], jpeg_quality or None)`` for one badge crop:
     ``size`` rows; ``width`` from ``size`` (square) up to ``max_aspect * size`` (a wide
@@ -306,13 +342,15 @@ def compose_badge(
     ``surveillance`` x ``difficulty``: the share seen by a surveillance camera; ``wide_shots``:
     the share of photos that show the badge small in its surroundings (a car's front, a
     wheel, a product shot with its margins: ``WIDE_FILL`` of the frame), taken at up to twice
-    ``max_crop_px`` so that the badge is as sharp as in a close-up."""
+    ``max_crop_px`` so that the badge is as sharp as in a close-up; ``wordmarks``: the share of
+    crops on a light background that show ``wordmark`` beside the logo (``lockup``)."""
     d = float(difficulty)
     wide = wide_shots > 0 and rng.random() < wide_shots  # no draw at 0: older data unchanged
     low, high = (max_crop_px, 2 * max_crop_px) if wide else (min_crop_px, max_crop_px)
     h = int(rng.integers(low, high + 1))
     w = _crop_width(h, template.shape[1] / template.shape[0], max_aspect, rng)
-    img = _badge_on_body(template, brand_rgb, h, w, rng, d, studio, wide)
+    named = (wordmark, wordmarks) if wordmark and wordmarks > 0 else None
+    img = _badge_on_body(template, brand_rgb, h, w, rng, d, studio, wide, named)
     return _camera(img, size, h, w, rng, d, surveillance)
 
 
@@ -321,11 +359,15 @@ def compose_badge(
 
 
 def _badge_on_body(
-    template, brand_rgb, h: int, w: int, rng, d: float, studio: float, wide: bool = False
-):
+    template, brand_rgb, h: int, w: int, rng, d: float, studio: float, wide: bool = False,
+    named: tuple[str, float] | None = None,
+):  # fmt: skip
     """The badge in its style (chrome, enamel, flat) on a car body or a light background, at
-    the crop's own size ``h`` x ``w`` (``wide``: small in it), float32 RGB."""
+    the crop's own size ``h`` x ``w`` (``wide``: small in it; ``named``: (name, share): that
+    share of light-background crops show the name beside the logo), float32 RGB."""
     light = rng.random() < studio
+    if light and named is not None and rng.random() < named[1]:  # no draw without names
+        template = lockup(template, named[0], rng)
     bg = _studio(h, w, rng) if light else _background(h, w, rng, d)
     style = STYLES[rng.choice(len(STYLES), p=STUDIO_STYLE_P if light else STYLE_P)]
     regions = enamel_regions(template) if style == "enamel" else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from dataclasses import dataclass
 from importlib.metadata import version
 
@@ -149,6 +150,13 @@ def load_artwork(slug: str) -> Artwork:
     if icon is None:
         raise KeyError(f"simple-icons-pack has no icon '{slug}'")
     return Artwork(slug=icon.slug, title=icon.title, svg=icon.svg, hex_colour=icon.hex)
+
+
+def wordmark(art: Artwork) -> str:
+    """The name beside a logo in a lockup, in ASCII capitals: the brand's (a classic badge's
+    owner's) or the icon's title ("SKODA", "PEUGEOT", "RED BULL")."""
+    title = art.title.removesuffix(" (classic)")
+    return unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode().upper()
 
 
 def artwork_fingerprint() -> str:

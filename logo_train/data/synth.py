@@ -97,6 +97,7 @@ def make_plan(cfg: SynthConfig) -> list[PlannedSample]:
 # --- rendering --------------------------------------------------------------------------------
 
 _TEMPLATES: dict[str, tuple[np.ndarray, tuple[int, int, int]]] = {}
+_NAMES: dict[str, str] = {}
 
 
 def templates() -> dict[str, tuple[np.ndarray, tuple[int, int, int]]]:
@@ -106,7 +107,14 @@ def templates() -> dict[str, tuple[np.ndarray, tuple[int, int, int]]]:
         for slug in slugs:
             art = brands.load_artwork(slug)
             _TEMPLATES[slug] = (badge.render_mask(art.svg), art.rgb)
+            _NAMES[slug] = brands.wordmark(art)
     return _TEMPLATES
+
+
+def name_of(slug: str) -> str:
+    """The name printed beside ``slug``'s logo in a lockup (``brands.wordmark``)."""
+    templates()
+    return _NAMES[slug]
 
 
 def render_sample(sample: PlannedSample, cfg: SynthConfig) -> dict:
@@ -128,6 +136,8 @@ def render_sample(sample: PlannedSample, cfg: SynthConfig) -> dict:
         studio=cfg.studio,
         surveillance=cfg.surveillance,
         wide_shots=cfg.wide_shots,
+        wordmark=name_of(slug),
+        wordmarks=cfg.wordmarks,
     )
     return {
         "image": badge.encode_image(pixels, cfg.image_format, quality),
