@@ -2,7 +2,7 @@
 autoscaler adds and removes (fake) nodes for a train job.
 
 The Ray test is marked ``cluster`` (and ``integration``): ``pytest -m cluster`` runs it
-alone. They start their own head on 127.0.0.1 with free ports and a private token, and stop
+alone. It starts its own head on 127.0.0.1 with free ports and a private token, and stops
 only its processes.
 """
 
@@ -77,9 +77,14 @@ def _tiny(tmp_path: Path) -> list[str]:
     ]  # fmt: skip
 
 
+def _job_command(head: LocalHead, *args: str) -> list[str]:
+    """``ray job SUBCOMMAND --address <head> ...``."""
+    return [RAY, "job", *args[:1], "--address", head.dashboard_url, *args[1:]]
+
+
 def _ray_job(head: LocalHead, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [RAY, "job", *args[:1], "--address", head.dashboard_url, *args[1:]],
+        _job_command(head, *args),
         env=head.env,
         cwd=ROOT,
         capture_output=True,
@@ -88,12 +93,16 @@ def _ray_job(head: LocalHead, *args: str, timeout: float = 300) -> subprocess.Co
     )
 
 
+def _submit(job: str, module: str, *args: str, wait: bool = False) -> list[str]:
+    """The arguments of ``ray job submit --working-dir .`` of a ``ray_jobs`` module, as users
+    run it (``--no-wait`` unless ``wait``)."""
+    return ["submit", *([] if wait else ["--no-wait"]), "--submission-id", job,
+            "--working-dir", ".", "--", "python", "-m", module, "--config",
+            "configs/quick.yaml", *args]  # fmt: skip
+
+
 def _submit_no_wait(head: LocalHead, job: str, module: str, *args: str) -> None:
-    """``ray job submit --no-wait --working-dir .`` of a ``ray_jobs`` module, as users do."""
-    submitted = _ray_job(
-        head, "submit", "--no-wait", "--submission-id", job, "--working-dir", ".", "--",
-        "python", "-m", module, "--config", "configs/quick.yaml", *args,
-    )  # fmt: skip
+    submitted = _ray_job(head, *_submit(job, module, *args))
     assert submitted.returncode == 0, submitted.stderr[-2000:]
 
 
@@ -191,14 +200,12 @@ def _node_of_a_train_worker(head: LocalHead) -> int | None:
 
 
 def _submit_and_follow(head: LocalHead, log: Path, job: str, module: str, *args: str):
-    """``ray job submit --working-dir .`` without ``--no-wait``, as users run it: the CLI follows
-    the job's logs to its end (into ``log``); returns the running CLI."""
-    command = [RAY, "job", "submit", "--address", head.dashboard_url, "--submission-id", job,
-               "--working-dir", ".", "--", "python", "-m", module, "--config",
-               "configs/quick.yaml", *args]  # fmt: skip
+    """``ray job submit`` without ``--no-wait``: the CLI follows the job's logs to its end
+    (into ``log``); returns the running CLI."""
     return subprocess.Popen(
-        command, env=head.env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
+        _job_command(head, *_submit(job, module, *args, wait=True)),
+        env=head.env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
 
 def _a_bad_config_fails_fast(head: LocalHead) -> float:

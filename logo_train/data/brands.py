@@ -75,9 +75,9 @@ UNKNOWN_SLUGS: tuple[str, ...] = UNKNOWN_NON_VEHICLE + UNKNOWN_VEHICLE
 # current artwork (each with equal chance). Citroen's double chevrons without the 2022 oval;
 # Renault's 1992-2021 lozenge (a solid frame, not the 2021 interlaced outline); Peugeot's
 # standing lion of 2002-2021 (a silhouette in profile, forepaws raised, tail curled over the
-# back), not the 2021 shield with a lion's head and the name, which few cars yet wear. A Volvo with
-# its name cut out of a bar across the ring was tried and dropped: it lowered real Volvo photos
-# (chrome letters on a dark bar) from 0.77-0.91 to 0.48-0.61 (docs/rendering.md).
+# back), not the 2021 shield with a lion's head and the name, which few cars yet wear. A Volvo
+# with its name cut out of a bar across the ring was tried and dropped: it lowered real Volvo
+# photos (chrome letters on a dark bar) from 0.77-0.91 to 0.48-0.61 (docs/rendering.md).
 CLASSIC_SVG: dict[str, str] = {
     "citroen-chevrons": (
         '<path d="M12 2 24 9.2v4.3L12 6.3 0 13.5V9.2zM12 10.5 24 17.7V22l-12-7.2L0 22v-4.3z"/>'
