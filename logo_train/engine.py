@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_layer_decay
 from torch import nn
 
 from logo_train.backbones import NONE, weights_source
@@ -36,9 +36,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory: no weight decay on norms and biases; ``sgd`` is SGD with
-    Nesterov momentum 0.9."""
-    return create_optimizer_v2(
-        model, cfg.train.optimizer, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+    Nesterov momentum 0.9. ``train.layer_decay`` < 1: timm's per-layer groups of the backbone
+    (each group's ``lr_scale``, which ``_schedule`` applies), the trust head at the full rate."""
+    tc = cfg.train
+    model = unwrap(model)
+    if tc.layer_decay >= 1:
+        return create_optimizer_v2(model, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay)
+    backbone = model.backbone if isinstance(model, TrustModel) else model
+    groups = param_groups_layer_decay(backbone, tc.weight_decay, layer_decay=tc.layer_decay)
+    if backbone is not model:
+        head = [p for p in model.trust_head.parameters() if p.requires_grad]
+        groups.append({"params": head, "weight_decay": tc.weight_decay, "lr_scale": 1.0})
+    return create_optimizer_v2(groups, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def _schedule(cfg: Config, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """OneCycle to ``train.lr`` (times each parameter group's ``lr_scale``: layer decay)."""
+    peaks = [cfg.train.lr * g.get("lr_scale", 1.0) for g in optimizer.param_groups]
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=peaks, total_steps=total_steps, pct_start=cfg.train.warmup_fraction
     )
 
 
@@ -137,9 +153,7 @@ def build_training(
     model = wrap(model) if wrap else model.to(device)
     optimizer = _optimizer(cfg, model)
     total_steps = tc.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=tc.lr, total_steps=total_steps, pct_start=tc.warmup_fraction
-    )
+    scheduler = _schedule(cfg, optimizer, total_steps)
     use_amp = cuda and tc.amp
     amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -391,7 +405,7 @@ def fit(
         record: dict[str, Any] = {**tags, "epoch": epoch + 1, **stats.metrics(t.device)}
         if t.needs_trust:
             record["trust_active"] = float(trust_active)
-        record["lr"] = t.optimizer.param_groups[0]["lr"]
+        record["lr"] = max(g["lr"] for g in t.optimizer.param_groups)  # the head's
         improved = False
         if (epoch + 1) % validate_every == 0 or epoch + 1 == epochs:
             val_start = time.perf_counter()

@@ -268,3 +268,34 @@ def test_grad_clip_bounds_each_step_and_a_negative_norm_is_refused():
     assert moved[0.0] > 20 * moved[2e-3]  # unclipped: the raw gradient's step
     with pytest.raises(ValueError, match=r"train\.grad_clip"):
         _training(more=("train.grad_clip=-1",))
+
+
+def _peak_lrs(loss: str, decay: float) -> tuple[float, dict[str, float]]:
+    """``train.lr`` and each trainable parameter's learning rate at OneCycle's peak."""
+    cfg, t = _training(loss, 10, 10, (f"train.layer_decay={decay}",))
+    for _ in range(round(cfg.train.warmup_fraction * t.total_steps) - 1):  # OneCycle's peak
+        t.optimizer.step()  # no gradients: nothing moves; only the schedule advances
+        t.scheduler.step()
+    lr_of = {id(p): g["lr"] for g in t.optimizer.param_groups for p in g["params"]}
+    named = engine.unwrap(t.model).named_parameters()
+    return cfg.train.lr, {n: lr_of[id(p)] for n, p in named if p.requires_grad}
+
+
+def test_layer_decay_gives_lower_layers_lower_peaks_and_the_head_the_full_rate():
+    """``train.layer_decay``: OneCycle's peak per parameter is ``train.lr`` times its layer's
+    scale: the full rate for the classifier, lower layer by layer down to the stem; every
+    parameter is in one group; the trust head trains at the full rate; 1 gives one rate;
+    out of (0, 1] is refused."""
+    lr, flat = _peak_lrs("ce_weighted", 1.0)
+    assert all(v == pytest.approx(lr, rel=1e-3) for v in flat.values())
+    _, decayed = _peak_lrs("ce_weighted", 0.5)
+    assert decayed.keys() == flat.keys()
+    assert decayed["fc.weight"] == pytest.approx(lr, rel=1e-3)
+    assert decayed["conv1.0.weight"] < decayed["layer4.0.conv1.weight"] < lr / 1.9
+    assert len({round(v, 9) for v in decayed.values()}) >= 4  # several layers, several rates
+    _, trust = _peak_lrs("trust_penalty", 0.5)
+    head = [v for n, v in trust.items() if n.startswith("trust_head")]
+    assert head and all(v == pytest.approx(lr, rel=1e-3) for v in head)
+    assert trust["backbone.conv1.0.weight"] == pytest.approx(decayed["conv1.0.weight"])
+    with pytest.raises(ValueError, match=r"train\.layer_decay"):
+        _training(more=("train.layer_decay=0",))

@@ -26,6 +26,7 @@ RECIPE_FIELDS = (
     "label_smoothing",
     "gce_q",
     "frozen_stages",
+    "layer_decay",
     "min_steps",
     "patience",
     "wise_alpha",
@@ -296,6 +297,10 @@ class TrainConfig:
     """Fine-tuning: the first N parameter groups of the backbone (timm's coarse grouping: the
     stem, then one per stage of blocks) keep their pretrained weights and batch-norm
     statistics; 0 = everything trains (``models.freeze_leading``)."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay (timm's ``layer_decay``): the classifier trains at the
+    full rate, each block below it at this factor times the one above (ImageNet features
+    further from the head change less); 1 = one rate for every layer."""
     num_workers: int = 2
     """DDP workers of the run's worker group (one group trains every backbone in turn)."""
     cpus_per_worker: float = 0.5
@@ -363,6 +368,7 @@ class TrainConfig:
         )
         check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
+        check(0 < self.layer_decay <= 1, p + "layer_decay", self.layer_decay, "in (0, 1]")
         self._check_after_training()
         check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
