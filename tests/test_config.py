@@ -213,10 +213,10 @@ def test_the_warm_up_check_reads_the_recipes_the_search_trains():
     """A long warm-up in a backbone the shared search never trains loads (and resolves); in the
     proxy's recipe, or in any backbone's with a search per backbone, it is refused."""
     quick = ROOT / "configs/quick.yaml"
-    long_swin = "train.per_backbone.swin_nano.trust_warmup_epochs=11"
+    long_swin = "train.per_backbone.swin_nano.trust_warmup_epochs=7"
     cfg = load_config(quick, [long_swin])
     swin = cfg.for_backbone("swin_nano")
-    assert swin.train.trust_warmup_epochs == 11 and swin.train.epochs == 12
+    assert swin.train.trust_warmup_epochs == 7 and swin.train.epochs == 8
     assert cfg.for_backbone("resnet10t").train.trust_warmup_epochs == cfg.train.trust_warmup_epochs
     with pytest.raises(ValueError, match="'tune.epochs'"):
         load_config(quick, ["train.per_backbone.efficientformer_nano.trust_warmup_epochs=2"])
