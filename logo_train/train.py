@@ -29,7 +29,7 @@ from logo_train.models import build_model, count_parameters
 from logo_train.progress import Progress, ProgressWatcher, backbone_progress
 from logo_train.raysetup import init_ray
 from logo_train.storage import absolute, exists, join, list_names, read_json, remove, write_json
-from logo_train.worker import BEST, RESULT_JSON, Job, train_loop_per_worker
+from logo_train.worker import BEST, RESULT_JSON, Job, train_in_trial, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ def train_backbones(
     echo=None,
     datasets: dict[str, Any] | None = None,
     track: dict[str, str] | None = None,
+    in_trial: bool = False,
 ) -> tuple[list[BackboneResult], dict[str, str]]:
     """Train every backbone of ``configs`` (backbone -> its config), in order, in **one** Ray
     Train run: one worker group, one Ray Data pipeline, so Ray's start-up is paid once.
@@ -190,7 +191,8 @@ def train_backbones(
     ``datasets``: passes rendered before (``shared_datasets``), read by every backbone from the
     first; the search renders its trials' passes once this way. ``track``: the tags of the
     backbones' MLflow runs (``stage``, a cleaning round's ``round``), None for no run of their
-    own (a Tune trial: Tune's callback tracks it).
+    own (a Tune trial: Tune's callback tracks it). ``in_trial``: a one-worker Tune trial runs
+    the loop in its own process instead of a Ray Train run (``worker.train_in_trial``).
 
     Returns the trained backbones and the failed or untrained ones (backbone -> error): a
     backbone that raises is recorded and retried from the last checkpoint up to
@@ -215,22 +217,22 @@ def train_backbones(
         )
         for backbone, bcfg in configs.items()
     ]
-    trainer = _trainer(
-        cfg, _loop_config(cfg, jobs, manifest, shared), datasets, name, storage_path, callbacks
-    )
+    loop_config = _loop_config(cfg, jobs, manifest, shared)
     watcher = ProgressWatcher(jobs, echo) if echo else None
     try:
-        result = trainer.fit()
+        if in_trial:  # an error is the trial's: Tune retries it from its checkpoint
+            train_in_trial(loop_config, datasets, cfg.train.use_gpu)
+            error = None
+        else:
+            error = _trainer(cfg, loop_config, datasets, name, storage_path, callbacks).fit().error
+            prune_unregistered(join(storage_path, name))
     finally:
         if watcher:
             watcher.stop()
-    prune_unregistered(join(storage_path, name))
     done = [j for j in jobs if exists(join(j.output_uri, RESULT_JSON)) and j.error() is None]
-    if result.error and not done:
-        raise result.error
-    failures = {
-        j.backbone: j.error() or f"not trained: {result.error!r}" for j in jobs if j not in done
-    }
+    if error and not done:
+        raise error
+    failures = {j.backbone: j.error() or f"not trained: {error!r}" for j in jobs if j not in done}
     for j in done:
         averaged = wise.apply(j.config, j.backbone, j.output_uri, shards_uri, manifest)
         if track is not None:

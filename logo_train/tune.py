@@ -1,10 +1,13 @@
 """Ray Tune + Optuna: search training parameters (by default the trust penalty's weight and the
-class-weight power) with trials that are Ray Train runs of the train job's own loop.
+class-weight power) with trials that run the train job's own loop.
 
-Under Train V2 a ``TorchTrainer`` cannot be handed to ``Tuner``: each trial is a small driver
-function (``_trial``) that calls ``train.train_backbone`` with a ``TuneReportCallback``, so
-rank 0's per-epoch metrics reach Tune. Optuna's TPE (or random) sampler proposes parameters,
-ASHA stops trials that trail at a rung, with the epoch as its time unit.
+Under Train V2 a ``TorchTrainer`` cannot be handed to ``Tuner``: each trial is a function
+(``_trial``) that calls ``train.train_backbone``. A trial of one worker runs the loop in its
+own process (``tune.trials_in_process``: no Ray Train worker group to start, the loop reports to
+Tune and resumes from Tune's checkpoint); a trial of several workers is a Ray Train run with a
+``TuneReportCallback``, so rank 0's per-epoch metrics reach Tune. Optuna's TPE (or random)
+sampler proposes parameters, ASHA stops trials that trail at a rung, with the epoch as its time
+unit.
 
 One search is one Tune experiment, ``<run dir>/tune/<backbone>-<hash>``; the hash covers the
 config, so re-running the same command finds the same experiment and restores it (finished
@@ -141,6 +144,34 @@ def experiment_name(cfg: Config, backbone: str, shards_uri: str) -> str:
     return f"{backbone}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
 
 
+def in_process(cfg: Config) -> bool:
+    """Whether a trial trains in its own process (one worker, ``tune.trials_in_process``)
+    rather than as a Ray Train run."""
+    return cfg.tune.trials_in_process and cfg.train.num_workers == 1
+
+
+def trial_resources(cfg: Config) -> dict[str, float]:
+    """What one trial's function reserves: the worker's CPUs (and GPU) when it trains in its
+    own process, else ``tune.trial_cpus`` for a driver that only waits on its Train workers
+    (they take their own). Tune refuses an all-zero request: such a driver asks for a little
+    memory."""
+    tc = cfg.train
+    if not in_process(cfg):
+        return {"CPU": cfg.tune.trial_cpus, "memory": TRIAL_MEMORY}
+    resources = {"CPU": tc.cpus_per_worker, "memory": TRIAL_MEMORY}
+    if tc.use_gpu:
+        resources["GPU"] = tc.gpus_per_worker
+    return resources
+
+
+def _trial_cpus(cfg: Config) -> float:
+    """CPUs a trial takes in all (its function and its Train workers)."""
+    tc = cfg.train
+    if in_process(cfg):
+        return tc.cpus_per_worker
+    return tc.num_workers * tc.cpus_per_worker + cfg.tune.trial_cpus
+
+
 def concurrent_trials(cfg: Config) -> int:
     """``tune.max_concurrent_trials``, or (0) as many trials as the cluster's free resources
     fit; CPU-only training keeps as many CPUs again free for Ray Data."""
@@ -152,7 +183,7 @@ def concurrent_trials(cfg: Config) -> int:
     if tc.autoscale:  # the cluster grows with the queue; a few at once keeps TPE informed
         return min(t.num_samples, 4)
     resources = ray.cluster_resources()
-    per_trial_cpu = tc.num_workers * tc.cpus_per_worker + t.trial_cpus
+    per_trial_cpu = _trial_cpus(cfg)
     fit = resources.get("CPU", 0.0) / (per_trial_cpu if tc.use_gpu else 2 * per_trial_cpu)
     if tc.use_gpu:
         fit = min(fit, resources.get("GPU", 0.0) / (tc.num_workers * tc.gpus_per_worker))
@@ -165,10 +196,10 @@ def check_trial_resources(cfg: Config) -> None:
 
     check_resources(cfg)
     tc = cfg.train
-    if tc.autoscale or tc.use_gpu:
+    if tc.autoscale or tc.use_gpu or in_process(cfg):  # in process: check_resources's rule
         return
     cpus = ray.cluster_resources().get("CPU", 0.0)
-    need = tc.num_workers * tc.cpus_per_worker + cfg.tune.trial_cpus
+    need = _trial_cpus(cfg)
     if cpus - need < 1:
         raise ValueError(
             f"config field 'tune.trial_cpus' = {cfg.tune.trial_cpus}: a trial takes {need:g} "
@@ -211,14 +242,16 @@ class SearchContext:
 def _trial(
     config: dict[str, Any], *, context: SearchContext, datasets: dict[str, Any] | None = None
 ) -> None:
-    """One Tune trial: a Ray Train run of ``context.backbone`` with the sampled ``config``
-    (Tune's name for the parameters) applied; on the search's shared passes when given."""
+    """One Tune trial: ``context.backbone`` trained with the sampled ``config`` (Tune's name for
+    the parameters) applied, in this process or as a Ray Train run (``in_process``); on the
+    search's shared passes when given."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     backbone = context.backbone
     cfg = apply_params(context.config.for_backbone(backbone), config, context.epochs)
     trial_id = ray.tune.get_context().get_trial_id()
+    here = in_process(cfg)
     train_backbone(
         cfg,
         backbone,
@@ -228,8 +261,9 @@ def _trial(
         name=f"{backbone}-{trial_id}",
         storage_path=join(context.path, "runs"),
         tensorboard_uri=join(join(context.path, TRIAL_TENSORBOARD), trial_id),
-        callbacks=[TuneReportCallback()],
+        callbacks=None if here else [TuneReportCallback()],
         datasets=datasets,
+        in_trial=here,
     )
 
 
@@ -251,8 +285,7 @@ def _trainable(context: SearchContext, echo=print):
             prefix="tune",
         )
     fn = tune.with_parameters(_trial, context=context, datasets=datasets)
-    # Tune refuses an all-zero request; a trial that takes no CPU asks for a little memory
-    return tune.with_resources(fn, {"CPU": context.trial_cpus, "memory": TRIAL_MEMORY})
+    return tune.with_resources(fn, trial_resources(cfg.for_backbone(context.backbone)))
 
 
 def _tune_config(cfg: Config, concurrency: int):
@@ -355,6 +388,7 @@ def search(
         f"over {', '.join(t.space)}"
     )
     echo(f"[tune] experiment: {path}  (tensorboard --logdir {path})")
+    trial_cfg = cfg.for_backbone(backbone)
     tuner = tune.Tuner(
         _trainable(context, echo),
         param_space=search_space(t.space),
@@ -363,6 +397,11 @@ def search(
             name=name,
             storage_path=storage,
             verbose=0,
+            # a trial in its own process is retried by Tune from its last checkpoint, as Ray
+            # Train restarts a worker group (train.max_failures)
+            failure_config=tune.FailureConfig(
+                max_failures=cfg.train.max_failures if in_process(trial_cfg) else 0
+            ),
             callbacks=[
                 _progress_callback(),
                 *tracking.tune_callbacks(cfg, backbone),

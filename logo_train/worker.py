@@ -1,5 +1,7 @@
 """What each Ray Train worker runs: ``train_loop_per_worker``, read like Ray's own
-``train_func`` — build, restore, ``engine.fit(...)``, report.
+``train_func`` — build, restore, ``engine.fit(...)``, report. A one-worker Tune trial runs the
+same loop in its own process (``train_in_trial``): no worker group to start, Tune's report and
+checkpoint instead of Ray Train's (``TrialSession``).
 
 One worker group trains every backbone of a run (``Job``) in turn: Ray's start-up (worker
 processes, process group, Ray Data's executor) is paid once per run, not once per backbone.
@@ -58,6 +60,58 @@ class Job:
         return read_json(uri).get("error") if exists(uri) else None
 
 
+class TrainSession:
+    """The loop on a Ray Train worker: ``ray.train``'s context, dataset shards, report and
+    checkpoint; DDP through ``prepare_model``."""
+
+    wrap = staticmethod(ray.train.torch.prepare_model)
+
+    def place(self) -> tuple[int, int, torch.device]:
+        """(rank, world size, device)."""
+        context = ray.train.get_context()
+        return context.get_world_rank(), context.get_world_size(), ray.train.torch.get_device()
+
+    def shard(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def report(self, record: dict[str, Any], directory: str | None = None) -> None:
+        """Every rank reports the same metrics; rank 0 attaches the checkpoint ``directory``."""
+        checkpoint = ray.train.Checkpoint.from_directory(directory) if directory else None
+        ray.train.report(record, checkpoint=checkpoint)
+
+    def last_checkpoint(self):
+        return ray.train.get_checkpoint()
+
+
+class TrialSession:
+    """The loop in a Tune trial's own process (one worker, no Ray Train worker group): the
+    datasets as handed, Tune's report (ASHA sees every epoch) and Tune's checkpoint (a restored
+    trial goes on after its last epoch)."""
+
+    wrap = None
+
+    def __init__(self, datasets: dict[str, Any], use_gpu: bool):
+        self.datasets, self.use_gpu = datasets, use_gpu
+
+    def place(self) -> tuple[int, int, torch.device]:
+        # Tune sets CUDA_VISIBLE_DEVICES to the trial's GPU
+        return 0, 1, torch.device("cuda" if self.use_gpu else "cpu")
+
+    def shard(self, name: str):
+        return self.datasets[name]
+
+    def report(self, record: dict[str, Any], directory: str | None = None) -> None:
+        import ray.tune
+
+        checkpoint = ray.tune.Checkpoint.from_directory(directory) if directory else None
+        ray.tune.report(record, checkpoint=checkpoint)
+
+    def last_checkpoint(self):
+        import ray.tune
+
+        return ray.tune.get_checkpoint()
+
+
 @dataclass
 class WorkerContext:
     """Who this worker is and what every backbone of the run shares."""
@@ -68,29 +122,41 @@ class WorkerContext:
     class_names: list[str]
     train_counts: list[int]
     """Training rows per class (the class-weighted losses)."""
+    session: TrainSession | TrialSession
 
     @classmethod
-    def current(cls, loop_config: dict[str, Any]) -> WorkerContext:
-        context = ray.train.get_context()
+    def current(cls, loop_config: dict[str, Any], session) -> WorkerContext:
+        rank, world, device = session.place()
         return cls(
-            rank=context.get_world_rank(),
-            world=context.get_world_size(),
-            device=ray.train.torch.get_device(),
+            rank=rank,
+            world=world,
+            device=device,
             class_names=loop_config["class_names"],
             train_counts=loop_config["train_counts"],
+            session=session,
         )
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Train every job (backbone) of ``loop_config["jobs"]`` in turn in this worker group,
     from the run's last Ray checkpoint when there is one."""
+    _run_jobs(loop_config, TrainSession())
+
+
+def train_in_trial(loop_config: dict[str, Any], datasets: dict[str, Any], use_gpu: bool) -> None:
+    """The same loop in a Tune trial's process, on ``datasets`` (``train`` and ``val``),
+    from the trial's last Tune checkpoint when there is one."""
+    _run_jobs(loop_config, TrialSession(datasets, use_gpu))
+
+
+def _run_jobs(loop_config: dict[str, Any], session: TrainSession | TrialSession) -> None:
     loop_start = time.time()
-    worker = WorkerContext.current(loop_config)
+    worker = WorkerContext.current(loop_config, session)
     if loop_config.get("torch_threads"):
         torch.set_num_threads(loop_config["torch_threads"])
-    state, finished = _last_state()
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
+    state, finished = _last_state(session)
+    train_shard = session.shard("train")
+    val_shard = session.shard("val")
     if loop_config["cache_val"]:  # a small split: fetched once, not once per epoch
         val_shard = list(
             val_shard.iter_torch_batches(
@@ -134,10 +200,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         batches.close()
 
 
-def _last_state() -> tuple[dict[str, Any] | None, list[str]]:
-    """The run's last Ray checkpoint's state (None on a first start) and the backbones it
-    had finished."""
-    resume_from = ray.train.get_checkpoint()
+def _last_state(session) -> tuple[dict[str, Any] | None, list[str]]:
+    """The run's last checkpoint's state (None on a first start) and the backbones it had
+    finished."""
+    resume_from = session.last_checkpoint()
     if not resume_from:
         return None, []
     with resume_from.as_directory() as directory:
@@ -211,7 +277,7 @@ def _build(job: Job, worker: WorkerContext):
         worker.train_counts,
         job.steps_per_epoch,
         worker.device,
-        wrap=ray.train.torch.prepare_model,
+        wrap=worker.session.wrap,
     )
     mean, std = normalisation(classifier(t.model))
     info = ckpt.ModelInfo(
@@ -279,9 +345,9 @@ class Checkpointer:
                     copy_dir(directory, join(self.job.output_uri, BEST))
             with tempfile.TemporaryDirectory() as directory:
                 self._save(directory, state)
-                ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(directory))
+                self.worker.session.report(record, directory)
         else:
-            ray.train.report(record)
+            self.worker.session.report(record)
         record["checkpoint_seconds"] = time.perf_counter() - start  # in the next history.json
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -218,7 +218,9 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
     (done,) = finished
     assert f"trial {done} started" not in out, "the finished trial was started again"
 
-    # 3. the outputs
+    # 3. the outputs; one worker: each trial trained in its own process (no Ray Train run)
+    assert len(list(experiment.glob(f"runs/{proxy}-*/{proxy}/best/model.json"))) == 2
+    assert not list(experiment.glob("runs/*/checkpoint_manager_snapshot.json"))
     table = pq.read_table(experiment / "trials.parquet").to_pylist()
     assert len(table) == 2 and all(r["epochs"] == 2 for r in table)
     assert {r["status"] for r in table} == {"TERMINATED"}
@@ -252,6 +254,16 @@ def test_two_trial_search_interrupt_and_resume(tmp_path):
     assert f"[tune] {proxy}: finished before ({experiment}); kept" in out
     assert "[resume]" in out and "tune: done" in out and "started:" not in out
     assert _trial_epochs(experiment) == epochs
+
+    # 5. trials as Ray Train runs (several workers' path, forced): the worker group's reports
+    # reach Tune through TuneReportCallback, its checkpoints are Ray Train's
+    proc = _cli("tune", "--config", str(config), "--no-progress", "--set", "name=grouped",
+                "--set", "tune.trials_in_process=false", "--set", "tune.num_samples=1")  # fmt: skip
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    (grouped,) = (tmp_path / "grouped/tune").glob(f"{proxy}-*")
+    assert list(_trial_epochs(grouped).values()) == [[1, 2]]
+    assert len(list(grouped.glob("runs/*/checkpoint_manager_snapshot.json"))) == 1
 
 
 def test_resume_errors_name_the_problem_before_ray_starts(tmp_path, capsys):

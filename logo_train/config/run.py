@@ -88,6 +88,10 @@ class TuneConfig:
     trial_cpus: float = 0.0
     """CPUs reserved for each trial's driver function, which only waits on its Train workers
     (they take their own). 0 on small machines: Ray Data's read tasks need a whole free CPU."""
+    trials_in_process: bool = True
+    """A trial of one worker (``train.num_workers: 1``) trains in the trial's own process,
+    with the worker's resources, reporting to Tune directly: no Ray Train worker group to start
+    (~30 s a trial on 2 cores). False, or several workers: every trial is a Ray Train run."""
     seed: int = 0
     """Seed of the sampler: same seed, same suggestions for the same results."""
     space: dict[str, SearchParam] = field(default_factory=_default_space)
