@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -146,7 +147,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 def train_in_trial(loop_config: dict[str, Any], datasets: dict[str, Any], use_gpu: bool) -> None:
     """The same loop in a Tune trial's process, on ``datasets`` (``train`` and ``val``),
     from the trial's last Tune checkpoint when there is one."""
+    sys.unraisablehook = _quiet_stop
     _run_jobs(loop_config, TrialSession(datasets, use_gpu))
+
+
+def _quiet_stop(unraisable) -> None:
+    """Tune ends a trial it stops (ASHA) with SIGTERM; Ray's handler raises SystemExit wherever
+    the process's main thread is, and inside a finaliser Python prints that as an 'Exception
+    ignored' traceback. That exit is the stop Tune asked for; anything else is printed."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
 
 
 def _run_jobs(loop_config: dict[str, Any], session: TrainSession | TrialSession) -> None:

@@ -6,7 +6,6 @@ without a request lost."""
 from __future__ import annotations
 
 import asyncio
-import csv
 import io
 import os
 import signal
@@ -183,6 +182,34 @@ def _stop(proc: subprocess.Popen) -> None:
         raise
 
 
+def _predict_in_process(checkpoint: Path, paths: list[Path], workdir: Path) -> dict[str, dict]:
+    """path -> predict's answer (label, probability, top-3 labels), as its Ray Data stages
+    compute it: ``read_files``, ``preprocess``, then the ``Predictor`` actor's call."""
+    from dataclasses import asdict
+
+    from logo_train.data.augment import eval_spec
+    from logo_train.exported import MODEL_ONNX, resolve_model
+    from logo_train.predict import Predictor, preprocess, read_files
+
+    resolved = resolve_model(checkpoint, str(workdir))
+    meta = resolved.meta
+    batch = {
+        "index": np.arange(len(paths)),
+        "path": np.asarray([str(p) for p in paths], dtype=object),
+        "label": np.asarray([p.parent.name for p in paths], dtype=object),
+    }
+    batch = preprocess(read_files(batch, max_pixels=40_000_000), eval_spec(meta))
+    onnx = Path(resolved.onnx_dir, MODEL_ONNX).read_bytes()
+    predictor = Predictor(asdict(meta), onnx, b"", "cpu", 1, 3, meta.min_confidence)
+    out = predictor(batch)
+    assert list(out["reason"]) == [""] * len(paths), out["detail"]
+    return {
+        path: {"label": out["label"][i], "probability": out["probability"][i],
+               **{f"top{j}_label": out[f"top{j}_label"][i] for j in (1, 2, 3)}}
+        for i, path in enumerate(out["path"])
+    }  # fmt: skip
+
+
 def _replicas() -> list[int]:
     return [p for p, (_, cmd) in processes().items() if "ServeReplica:logo-train:LogoModel" in cmd]
 
@@ -193,15 +220,9 @@ def test_the_server_answers_as_predict_refuses_bad_input_and_survives_a_replica(
 ):
     checkpoint, files = model_and_files
     paths = sorted(files.rglob("*.png"))
-    # predict's answers first (its own Ray, gone before the server starts its own)
-    out = tmp_path / "predict.csv"
-    done = subprocess.run(
-        [sys.executable, "-m", "logo_train.cli", "predict", "--model", str(checkpoint),
-         str(files), "--out", str(out), "--no-progress", "--top-k", "3"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    expected = {row["path"]: row for row in csv.DictReader(out.open())}
+    # predict's answers first: its own steps (read, decode + resize, the Predictor), in this
+    # process; `logo-train predict` runs the same steps in Ray Data (tests/test_predict.py)
+    expected = _predict_in_process(checkpoint, paths, tmp_path)
 
     port = free_port()
     log = tmp_path / "serve.log"
