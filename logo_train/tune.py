@@ -224,7 +224,6 @@ class SearchContext:
     manifest: Manifest
     epochs: int
     """Most epochs a trial runs (``trial_epochs``)."""
-    trial_cpus: float
     concurrency: int
     path: str
     """The experiment folder: ``<run>/tune/<backbone>-<hash>``."""
@@ -236,7 +235,9 @@ class SearchContext:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchContext:
         config, manifest = config_from_dict(data["config"]), Manifest.from_json(data["manifest"])
-        return cls(**{**data, "config": config, "manifest": manifest})
+        known = {f.name for f in fields(cls)}  # a search started by an older version: its keys
+        kept = {k: v for k, v in data.items() if k in known}
+        return cls(**{**kept, "config": config, "manifest": manifest})
 
 
 def _trial(
@@ -375,7 +376,6 @@ def search(
         shards_uri=absolute(shards_uri),
         manifest=manifest,
         epochs=trial_epochs(cfg),
-        trial_cpus=cfg.tune.trial_cpus,
         concurrency=concurrency,
         path=path,
     )
