@@ -165,11 +165,10 @@ def trial_resources(cfg: Config) -> dict[str, float]:
 
 
 def _trial_cpus(cfg: Config) -> float:
-    """CPUs a trial takes in all (its function and its Train workers)."""
+    """CPUs a trial takes in all (its function and, as a Ray Train run, its workers)."""
     tc = cfg.train
-    if in_process(cfg):
-        return tc.cpus_per_worker
-    return tc.num_workers * tc.cpus_per_worker + cfg.tune.trial_cpus
+    own = trial_resources(cfg)["CPU"]
+    return own if in_process(cfg) else own + tc.num_workers * tc.cpus_per_worker
 
 
 def concurrent_trials(cfg: Config) -> int:

@@ -192,7 +192,8 @@ def _run_jobs(loop_config: dict[str, Any], session: TrainSession | TrialSession)
                 group_start_seconds=group_start if index == 0 else 0.0,
             )
         except Exception as e:
-            # on record, then Ray restarts the group from the last checkpoint (FailureConfig):
+            # on record, then Ray restarts the group (a trial: Tune retries it) from the last
+            # checkpoint (FailureConfig):
             # a worker that died mid-epoch costs a retry; an error that repeats stops the run
             # after train.max_failures, keeping the backbones trained before it
             if worker.rank == 0:
