@@ -446,13 +446,26 @@ def _stop(history: list[dict[str, Any]], patience: int, min_delta: float, device
     return votes[0] > 0
 
 
+def scoring_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` ready to score: eval mode, on ``device``, in channels-last layout, which
+    ``logits_of`` feeds it. On 2 CPU cores channels-last scores a 112 px EfficientNet-Lite0
+    1.4-1.9x faster than NCHW (``benchmarks/eval_batch.py``); the outputs are the same."""
+    return model.eval().to(device, memory_format=torch.channels_last)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """An image batch in channels-last layout (the layout ``scoring_model`` expects)."""
+    return x.contiguous(memory_format=torch.channels_last)
+
+
 def logits_of(
     model: nn.Module, images: list[bytes], spec: TransformSpec, device: torch.device, batch: int
 ) -> np.ndarray:
-    """The logits of every encoded image (eval transform), in order, float64 ``(N, C)``."""
+    """The logits of every encoded image (eval transform), in order, float64 ``(N, C)``;
+    ``model`` as ``scoring_model`` returns it."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
-            x = torch.from_numpy(eval_inputs(images[start : start + batch], spec))
+            x = channels_last(torch.from_numpy(eval_inputs(images[start : start + batch], spec)))
             out.append(model(x.to(device)).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))

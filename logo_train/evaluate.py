@@ -42,7 +42,7 @@ from logo_train.data.augment import (
 )
 from logo_train.data.brands import UNKNOWN
 from logo_train.data.shards import read_manifest, read_split
-from logo_train.engine import logits_of
+from logo_train.engine import channels_last, logits_of, scoring_model
 from logo_train.exported import export_onnx, onnx_agreement, onnx_session
 from logo_train.layout import CLEANING_PARQUET
 from logo_train.metrics import (
@@ -213,7 +213,7 @@ def benchmark_checkpoint(
     threads = max(1, int(cfg.num_cpus))
     torch.set_num_threads(threads)
     model, info = ckpt.load_model(checkpoint)
-    model = model.to(dev).eval()
+    model = scoring_model(model, dev)
     spec = eval_spec(info)
 
     table = read_split(shards_uri, cfg.split, ["image", "label"])
@@ -338,8 +338,10 @@ def shifted_logits(
         for k in range(passes):
             train_transform(shifted).set_random_seed(seed + k)
             for start in range(0, len(decoded), batch):
-                x = to_tensor_batch(decoded[start : start + batch], shifted, train=True)
-                out.append(model(torch.from_numpy(x).to(device)).double().cpu().numpy())
+                x = channels_last(torch.from_numpy(to_tensor_batch(
+                    decoded[start : start + batch], shifted, train=True
+                )))  # fmt: skip
+                out.append(model(x.to(device)).double().cpu().numpy())
     return np.concatenate(out)
 
 

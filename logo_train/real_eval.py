@@ -24,7 +24,7 @@ from torch import nn
 from logo_train.calibration import open_set_answer, open_set_summary, risk_coverage, softmax, thin
 from logo_train.data.augment import TransformSpec, decode_image
 from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
-from logo_train.engine import logits_of
+from logo_train.engine import logits_of, scoring_model
 from logo_train.figures import png_bytes, pyplot
 from logo_train.metrics import classification_metrics
 
@@ -129,7 +129,7 @@ def _read_image(path: Path, rel: str, max_pixels: int, rejected: list) -> bytes 
 def probabilities(model, images, spec, device, batch_size: int = 64, temperature: float = 1.0):
     """``softmax(logits / temperature)`` of every image, through the evaluation path."""
 
-    logits = logits_of(model.eval().to(device), images, spec, device, batch_size)
+    logits = logits_of(scoring_model(model, device), images, spec, device, batch_size)
     return softmax(logits, temperature)
 
 
