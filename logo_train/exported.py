@@ -66,7 +66,10 @@ def export_onnx(
         )
     else:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning, UserWarning))
+            # TracerWarning: shapes read as Python numbers (``models.SameConv2d``'s padding)
+            # become constants; the input size is fixed (model.json), only the batch varies
+            ignored = (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", ignored)
             torch.onnx.export(
                 model,
                 (x,),

@@ -5,6 +5,7 @@ import torch
 
 from logo_train.backbones import BACKBONES, REFERENCE_FAMILIES, get_spec
 from logo_train.models import (
+    SameConv2d,
     build_model,
     count_parameters,
     normalisation,
@@ -178,3 +179,33 @@ def test_reading_a_config_and_the_cli_import_neither_torch_nor_timm():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "size"),
+    [(3, 2, 1, 56), (5, 2, 1, 28), (5, 2, 1, 7), (3, 2, 1, 57), (3, 1, 1, 14), (3, 2, 2, 20),
+     (4, 3, 1, 16), (1, 2, 1, 9)],
+)  # fmt: skip
+def test_same_padding_in_the_convolution_equals_timms_padded_input(kernel, stride, dilation, size):
+    from timm.layers.conv2d_same import Conv2dSame
+
+    torch.manual_seed(0)
+    timms = Conv2dSame(6, 6, kernel, stride=stride, dilation=dilation, groups=3, bias=True)
+    ours = SameConv2d(6, 6, kernel, stride=stride, dilation=dilation, groups=3, bias=True)
+    ours.load_state_dict(timms.state_dict())
+    x = torch.randn(2, 6, size, size + 3)
+    with torch.no_grad():
+        expected, got = timms(x), ours(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_tf_models_use_the_unpadded_same_convolution_and_keep_their_keys():
+    from timm.layers.conv2d_same import Conv2dSame
+
+    model = build_model("efficientnet_lite0", 28, 112)
+    same = [m for m in model.modules() if isinstance(m, SameConv2d)]
+    assert len(same) == 5  # the stem and the four stride-2 depthwise convolutions
+    assert not any(type(m) is Conv2dSame for m in model.modules())
+    assert "conv_stem.weight" in model.state_dict()
+    assert model(torch.randn(2, 3, 112, 112)).shape == (2, 28)
