@@ -32,8 +32,8 @@ from logo_train.resume import check_config, describe, start_fresh
 from logo_train.runlock import run_lock
 from logo_train.stages import STAGES, check_stages, selected
 from logo_train.storage import exists, join, write_bytes
-from logo_train.train import BackboneResult, train_stage
-from logo_train.tune import SearchResult, tune_stage, tuned_configs
+from logo_train.train import BackboneResult, render_ahead, train_stage
+from logo_train.tune import SearchResult, searches_to_run, tune_stage, tuned_configs
 
 
 @dataclass
@@ -51,6 +51,7 @@ class RunResult:
     report_dir: str = ""
     overwrite_data: bool = False
     progress: bool = True
+    stages: tuple[str, ...] = STAGES
 
     @property
     def complete(self) -> bool:
@@ -90,7 +91,9 @@ def run(
             check_config(cfg, stages)
         print(describe(cfg, stages), flush=True)
         write_bytes(cfg.layout.config, dump_config(cfg).encode())
-        result = RunResult(cfg.run_dir, overwrite_data=overwrite_data, progress=progress)
+        result = RunResult(
+            cfg.run_dir, overwrite_data=overwrite_data, progress=progress, stages=stages
+        )
         if "data" not in stages:  # the shards the checkpoints were made on, or a refusal
             result.shards_uri, result.manifest = existing_data(cfg)
         for step in selected(cfg, stages):
@@ -118,6 +121,8 @@ def data_body(cfg: Config, result: RunResult) -> None:
 
 
 def tune_body(cfg: Config, result: RunResult) -> bool:
+    if "train" in result.stages and searches_to_run(cfg, result.shards_uri):
+        render_ahead(cfg, result.shards_uri, result.manifest)
     result.searches = tune_stage(cfg, result.shards_uri, result.manifest)
     return result.complete  # an interrupted search: the later stages wait for its restore
 

@@ -603,11 +603,16 @@ def tuned_configs(cfg: Config, searches: dict[str, SearchResult]) -> dict[str, C
     return {b: apply_params(cfg.for_backbone(b), best[b]) for b in cfg.model.backbones}
 
 
+def searches_to_run(cfg: Config, shards_uri: str) -> bool:
+    """Whether a search of ``tune.scope`` has not finished before (the stage will run trials)."""
+    return not all(finished_search(cfg, b, p) for b, p in search_paths(cfg, shards_uri).items())
+
+
 def tune_stage(cfg: Config, shards_uri: str, manifest: Manifest) -> dict[str, SearchResult]:
     """The ``tune`` stage: Ray started (or joined), the searches of ``tune.scope``, and where
     each one's trials table and best config are. Searches that finished before are kept
     without starting Ray."""
-    if not all(finished_search(cfg, b, p) for b, p in search_paths(cfg, shards_uri).items()):
+    if searches_to_run(cfg, shards_uri):
         init_ray()
     searches = tune_all(cfg, shards_uri, manifest)
     for result in searches.values():

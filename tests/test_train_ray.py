@@ -330,6 +330,38 @@ def test_training_stream_is_the_same_for_the_same_seed(local_ray, tiny_data):
     assert sorted(other_labels) == sorted(labels)
 
 
+def test_passes_rendered_ahead_are_read_by_the_search_and_the_first_group(local_ray, tiny_data):
+    """The pipeline's tune stage renders the first shared worker group's passes ahead
+    (``render_ahead``): a reader with the same transforms and seed and at most that many
+    passes gets that rendering, whose first passes are those a shorter rendering has; another
+    seed, or more passes, renders anew; the train stage drops the rendering after its groups."""
+    from logo_train import train
+    from logo_train.data.datasets import pass_items
+
+    tmp, uri, manifest = tiny_data
+    uris = [f"shard-{i}" for i in range(3)]
+    assert pass_items(uris, 3, seed=5)[:6] == pass_items(uris, 2, seed=5)
+    cfg = tiny_config(tmp, "model.backbones=[resnet10t,swin_nano]", "train.epochs=3")
+    lines = []
+    train.render_ahead(cfg, uri, manifest, echo=lines.append)
+    rows = manifest.split_rows("train")
+    rendered = f"[tune] 3 augmented passes of the train split rendered once: {3 * rows} images"
+    assert lines[-1].startswith(rendered)
+    trials = train.shared_datasets(cfg, uri, manifest, 2, echo=lines.append, prefix="tune")
+    first = cfg.for_backbone("resnet10t")
+    group = train.shared_datasets(first, uri, manifest, 3, echo=lines.append)
+    assert trials is group and trials["train"].count() == 3 * rows
+    assert lines[-2:] == [
+        "[tune] reading the first 2 of the 3 passes rendered ahead",
+        "[train] reading the first 3 of the 3 passes rendered ahead",
+    ]
+    other_seed = train.shared_datasets(cfg.with_train(seed=1), uri, manifest, 2)
+    more = train.shared_datasets(cfg, uri, manifest, 4)
+    assert other_seed is not trials and other_seed["train"].count() == 2 * rows
+    assert more is not trials and more["train"].count() == 4 * rows
+    train._AHEAD.clear()  # what train_stage does after its groups
+
+
 def test_same_config_twice_gives_the_same_epochs(local_ray, tiny_data):
     """One CPU worker, the same config: the same loss and validation metrics in every epoch."""
     tmp, uri, manifest = tiny_data
