@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -375,6 +376,7 @@ def audit_model(cfg: Config, model, shards_uri: str, echo=print) -> AuditResult:
         echo(f"[audit] {model.label}: audited before ({found.summary}); kept")
         return found
     init_ray()
+    start = time.perf_counter()
     result = audit_on_ray(
         model.checkpoint,
         shards_uri,
@@ -383,7 +385,9 @@ def audit_model(cfg: Config, model, shards_uri: str, echo=print) -> AuditResult:
         num_gpus=min(cfg.train.gpus_per_worker, 1.0),
         batch_size=cfg.train.eval_batch_size,
     )
-    for line in result.lines():
+    lines = result.lines()
+    lines[0] += f"  ({time.perf_counter() - start:.0f} s)"
+    for line in lines:
         echo(line.replace("[audit]", f"[audit] {model.label}:", 1))
     return result
 

@@ -34,20 +34,31 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
-def _optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+FUSED_ON_CPU = ("adam", "adamw")
+"""Optimizers that take torch's fused CPU kernel: one call per parameter group instead of a
+Python loop over the parameters (torch's CPU default). On 2 cores, steps of 64 images:
+resnet10t +14%, efficientformer_nano +11%, swin_nano +7%, mobilenetv2_050 +6%,
+efficientnetv2_nano +4% at 32 px; Lite0 at 112 px the same (``benchmarks/cpu_optimizer.py``)."""
+
+
+def _optimizer(cfg: Config, model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """timm's optimizer factory: no weight decay on norms and biases; ``sgd`` is SGD with
-    Nesterov momentum 0.9. ``train.layer_decay`` < 1: timm's per-layer groups of the backbone
-    (each group's ``lr_scale``, which ``_schedule`` applies), the trust head at the full rate."""
+    Nesterov momentum 0.9; Adam(W) fused on CPU (``FUSED_ON_CPU``). ``train.layer_decay`` < 1:
+    timm's per-layer groups of the backbone (each group's ``lr_scale``, which ``_schedule``
+    applies), the trust head at the full rate."""
     tc = cfg.train
     model = unwrap(model)
-    if tc.layer_decay >= 1:
-        return create_optimizer_v2(model, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay)
-    backbone = model.backbone if isinstance(model, TrustModel) else model
-    groups = param_groups_layer_decay(backbone, tc.weight_decay, layer_decay=tc.layer_decay)
-    if backbone is not model:
-        head = [p for p in model.trust_head.parameters() if p.requires_grad]
-        groups.append({"params": head, "weight_decay": tc.weight_decay, "lr_scale": 1.0})
-    return create_optimizer_v2(groups, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay)
+    extra = {"fused": True} if device.type == "cpu" and tc.optimizer in FUSED_ON_CPU else {}
+    params: Any = model
+    if tc.layer_decay < 1:
+        backbone = model.backbone if isinstance(model, TrustModel) else model
+        params = param_groups_layer_decay(backbone, tc.weight_decay, layer_decay=tc.layer_decay)
+        if backbone is not model:
+            head = [p for p in model.trust_head.parameters() if p.requires_grad]
+            params.append({"params": head, "weight_decay": tc.weight_decay, "lr_scale": 1.0})
+    return create_optimizer_v2(
+        params, tc.optimizer, lr=tc.lr, weight_decay=tc.weight_decay, **extra
+    )
 
 
 def _schedule(cfg: Config, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
@@ -151,7 +162,7 @@ def build_training(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = wrap(model) if wrap else model.to(device)
-    optimizer = _optimizer(cfg, model)
+    optimizer = _optimizer(cfg, model, device)
     total_steps = tc.epochs * steps_per_epoch
     scheduler = _schedule(cfg, optimizer, total_steps)
     use_amp = cuda and tc.amp
