@@ -23,8 +23,12 @@ from logo_train.train import train_stage
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-MIN_MACRO_F1 = 0.30
-"""Measured 0.595 on this 2-core machine (83 s for the test); chance is 0.036."""
+MIN_MACRO_F1 = 0.20
+"""Chance is 0.036. Measured on this 2-core machine, 2026-12-07 (~37 s of training): 0.331 at
+42150d7, 0.288 with AdamW's fused CPU kernel (b8a2614) — the same math in another float order,
+which moves this 6-epoch, 1,667-image run by ±0.04 (the 0.595 noted here before was measured
+with an older quick recipe). 0.20 is 5.5x chance and below that spread; shuffled labels stay
+at chance (``LOGO_TRAIN_LEARNING_OVERRIDES``, the module's docstring)."""
 
 
 @pytest.fixture(scope="module")
