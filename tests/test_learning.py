@@ -23,12 +23,11 @@ from logo_train.train import train_stage
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-MIN_MACRO_F1 = 0.20
-"""Chance is 0.036. Measured on this 2-core machine, 2026-12-07 (~37 s of training): 0.331 at
-42150d7, 0.288 with AdamW's fused CPU kernel (b8a2614) — the same math in another float order,
-which moves this 6-epoch, 1,667-image run by ±0.04 (the 0.595 noted here before was measured
-with an older quick recipe). 0.20 is 5.5x chance and below that spread; shuffled labels stay
-at chance (``LOGO_TRAIN_LEARNING_OVERRIDES``, the module's docstring)."""
+MIN_MACRO_F1 = 0.30
+"""Chance is 0.036. Measured on this 2-core machine, 2026-12-07, 8 epochs (the quick profile's
+families' own; ~41 s of training): 0.569. At 6 epochs the run ended mid-climb and moved with
+the float order: 0.331 at 42150d7, 0.288 with AdamW's fused CPU kernel (b8a2614), under this
+threshold. Shuffled labels (the module's docstring) scored 0.030 at 8 epochs and failed."""
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def test_the_quick_recipe_learns_far_beyond_chance(local_ray, tmp_path):
             "data.synth.difficulty=0.2",
             "data.workers=1",
             "model.backbones=[resnet10t]",
-            "train.epochs=6",
+            "train.epochs=8",
             "tune.enabled=false",
             # the shuffled-labels check of the docstring
             *os.environ.get("LOGO_TRAIN_LEARNING_OVERRIDES", "").split(),
