@@ -306,8 +306,13 @@ def _group_datasets(configs, shards_uri, manifest, shared: bool, echo) -> dict[s
     cfg = next(iter(configs.values()))
     epochs = [c.train.epochs for c in configs.values()]
     if shared:
-        return shared_datasets(cfg, shards_uri, manifest, max(epochs), echo)
+        return shared_datasets(cfg, shards_uri, manifest, _shared_passes_count(configs), echo)
     return _datasets(cfg, shards_uri, manifest, sum(epochs))
+
+
+def _shared_passes_count(configs: dict[str, Config]) -> int:
+    """How many passes a group that shares them renders: its longest backbone's epochs."""
+    return max(c.train.epochs for c in configs.values())
 
 
 def _trainer(cfg: Config, loop_config, datasets, name: str, storage_path: str, callbacks):
@@ -396,16 +401,20 @@ def render_ahead(cfg: Config, shards_uri: str, manifest: Manifest, echo=print) -
     passes of the train stage's first worker group that reads shared passes, so that the
     search's trials, when they have its transforms (the proxy at that group's input size),
     and then the group read one rendering: Ray Data starts once instead of twice (~10 s on
-    2 cores). The train stage drops them when its groups are done (``train_stage``)."""
-    init_ray()
+    2 cores). Nothing is rendered when the search's transforms (``cfg``'s, which its trials
+    render with) are not that group's. The train stage drops them when its groups are done
+    (``train_stage``)."""
     for _, group in stage_configs(cfg):
         configs = {b: with_min_steps(c, b, manifest) for b, c in group.items()}
         if _shares_passes(configs):
             first = next(iter(configs.values()))
-            passes = max(c.train.epochs for c in configs.values())
+            key = _rendering(first, shards_uri)
+            if key != _rendering(cfg, shards_uri):
+                return
+            init_ray()
+            passes = _shared_passes_count(configs)
             datasets = shared_datasets(first, shards_uri, manifest, passes, echo, "tune")
-            job = ray.get_runtime_context().get_job_id()
-            _AHEAD[_rendering(first, shards_uri)] = (job, passes, datasets)
+            _AHEAD[key] = (ray.get_runtime_context().get_job_id(), passes, datasets)
             return
 
 

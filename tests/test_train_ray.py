@@ -341,8 +341,12 @@ def test_passes_rendered_ahead_are_read_by_the_search_and_the_first_group(local_
     tmp, uri, manifest = tiny_data
     uris = [f"shard-{i}" for i in range(3)]
     assert pass_items(uris, 3, seed=5)[:6] == pass_items(uris, 2, seed=5)
-    cfg = tiny_config(tmp, "model.backbones=[resnet10t,swin_nano]", "train.epochs=3")
     lines = []
+    at_64 = "train.per_backbone={resnet10t: {image_size: 64}, swin_nano: {image_size: 64}}"
+    search_at_32 = tiny_config(tmp, "model.backbones=[resnet10t,swin_nano]", at_64)
+    train.render_ahead(search_at_32, uri, manifest, echo=lines.append)
+    assert lines == [] and not train._AHEAD  # the search's trials could not read the group's
+    cfg = tiny_config(tmp, "model.backbones=[resnet10t,swin_nano]", "train.epochs=3")
     train.render_ahead(cfg, uri, manifest, echo=lines.append)
     rows = manifest.split_rows("train")
     rendered = f"[tune] 3 augmented passes of the train split rendered once: {3 * rows} images"
