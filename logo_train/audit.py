@@ -321,28 +321,35 @@ def audit_on_ray(
     on the head node."""
     import ray
 
+    return ray.get(submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size))
+
+
+def submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size):
+    """``audit_on_ray``'s task, started: the Ray object reference of its ``AuditResult``."""
+    import ray
+
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_audit_with_threads)
-    return ray.get(
-        task.remote(
-            max(1, int(num_cpus)),
-            checkpoint,
-            shards_uri,
-            out_uri,
-            batch_size=batch_size,
-            device="cuda" if num_gpus else "cpu",
-            echo=None,
-        )
+    return task.remote(
+        max(1, int(num_cpus)),
+        checkpoint,
+        shards_uri,
+        out_uri,
+        batch_size=batch_size,
+        device="cuda" if num_gpus else "cpu",
+        echo=None,
     )
 
 
 # --- the pipeline's audit stage -------------------------------------------------------------
 
 
-def audit_cpus(cfg: Config) -> float:
+def audit_cpus(cfg: Config, side_by_side: bool = False) -> float:
     """CPUs of one audit task. On GPU a task takes one GPU and a worker's CPUs; on a fixed CPU
-    cluster the largest node's CPUs up to 4 (its torch threads: the stage runs alone, and 2
-    threads audit ~1.5x faster than 1 on a 2-core machine); with ``train.autoscale`` one
-    worker's CPUs, which the node types are sized for."""
+    cluster the largest node's CPUs up to 4 (its torch threads: 2 threads audit ~1.5x faster
+    than 1 on a 2-core machine), or, ``side_by_side`` (the audit stage's several models), half
+    of them, at least 1, so that two audits share a node: most of a small model's audit is
+    single-threaded (the worker's start, decoding, the contact sheet, the parquet); with
+    ``train.autoscale`` one worker's CPUs, which the node types are sized for."""
     import ray
 
     tc = cfg.train
@@ -351,7 +358,8 @@ def audit_cpus(cfg: Config) -> float:
     # one task runs on one node: the largest node's CPUs (a task asking for the cluster's
     # total would never be scheduled on a cluster of small nodes)
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
-    return max(1, min(int(max(nodes, default=1.0)), 4))
+    largest = int(max(nodes, default=1.0))
+    return max(1, min(largest // 2 if side_by_side else largest, 4))
 
 
 def finished_audit(out_uri: str, checkpoint: str) -> AuditResult | None:
@@ -370,29 +378,53 @@ def audit_model(cfg: Config, model, shards_uri: str, echo=print) -> AuditResult:
     """The audit of one trained model (a ``train.BackboneResult``) on the shards it was trained
     on, as a Ray task, into ``cfg.layout.audit(backbone, round)``; one line per finding. An
     audit of the same checkpoint finished before is kept (a resumed run)."""
-    out_uri = cfg.layout.audit(model.backbone, model.round)
-    found = finished_audit(out_uri, model.checkpoint)
-    if found:
-        echo(f"[audit] {model.label}: audited before ({found.summary}); kept")
-        return found
-    init_ray()
-    start = time.perf_counter()
-    result = audit_on_ray(
-        model.checkpoint,
-        shards_uri,
-        out_uri,
-        num_cpus=audit_cpus(cfg),
-        num_gpus=min(cfg.train.gpus_per_worker, 1.0),
-        batch_size=cfg.train.eval_batch_size,
-    )
-    lines = result.lines()
-    lines[0] += f"  ({time.perf_counter() - start:.0f} s)"
-    for line in lines:
-        echo(line.replace("[audit]", f"[audit] {model.label}:", 1))
-    return result
+    return audit_models(cfg, [model], shards_uri, echo)[model.label]
 
 
 def audit_stage(cfg: Config, shards_uri: str, models: list) -> dict[str, AuditResult]:
-    """The ``audit`` stage: every trained model's audit, one after another (each a Ray task: on
-    a cluster it runs on a worker node), by model label; ``<run>/audit/<backbone>/``."""
-    return {m.label: audit_model(cfg, m, shards_uri) for m in models}
+    """The ``audit`` stage: every trained model's audit (each a Ray task: on a cluster it runs
+    on a worker node), by model label; ``<run>/audit/<backbone>/``."""
+    return audit_models(cfg, models, shards_uri)
+
+
+def audit_models(cfg: Config, models: list, shards_uri: str, echo=print) -> dict:
+    """``models``' audits as Ray tasks started together, the largest input size first, each
+    with ``audit_cpus`` (half a node when there are several, so that two run side by side:
+    on 2 cores the quick run's six audits took 60 s instead of 70 one after another); their
+    lines in ``models``' order, each with the seconds from the start to its end. Audits of the
+    same checkpoints finished before are kept (a resumed run)."""
+    import ray
+
+    results, todo = {}, []
+    for model in models:
+        found = finished_audit(cfg.layout.audit(model.backbone, model.round), model.checkpoint)
+        if found:
+            results[model.label] = found
+        else:
+            todo.append(model)
+    refs = {}
+    if todo:
+        init_ray()
+        size = {m.label: cfg.for_backbone(m.backbone).model.image_size for m in todo}
+        cpus = audit_cpus(cfg, side_by_side=len(todo) > 1)
+        start = time.perf_counter()
+        for model in sorted(todo, key=lambda m: -size[m.label]):
+            refs[model.label] = submit_audit(
+                model.checkpoint,
+                shards_uri,
+                cfg.layout.audit(model.backbone, model.round),
+                cpus,
+                min(cfg.train.gpus_per_worker, 1.0),
+                cfg.train.eval_batch_size,
+            )
+    for model in models:
+        if model.label not in refs:
+            echo(f"[audit] {model.label}: audited before ({results[model.label].summary}); kept")
+            continue
+        results[model.label] = ray.get(refs[model.label])
+        lines = results[model.label].lines()
+        since = " since the audits began" if len(refs) > 1 else ""
+        lines[0] += f"  ({time.perf_counter() - start:.0f} s{since})"
+        for line in lines:
+            echo(line.replace("[audit]", f"[audit] {model.label}:", 1))
+    return results
