@@ -458,6 +458,7 @@ def benchmark_run(
         "benchmark_config": asdict(cfg),
         "classes": list(manifest.classes),
         "train_counts": [manifest.counts["train"].get(c, 0) for c in manifest.classes],
+        "val_images": manifest.split_rows("val"),
         "backbones": entries,
     }
 

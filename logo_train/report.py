@@ -14,7 +14,15 @@ from typing import Any
 
 from logo_train.layout import MODEL_DIR
 from logo_train.plots import PLOTS, plot_all, plots_for
-from logo_train.results import best_entry, load, name, onnx_metric, selected_on, start_word
+from logo_train.results import (
+    best_entry,
+    load,
+    name,
+    onnx_metric,
+    round_tolerance,
+    selected_on,
+    start_word,
+)
 from logo_train.storage import is_dir, join, write_bytes
 
 BENCHMARK_MD = "benchmark.md"
@@ -205,6 +213,7 @@ def _best_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
         "",
         f"**Best backbone: {name(best)}** (chosen on {selected_on(data)} macro-F1"
         + (f" {best['train']['best_val_macro_f1']:.4f}" if selected_on(data) == "val" else "")
+        + _round_words(data, best)
         + f"; {data['split']} macro F1 {best['metrics']['macro_f1']:.4f}).",
     ]
     absent = best.get("absent_classes") or []
@@ -223,6 +232,23 @@ def _best_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:
             f"({'within' if ok else 'OUTSIDE'} the tolerance {checks[0]['onnx']['tolerance']:g})."
         )
     return lines
+
+
+def _round_words(data: dict[str, Any], best: dict[str, Any]) -> str:
+    """Why a later round was handed over though an earlier one scored higher on validation."""
+    if selected_on(data) != "val":
+        return ""
+    rounds = [e for e in data["backbones"] if e["backbone"] == best["backbone"]]
+    top = max(rounds, key=lambda e: e["train"]["best_val_macro_f1"])
+    if top is best or top["train"]["best_val_macro_f1"] <= best["train"]["best_val_macro_f1"]:
+        return ""
+    score = top["train"]["best_val_macro_f1"]
+    within = data["benchmark_config"]["round_within_se"]
+    return (
+        f", within {within:g} standard error(s) of {name(top)}'s {score:.4f} "
+        f"({round_tolerance(data, score):.4f} on {data['val_images']} validation images, "
+        "`benchmark.round_within_se`): the later round is handed over"
+    )
 
 
 def _per_class_lines(data: dict[str, Any], best: dict[str, Any]) -> list[str]:

@@ -28,7 +28,7 @@ from logo_train.report import (
     markdown,
     rows,
 )
-from logo_train.results import best_entry, selected_on
+from logo_train.results import best_entry, round_tolerance, selected_on
 from logo_train.storage import write_json
 
 
@@ -224,6 +224,44 @@ def test_the_best_backbone_is_chosen_on_validation_not_test(benchmark_data):
     assert best_entry(on_val)["backbone"] == by_test[0]["backbone"]
     text = markdown(on_val)
     assert f"**Best backbone: {by_test[0]['backbone']}** (chosen on val macro-F1 0.9000" in text
+
+
+def test_the_cleaning_round_is_handed_over_unless_validation_says_it_is_worse(benchmark_data):
+    """Of the backbone chosen on validation, the latest round within
+    ``benchmark.round_within_se`` standard errors of its best round: at 0.936 on 280 images one
+    standard error is sqrt(0.936 x 0.064 / 280) = 0.0146, so a cleaning round 0.013 under
+    round 1 is handed over, 0.016 under is not; at 0 standard errors, or with 2,800 validation
+    images (0.0046), round 1 is."""
+    data, _, _ = benchmark_data
+    first, other = (json.loads(json.dumps(e)) for e in data["backbones"][:2])
+    second = dict(json.loads(json.dumps(first)), round=2, label=f"{first['backbone']}-round2")
+    first["round"] = other["round"] = 1
+    first["train"] = {"best_val_macro_f1": 0.936}
+    other["train"] = {"best_val_macro_f1": 0.5}
+    data = dict(data, backbones=[first, other, second])
+    assert round_tolerance(
+        dict(data, val_images=280, benchmark_config={"round_within_se": 1.0}), 0.936
+    ) == pytest.approx(0.01463, abs=1e-5)
+    cases = (
+        (0.013, 1.0, 280, 2),
+        (0.016, 1.0, 280, 1),
+        (0.013, 0.0, 280, 1),
+        (0.013, 1.0, 2800, 1),
+    )
+    for drop, within, images, handed in cases:
+        second["train"] = {"best_val_macro_f1": 0.936 - drop}
+        data["benchmark_config"] = dict(data["benchmark_config"], round_within_se=within)
+        data["val_images"] = images
+        assert best_entry(data)["round"] == handed, (drop, within, images)
+    second["train"] = {"best_val_macro_f1": 0.95}  # better on validation: handed at any setting
+    assert best_entry(data)["round"] == 2
+    data["val_images"] = 280
+    second["train"] = {"best_val_macro_f1": 0.923}
+    text = markdown(data)
+    assert f"{first['backbone']}-round2** (chosen on val macro-F1 0.9230, within 1 standard" in text
+    assert "0.9360 (0.0146 on 280 validation images, `benchmark.round_within_se`)" in text
+    del data["val_images"]  # a benchmark.json from before the rule: the best round on validation
+    assert best_entry(data)["round"] == 1
 
 
 def test_report_without_onnx_shows_a_dash_and_bad_path_errors(benchmark_data, tmp_path, capsys):

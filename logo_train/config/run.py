@@ -159,6 +159,11 @@ class BenchmarkConfig:
     open_set_max: float = 0.55
     """The fitted threshold never exceeds this (a near-perfect validation split would
     otherwise give ~1.0 and call most real photos ``unknown``)."""
+    round_within_se: float = 1.0
+    """The model a run hands over: the backbone with the best val macro-F1 and, of its rounds,
+    the latest (the cleaning round's, trained on the labels its audit corrected) whose val
+    macro-F1 is within this many standard errors of its best round's, sqrt(F (1 - F) / n) on
+    the n validation images (``results.best_entry``). 0: the best round on validation."""
     num_cpus: float = 1.0
     """CPUs of the Ray task that measures (and torch / ONNX Runtime threads)."""
     num_gpus: float = 0.0
@@ -176,6 +181,7 @@ class BenchmarkConfig:
         check(0 <= self.open_set_shift <= 1, p + "open_set_shift", self.open_set_shift, "0..1")
         check(self.open_set_passes >= 1, p + "open_set_passes", self.open_set_passes, ">= 1")
         check(0 < self.open_set_max <= 1, p + "open_set_max", self.open_set_max, "0 < max <= 1")
+        check(self.round_within_se >= 0, p + "round_within_se", self.round_within_se, ">= 0")
         check(self.num_cpus >= 1, p + "num_cpus", self.num_cpus, ">= 1")
         check(self.num_gpus >= 0, p + "num_gpus", self.num_gpus, ">= 0")
 
