@@ -307,25 +307,10 @@ def _audit_with_threads(threads: int, *args, **kwargs) -> AuditResult:
     return audit(*args, **kwargs)
 
 
-def audit_on_ray(
-    checkpoint: str,
-    shards_uri: str,
-    out_uri: str,
-    *,
-    num_cpus: float = 1.0,
-    num_gpus: float = 0.0,
-    batch_size: int = 256,
-) -> AuditResult:
-    """``audit`` as a Ray task with ``num_cpus`` CPUs (as many torch threads) and ``num_gpus``
-    GPUs, so on a cluster it runs on a (GPU) worker node next to the checkpoint's storage, not
-    on the head node."""
-    import ray
-
-    return ray.get(submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size))
-
-
 def submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size):
-    """``audit_on_ray``'s task, started: the Ray object reference of its ``AuditResult``."""
+    """``audit`` started as a Ray task with ``num_cpus`` CPUs (as many torch threads) and
+    ``num_gpus`` GPUs, so on a cluster it runs on a (GPU) worker node next to the checkpoint's
+    storage, not on the head node: the Ray object reference of its ``AuditResult``."""
     import ray
 
     task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(_audit_with_threads)
