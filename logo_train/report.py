@@ -16,6 +16,7 @@ from logo_train.layout import MODEL_DIR
 from logo_train.plots import PLOTS, plot_all, plots_for
 from logo_train.results import (
     best_entry,
+    best_on_validation,
     load,
     name,
     onnx_metric,
@@ -238,9 +239,8 @@ def _round_words(data: dict[str, Any], best: dict[str, Any]) -> str:
     """Why a later round was handed over though an earlier one scored higher on validation."""
     if selected_on(data) != "val":
         return ""
-    rounds = [e for e in data["backbones"] if e["backbone"] == best["backbone"]]
-    top = max(rounds, key=lambda e: e["train"]["best_val_macro_f1"])
-    if top is best or top["train"]["best_val_macro_f1"] <= best["train"]["best_val_macro_f1"]:
+    top = best_on_validation(data)
+    if top["train"]["best_val_macro_f1"] <= best["train"]["best_val_macro_f1"]:
         return ""
     score = top["train"]["best_val_macro_f1"]
     within = data["benchmark_config"]["round_within_se"]

@@ -50,11 +50,17 @@ def best_entry(data: dict[str, Any]) -> dict[str, Any]:
     entries = data["backbones"]
     if selected_on(data) != "val":
         return max(entries, key=lambda e: e["metrics"]["macro_f1"])
-    best = max(entries, key=_val)
+    best = best_on_validation(data)
     rounds = [e for e in entries if e["backbone"] == best["backbone"]]
     tolerance = round_tolerance(data, _val(best))
     near = [e for e in rounds if _val(e) >= _val(best) - tolerance - 1e-9]
     return max(near, key=lambda e: e.get("round", 1))
+
+
+def best_on_validation(data: dict[str, Any]) -> dict[str, Any]:
+    """The entry (any backbone, any round) with the best val macro-F1: its backbone is the
+    one chosen; ``best_entry`` may hand over a later round of it."""
+    return max(data["backbones"], key=_val)
 
 
 def round_tolerance(data: dict[str, Any], score: float) -> float:
