@@ -107,11 +107,9 @@ def _submit_no_wait(head: LocalHead, job: str, module: str, *args: str) -> None:
 
 
 def _job_state(head: LocalHead, job: str) -> str | None:
-    """SUCCEEDED, FAILED or STOPPED once the job is over, else None (the CLI logs to stderr)."""
-    listed = _ray_job(head, "status", job)
-    text = listed.stdout + listed.stderr
-    endings = {"SUCCEEDED": "' succeeded", "FAILED": "' failed", "STOPPED": "' was stopped"}
-    return next((s for s, words in endings.items() if f"Job '{job}{words}" in text), None)
+    """SUCCEEDED, FAILED or STOPPED once the job is over, else None."""
+    state = head.job_status(job)
+    return state if state in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
 
 def _wait_terminal(head: LocalHead, job: str, timeout: float) -> tuple[str, float]:
@@ -165,14 +163,7 @@ def _fake_cluster(idle_minutes: float) -> dict:
 
 def _worker_nodes(head: LocalHead) -> int:
     """Alive nodes other than the head, from the state API."""
-    listed = subprocess.run(
-        [RAY, "list", "nodes", "--address", head.dashboard_url, "--format", "json"],
-        env=head.env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    if listed.returncode:
-        return -1
-    nodes = json.loads(listed.stdout)
-    return sum(1 for n in nodes if n["state"] == "ALIVE" and not n["is_head_node"])
+    return head.worker_nodes()
 
 
 def _registered_checkpoint(run: Path) -> bool:

@@ -124,6 +124,7 @@ def test_a_half_written_shards_folder_is_written_again_and_foreign_files_are_kep
 
 # --- SIGKILL of a real driver -----------------------------------------------------------------
 
+POLL_S = 0.1  # the kill windows below are 1-6 s long
 EPOCHS = 4  # 3 left too short a window for the kill inside the epochs
 RUN_SETS = [
     "name=resume",
@@ -201,8 +202,10 @@ def _run_until(command, log: Path, condition, what: str, timeout: float = 400):
     try:
         children: set[int] = set()
         while found is None and proc.poll() is None and time.time() - start < timeout:
-            # the process tree first (a /proc scan: slow), then the condition and the kill at
-            # once: a tiny run finishes an epoch in ~2 s
+            # the process tree first (a /proc scan), then the condition and the kill at once: a
+            # tiny run finishes an epoch in ~2 s. The pause keeps this loop off the CPU the run
+            # under test needs (polled without one, it took a whole core of two)
+            time.sleep(POLL_S)
             children = _descendants(proc.pid)
             found = condition() or None
         assert found is not None, (
