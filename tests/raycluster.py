@@ -136,10 +136,17 @@ class LocalHead:
             raise
 
     def worker_nodes(self) -> int:
-        """Alive nodes other than the head, from the state API (in this process, as above)."""
+        """Alive nodes other than the head, from the state API (in this process, as above);
+        -1 when the state API does not answer (as ``ray list nodes`` failing did before)."""
         from ray.util.state import StateApiClient
         from ray.util.state.common import ListApiOptions, StateResource
+        from ray.util.state.exception import RayStateApiException
 
         client = StateApiClient(address=self.dashboard_url, headers=self.headers)
-        nodes = client.list(StateResource.NODES, ListApiOptions(), raise_on_missing_output=False)
+        try:
+            nodes = client.list(
+                StateResource.NODES, ListApiOptions(), raise_on_missing_output=False
+            )
+        except RayStateApiException:
+            return -1
         return sum(1 for n in nodes if n.state == "ALIVE" and not n.is_head_node)

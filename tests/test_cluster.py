@@ -161,11 +161,6 @@ def _fake_cluster(idle_minutes: float) -> dict:
     }
 
 
-def _worker_nodes(head: LocalHead) -> int:
-    """Alive nodes other than the head, from the state API."""
-    return head.worker_nodes()
-
-
 def _registered_checkpoint(run: Path) -> bool:
     """True once Ray Train registered a checkpoint of the run ``run``."""
     try:
@@ -229,7 +224,7 @@ def test_ray_job_submit_on_an_autoscaling_cluster(tmp_path):
     submit = None
     try:
         timeline["invalid-config job failed after s"] = _a_bad_config_fails_fast(head)
-        assert _worker_nodes(head) == 0
+        assert head.worker_nodes() == 0
         start = time.time()
         # 2 workers x 0.5 CPU fill one 1-CPU node; Ray Data's readers need a second one
         submit = _submit_and_follow(
@@ -251,10 +246,10 @@ def test_ray_job_submit_on_an_autoscaling_cluster(tmp_path):
         # stats actor lived on it (issue 26, item 5): the driver now creates that actor on
         # the head (raysetup.keep_data_stats_on_this_node)
         finished = time.time()
-        while time.time() - finished < 90 and _worker_nodes(head) != 0:
+        while time.time() - finished < 90 and head.worker_nodes() != 0:
             time.sleep(2)
         timeline["all worker nodes removed s after the job"] = round(time.time() - finished, 1)
-        assert _worker_nodes(head) == 0, "a worker node stayed up after the job"
+        assert head.worker_nodes() == 0, "a worker node stayed up after the job"
     finally:
         print("\nautoscaling timeline:", json.dumps(timeline))
         if submit is not None and submit.poll() is None:
@@ -268,7 +263,7 @@ def _scale_and_kill_a_node(head: LocalHead, tmp_path: Path, start: float, timeli
     SIGKILLed once Ray Train registered a checkpoint; returns (peak, final state, killed)."""
     peak, state, killed = 0, None, None
     while time.time() - start < 600:
-        nodes = _worker_nodes(head)
+        nodes = head.worker_nodes()
         if nodes > peak:
             peak = nodes
             timeline[f"{nodes} worker node(s) after s"] = round(time.time() - start, 1)
