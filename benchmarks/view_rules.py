@@ -23,15 +23,15 @@ import argparse
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from logo_train.calibration import softmax
+from logo_train.config.data import IngestConfig
 from logo_train.data.augment import decode_image, eval_spec, eval_transform, normalise, to_square
+from logo_train.data.ingest import stored_bytes
 from logo_train.exported import load_exported, onnx_session
 
 RULES = ("whole", "mean", "mean-class, max-confidence")
-MAX_SIDE = 1024  # photos larger than this are downscaled first (INTER_AREA), as a phone's are
 
 
 def centre_square(image: np.ndarray) -> np.ndarray:
@@ -49,11 +49,9 @@ def view_probabilities(paths: list[Path], model_dir: Path) -> np.ndarray:
     session = onnx_session((model_dir / "model.onnx").read_bytes(), threads=2)
     resize = eval_transform(spec)
     out = []
-    for path in paths:
-        image = decode_image(path.read_bytes())
-        if max(image.shape[:2]) > MAX_SIDE:
-            f = MAX_SIDE / max(image.shape[:2])
-            image = cv2.resize(image, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
+    max_pixels = IngestConfig().max_pixels
+    for path in paths:  # read as `logo-train predict` reads a file
+        image = decode_image(stored_bytes(path.read_bytes(), max_pixels, full_decode=False))
         views = [resize(image=to_square(v, spec))["image"] for v in (image, centre_square(image))]
         x = normalise(np.stack(views).transpose(0, 3, 1, 2), spec.mean, spec.std)
         out.append(softmax(session.run(["logits"], {"image": x})[0], meta.temperature))
