@@ -28,8 +28,9 @@ import numpy as np
 from logo_train.calibration import softmax
 from logo_train.config.data import IngestConfig
 from logo_train.data.augment import decode_image, eval_spec, eval_transform, normalise, to_square
-from logo_train.data.ingest import stored_bytes
+from logo_train.data.ingest import IMAGE_EXTENSIONS, stored_bytes
 from logo_train.exported import load_exported, onnx_session
+from logo_train.predict import collect_inputs
 
 RULES = ("whole", "mean", "mean-class, max-confidence")
 
@@ -90,8 +91,12 @@ def scores(real, outside, classes: list[str], rule: str, threshold: float) -> di
     }
 
 
-def images_under(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+def images_under(folder: str, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """The image files of ``folder`` and their labels, found as ``logo-train predict`` finds
+    them (``predict.collect_inputs``: the class folder names the label)."""
+    files = [(Path(p), label) for p, label in collect_inputs([folder], classes).files]
+    files = [(p, label) for p, label in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+    return [p for p, _ in files], np.asarray([label for _, label in files], dtype=object)
 
 
 def main() -> None:
@@ -106,10 +111,9 @@ def main() -> None:
     outside = dict(a.split("=", 1) for a in args.outside)
     results = []
     for name, folder in (a.split("=", 1) for a in args.real):
-        paths = images_under(Path(folder))
-        truth = np.asarray([p.parent.name for p in paths], dtype=object)
+        paths, truth = images_under(folder, classes)
         real = (paths, truth, view_probabilities(paths, args.model))
-        out = view_probabilities(images_under(Path(outside[name])), args.model)
+        out = view_probabilities(images_under(outside[name], classes)[0], args.model)
         print(f"{name}: {len(paths)} photos, {len(out)} outside")
         for rule in RULES:
             for t in (float(x) for x in args.thresholds.split(",")):
