@@ -9,6 +9,7 @@ every Ray process on the machine.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -113,7 +114,7 @@ class LocalHead:
                 break
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    @property
+    @functools.cached_property
     def headers(self) -> dict[str, str]:
         """The HTTP header of this head's token, for Ray's SDK clients in the test process
         (no environment change: other tests' Ray sessions keep their own tokens)."""
@@ -125,15 +126,19 @@ class LocalHead:
         from the job server, in this process: a ``ray job status`` process costs a second of
         CPU per poll, which the job under test needs on a 2-core machine (the test took 30 s
         longer with it)."""
-        from ray.job_submission import JobSubmissionClient
-
-        client = JobSubmissionClient(self.dashboard_url, headers=self.headers)
         try:
-            return str(client.get_job_status(job).value)
+            return str(self._job_client.get_job_status(job).value)
         except RuntimeError as error:  # the SDK's answer to a 404
             if "does not exist" in str(error):  # a `ray job submit` still submitting it
                 return "NOT SUBMITTED YET"
             raise
+
+    @functools.cached_property
+    def _job_client(self):
+        """One client per head: its constructor checks the server's version over HTTP."""
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.dashboard_url, headers=self.headers)
 
     def worker_nodes(self) -> int:
         """Alive nodes other than the head, from the state API (in this process, as above);
