@@ -25,7 +25,13 @@ from logo_train.config import Config
 from logo_train.data.augment import TransformSpec, eval_inputs
 from logo_train.losses import build_loss
 from logo_train.metrics import classification_metrics
-from logo_train.models import TrustModel, build_model, freeze_leading
+from logo_train.models import (
+    TrustModel,
+    build_model,
+    cpu_has_bfloat16,
+    freeze_leading,
+    frozen_in_bfloat16,
+)
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +159,8 @@ def build_training(
     if tc.start_from:
         start_from(model, tc.start_from)
     frozen = freeze_leading(model, tc.frozen_stages)
+    if not cuda and frozen_bfloat16(tc.frozen_precision):
+        frozen_in_bfloat16(model, frozen)
     criterion = _criterion(cfg, train_counts).to(device)
     if criterion.needs_trust:
         model = TrustModel(model, num_classes, tc.trust_dim)
@@ -182,6 +190,11 @@ def build_training(
         grad_clip=tc.grad_clip,
         frozen=frozen,
     )
+
+
+def frozen_bfloat16(precision: str) -> bool:
+    """``train.frozen_precision`` on a CPU: whether the frozen stages run in bfloat16."""
+    return precision == "bfloat16" or (precision == "auto" and cpu_has_bfloat16())
 
 
 def start_from(model: nn.Module, checkpoint: str) -> None:

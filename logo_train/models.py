@@ -34,6 +34,7 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import timm
@@ -300,6 +301,43 @@ def freeze_leading(model: nn.Module, groups: int) -> list[nn.Module]:
     for module in modules:
         module.requires_grad_(False)
     return modules
+
+
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX; Linux's cpuinfo
+    flags): elsewhere oneDNN emulates it, slower than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def frozen_in_bfloat16(model: nn.Module, frozen: list[nn.Module]) -> None:
+    """While ``model`` trains, its ``frozen`` modules (``freeze_leading``'s leading stages, no
+    gradients) run under CPU bfloat16 autocast and the last of them hands float32 on to the
+    layers that learn. Their work is mostly memory-bound (batch norm and activations at high
+    resolution: half the bytes in bfloat16), so on a CPU with bfloat16 in hardware the
+    frozen stem and 3 stages of Lite0 at 112 px take 84 instead of 190 ms a batch of 64; their
+    features differ by ~2% (relative norm). In eval mode (validation, audit, benchmark,
+    export) the model runs as loaded, in float32."""
+    if not frozen:
+        return
+
+    def low_precision(forward):
+        def run(*args, **kwargs):
+            if not model.training:
+                return forward(*args, **kwargs)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return forward(*args, **kwargs)
+
+        return run
+
+    for module in frozen:
+        module.forward = low_precision(module.forward)
+    order = {id(m): i for i, m in enumerate(model.modules())}
+    last = max(frozen, key=lambda m: order[id(m)])
+    last.register_forward_hook(lambda _m, _i, out: out.float() if model.training else out)
 
 
 def _zero_init_residuals(model: nn.Module) -> None:

@@ -76,6 +76,7 @@ def test_overrides_are_yaml_typed_and_validated():
         ("model.pretrained={efficientnetv2_s: hub}", "model.pretrained.efficientnetv2_s"),
         ("model.pretrained={swin_nano: hub}", "model.pretrained.swin_nano"),
         ("train.frozen_stages=-1", "train.frozen_stages"),
+        ("train.frozen_precision=float16", "train.frozen_precision"),
         ("model.test_views=[1.0, 0.1]", "model.test_views"),
         ("model.test_views=[]", "model.test_views"),
         ("model.test_views=[1.0, 1.0]", "model.test_views"),

@@ -8,6 +8,8 @@ from logo_train.models import (
     SameConv2d,
     build_model,
     count_parameters,
+    freeze_leading,
+    frozen_in_bfloat16,
     normalisation,
     with_test_views,
 )
@@ -209,3 +211,36 @@ def test_tf_models_use_the_unpadded_same_convolution_and_keep_their_keys():
     assert not any(type(m) is Conv2dSame for m in model.modules())
     assert "conv_stem.weight" in model.state_dict()
     assert model(torch.randn(2, 3, 112, 112)).shape == (2, 28)
+
+
+def test_frozen_stages_run_in_bfloat16_only_while_training():
+    """``frozen_in_bfloat16``: in a training step the frozen stages compute in bfloat16 and
+    hand float32 to the layers that learn, which still get gradients (the frozen ones none);
+    in eval mode the model answers exactly as it did before (validation, export)."""
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 28, 64, weights="none")
+    plain = build_model("efficientnet_lite0", 28, 64, weights="none")
+    plain.load_state_dict(model.state_dict())
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
+    torch.nn.init.normal_(plain.get_classifier().weight, std=0.1)
+    plain.load_state_dict(model.state_dict())
+    frozen = freeze_leading(model, 4)
+    frozen_in_bfloat16(model, frozen)
+    x = torch.rand(4, 3, 64, 64)
+    model.eval(), plain.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+    seen = {}
+    first, trainable = frozen[0], model.blocks[3]
+    first.register_forward_hook(lambda m, i, out: seen.update(frozen=out.dtype))
+    trainable.register_forward_pre_hook(lambda m, i: seen.update(learning=i[0].dtype))
+    model.train()
+    for module in frozen:
+        module.eval()
+    logits = model(x)
+    assert seen == {"frozen": torch.bfloat16, "learning": torch.float32}
+    assert logits.dtype == torch.float32
+    logits.sum().backward()
+    assert all(p.grad is None for m in frozen for p in m.parameters())
+    assert all(p.grad is not None for p in trainable.parameters())
