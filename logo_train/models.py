@@ -337,7 +337,9 @@ def frozen_in_bfloat16(model: nn.Module, frozen: list[nn.Module]) -> None:
         module.forward = low_precision(module.forward)
     order = {id(m): i for i, m in enumerate(model.modules())}
     last = max(frozen, key=lambda m: order[id(m)])
-    last.register_forward_hook(lambda _m, _i, out: out.float() if model.training else out)
+    last.register_forward_hook(
+        lambda _m, _i, out: out.float() if model.training and torch.is_tensor(out) else out
+    )
 
 
 def _zero_init_residuals(model: nn.Module) -> None:

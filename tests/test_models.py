@@ -219,10 +219,8 @@ def test_frozen_stages_run_in_bfloat16_only_while_training():
     in eval mode the model answers exactly as it did before (validation, export)."""
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", 28, 64, weights="none")
+    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)  # not all-zero logits
     plain = build_model("efficientnet_lite0", 28, 64, weights="none")
-    plain.load_state_dict(model.state_dict())
-    torch.nn.init.normal_(model.get_classifier().weight, std=0.1)
-    torch.nn.init.normal_(plain.get_classifier().weight, std=0.1)
     plain.load_state_dict(model.state_dict())
     frozen = freeze_leading(model, 4)
     frozen_in_bfloat16(model, frozen)

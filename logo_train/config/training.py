@@ -304,7 +304,7 @@ class TrainConfig:
     frozen_precision: str = "auto"
     """The frozen stages' forward pass in a training step on a CPU: ``bfloat16`` (no gradients
     flow there, so only their features are rounded: Lite0's frozen stem and three stages at
-    112 px run 2.2x faster, the step ~1.3x), ``float32``, or ``auto``: bfloat16 where the CPU
+    112 px run 2.2x faster, the step ~1.2x), ``float32``, or ``auto``: bfloat16 where the CPU
     computes it in hardware (AVX512-BF16 or AMX), else float32. Validation, the audit, the
     benchmark, export and prediction stay float32; on a GPU ``amp`` decides
     (``models.frozen_in_bfloat16``, docs/training.md)."""
