@@ -5,6 +5,7 @@ of a real ``logo-train run`` with SIGKILL in the data, train and clean stages.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -223,7 +224,8 @@ def _run_until(command, log: Path, condition, what: str, timeout: float = 400):
         # they hold no resources, but are not left beside the next run
         left = children & set(processes())
         for pid in left:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it exited since the listing
+                os.kill(pid, signal.SIGKILL)
         print(f"{what}: driver killed; {len(left)} process(es) of its Ray stopped by the test")
         return found
     finally:
