@@ -1,5 +1,6 @@
-"""Training steps on CPU in float32 against bfloat16 autocast, for the quick profile's backbones
-at their quick sizes: does ``torch.autocast("cpu", torch.bfloat16)`` pay on this machine?
+"""Training steps on CPU in float32 against bfloat16 autocast of the whole step and of the
+frozen stages only (``train.frozen_precision``), for the quick profile's backbones at their
+quick sizes: does ``torch.autocast("cpu", torch.bfloat16)`` pay on this machine?
 
     python benchmarks/cpu_bf16.py [--steps 6] [--batch 64] [--threads 2] [--out benchmarks/results]
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from logo_train.models import build_model, freeze_leading
+from logo_train.models import build_model, freeze_leading, frozen_in_bfloat16
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [  # (backbone, image size, frozen stages): the quick profile's recipes
@@ -29,11 +30,18 @@ CASES = [  # (backbone, image size, frozen stages): the quick profile's recipes
 ]
 
 
-def images_per_s(backbone: str, size: int, frozen: int, bf16: bool, steps: int, batch: int):
+def images_per_s(backbone: str, size: int, frozen: int, kind: str, steps: int, batch: int):
+    """``kind``: fp32, bf16 (the whole step under autocast) or frozen-bf16 (the frozen stages
+    only, ``models.frozen_in_bfloat16``, as the trainer runs them)."""
     torch.manual_seed(0)
     model = build_model(backbone, 28, size, weights="none")
-    freeze_leading(model, frozen)
+    modules = freeze_leading(model, frozen)
+    if kind == "frozen-bf16":
+        frozen_in_bfloat16(model, modules)
     model = model.to(memory_format=torch.channels_last).train()
+    for module in modules:  # as the trainer keeps them
+        module.eval()
+    bf16 = kind == "bf16"
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 28, (batch,))
@@ -63,15 +71,16 @@ def main() -> None:
     rows = []
     for backbone, size, frozen in CASES:
         rates = {
-            kind: images_per_s(backbone, size, frozen, kind == "bf16", args.steps, args.batch)
-            for kind in ("fp32", "bf16")
+            kind: images_per_s(backbone, size, frozen, kind, args.steps, args.batch)
+            for kind in ("fp32", "bf16", "frozen-bf16")
+            if kind != "frozen-bf16" or frozen
         }
         rows.append({"backbone": backbone, "image_size": size, "frozen_stages": frozen, **rates})
-        print(
-            f"{backbone} {size} px, {frozen} stages frozen: float32 {rates['fp32']:.0f} images/s, "
-            f"bf16 autocast {rates['bf16']:.0f} images/s ({rates['bf16'] / rates['fp32']:.2f}x)",
-            flush=True,
+        line = ", ".join(
+            f"{kind} {rate:.0f} images/s ({rate / rates['fp32']:.2f}x)"
+            for kind, rate in rates.items()
         )
+        print(f"{backbone} {size} px, {frozen} stages frozen: {line}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "cpu_bf16.json").write_text(
