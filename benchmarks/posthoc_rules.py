@@ -29,11 +29,15 @@ import torch
 from sklearn.metrics import f1_score
 
 from logo_train import checkpoint as ckpt
-from logo_train.calibration import fit_temperature, open_set_answer, open_set_threshold, softmax
+from logo_train.calibration import calibrate, open_set_answer, softmax
+from logo_train.config import BenchmarkConfig
 from logo_train.data.augment import eval_spec
 from logo_train.data.shards import read_manifest, read_split
 from logo_train.evaluate import logits_of, scoring_model, shifted_logits
 from logo_train.real_eval import load_outside_set, load_real_set
+
+OPEN_SET = BenchmarkConfig()
+"""The package's open-set defaults (``benchmark.open_set_*``): the rule every row re-fits."""
 
 
 def model_logits(checkpoint: str, shards: str, real: dict, outside: dict) -> dict:
@@ -49,7 +53,8 @@ def model_logits(checkpoint: str, shards: str, real: dict, outside: dict) -> dic
         out[f"{split}_y"] = np.asarray(table["label"].to_pylist())
         out[f"{split}_z"] = logits_of(model, images, spec, device, 64)
     val = read_split(shards, "val", ["image"])["image"].to_pylist()
-    out["shift_z"] = shifted_logits(model, val, spec, device, 0.8, 3, 64)
+    shift, passes = OPEN_SET.open_set_shift, OPEN_SET.open_set_passes
+    out["shift_z"] = shifted_logits(model, val, spec, device, shift, passes, 64)
     counts = read_manifest(shards).counts["train"]
     out["prior"] = np.asarray([counts[c] for c in classes], float) / sum(counts.values())
     for name, folder in real.items():
@@ -65,10 +70,13 @@ def model_logits(checkpoint: str, shards: str, real: dict, outside: dict) -> dic
 def score(z, base: dict, real: dict, outside: dict) -> dict:
     """The package's open-set answer re-fitted on the logits ``z(key)``, scored."""
     unknown = base["classes"].index("unknown")
-    t = fit_temperature(z("val_z"), base["val_y"])
-    shifted = softmax(z("shift_z"), t)
-    labels = np.tile(base["val_y"], len(shifted) // len(base["val_y"]))
-    threshold = open_set_threshold(shifted, labels, 0.95, unknown=unknown, maximum=0.55)
+    fitted = calibrate(
+        z("val_z"), base["val_y"], z("test_z"), base["test_y"], unknown=unknown,
+        keep=OPEN_SET.open_set_keep, shifted_logits=z("shift_z"),
+        shifted_labels=np.tile(base["val_y"], OPEN_SET.open_set_passes),
+        maximum=OPEN_SET.open_set_max,
+    )  # fmt: skip
+    t, threshold = fitted["temperature"], fitted["min_confidence"]
     row = {"temperature": t, "threshold": threshold}
     row["test_macro_f1"] = f1_score(base["test_y"], z("test_z").argmax(1), average="macro")
     for name in real:
