@@ -34,8 +34,8 @@ from logo_train.checkpoint import load_trust_model
 from logo_train.config import Config
 from logo_train.data.augment import TransformSpec, decode_image, eval_inputs, eval_spec
 from logo_train.data.shards import read_manifest, read_split
-from logo_train.engine import channels_last, scoring_model
-from logo_train.figures import png_bytes, pyplot
+from logo_train.engine import channels_last, cpu_bfloat16, scoring_model
+from logo_train.figures import Tile, tile_sheet
 from logo_train.models import TrustModel
 from logo_train.raysetup import init_ray
 from logo_train.storage import exists, join, read_json, write_bytes, write_json
@@ -69,13 +69,18 @@ class Scores:
 
 
 def score_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device,
+    bfloat16: bool = False,
 ) -> Scores:
     """Score ``(images, given labels)`` batches (already transformed) in eval mode, in the
-    channels-last layout of ``engine.scoring_model``, which ``score_split``'s images come in."""
+    channels-last layout of ``engine.scoring_model``, which ``score_split``'s images come in;
+    ``bfloat16``: the forward passes under CPU bfloat16 autocast (the scores in float32)."""
     model = scoring_model(model, device)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("trust", "loss", "margin", "prob")}
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=bfloat16 and device.type == "cpu")
+    with torch.inference_mode(), autocast:
         for x, y in batches:
             x, y = x.to(device), y.to(device)
             if isinstance(model, TrustModel):
@@ -126,9 +131,11 @@ def score_split(
     device: torch.device,
     columns: list[str],
     batch_size: int = 256,
+    bfloat16: bool = False,
 ) -> tuple[Scores, pa.Table]:
-    """Scores of every training row of ``shards_uri`` (eval transform ``spec``) and the
-    ``columns`` read with them (``image`` and ``label`` among them)."""
+    """Scores of every training row of ``shards_uri`` (eval transform ``spec``; ``bfloat16``:
+    see ``score_batches``) and the ``columns`` read with them (``image`` and ``label`` among
+    them)."""
     table = read_split(shards_uri, "train", columns)
     if table.num_rows == 0:
         raise ValueError(f"shards {shards_uri} have no training rows to audit")
@@ -140,7 +147,7 @@ def score_split(
             x = torch.from_numpy(eval_inputs(images[start : start + batch_size], spec))
             yield channels_last(x), torch.from_numpy(labels[start : start + batch_size])
 
-    return score_batches(model, batches(), device), table
+    return score_batches(model, batches(), device, bfloat16), table
 
 
 @dataclass
@@ -200,29 +207,23 @@ def _rank_table(
 
 
 def _contact_sheet(images: list[bytes], ranked: pa.Table, top: int = 64) -> bytes:
-    plt = pyplot()
     n = min(top, ranked.num_rows)
-    cols = 8
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.5, rows * 1.75), squeeze=False)
     data = ranked.slice(0, n).to_pydict()
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        ax.imshow(decode_image(images[i]))
+    wrong = data.get("is_noisy", [None] * n)
+    tiles = []
+    for i in range(n):
         trust = data["trust"][i]
         score = f"t={trust:.2f}" if trust == trust else f"loss={data['loss'][i]:.1f}"
-        given, predicted = data["given_label"][i], data["predicted_label"][i]
-        title = f"#{data['rank'][i]} {score}\ngiven {given}\npred {predicted}"
-        wrong = data.get("is_noisy", [None] * n)[i]
-        ax.set_title(title, fontsize=6, color="red" if wrong else "black")
+        caption = [
+            f"#{data['rank'][i]} {score}",
+            f"given {data['given_label'][i]}",
+            f"pred {data['predicted_label'][i]}",
+        ]
+        tiles.append(Tile(decode_image(images[i]), caption, "red" if wrong[i] else "black"))
     caption = f"Top {n} suspected labels (most suspect first)"
     if "is_noisy" in data:
-        caption += "; red title = the label really was flipped"
-    fig.suptitle(caption, fontsize=9)
-    fig.tight_layout()
-    return png_bytes(fig)
+        caption += "; red caption = the label really was flipped"
+    return tile_sheet([tiles[i : i + 8] for i in range(0, max(n, 1), 8)], caption)
 
 
 @contextmanager
@@ -247,10 +248,12 @@ def audit(
     *,
     batch_size: int = 256,
     device: str | None = None,
+    precision: str = "auto",
     echo: Callable[[str], None] | None = print,
 ) -> AuditResult:
-    """Score every training row of ``shards_uri`` with the model in ``checkpoint``; write the
-    ranked table, the contact sheet and the summary under ``out_uri``."""
+    """Score every training row of ``shards_uri`` with the model in ``checkpoint``
+    (``precision``: ``train.audit_precision``); write the ranked table, the contact sheet and
+    the summary under ``out_uri``."""
     with _local_copy(checkpoint) as local:
         model, info = load_trust_model(local)
     manifest = read_manifest(shards_uri)
@@ -264,7 +267,10 @@ def audit(
         columns += ["clean_label", "is_noisy"]
     spec = eval_spec(info)
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scores, table = score_split(model, shards_uri, spec, torch_device, columns, batch_size)
+    bfloat16 = torch_device.type == "cpu" and cpu_bfloat16(precision)
+    scores, table = score_split(
+        model, shards_uri, spec, torch_device, columns, batch_size, bfloat16
+    )
     images = table["image"].to_pylist()
     ranked, order = _rank_table(table.drop_columns(["image"]), scores, list(info.class_names))
     detection: dict[str, dict[str, float]] = {}
@@ -292,7 +298,12 @@ def audit(
         contact_sheet=sheet,
         summary=join(out_uri, SUMMARY_JSON),
     )
-    summary = {**asdict(result), "checkpoint": checkpoint, "shards": shards_uri}
+    summary = {
+        **asdict(result),
+        "checkpoint": checkpoint,
+        "shards": shards_uri,
+        "precision": "bfloat16" if bfloat16 else "float32",
+    }
     write_json(result.summary, summary)
     if echo:
         for line in result.lines():
@@ -307,7 +318,7 @@ def _audit_with_threads(threads: int, *args, **kwargs) -> AuditResult:
     return audit(*args, **kwargs)
 
 
-def submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size):
+def submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size, precision):
     """``audit`` started as a Ray task with ``num_cpus`` CPUs (as many torch threads) and
     ``num_gpus`` GPUs, so on a cluster it runs on a (GPU) worker node next to the checkpoint's
     storage, not on the head node: the Ray object reference of its ``AuditResult``."""
@@ -321,6 +332,7 @@ def submit_audit(checkpoint, shards_uri, out_uri, num_cpus, num_gpus, batch_size
         out_uri,
         batch_size=batch_size,
         device="cuda" if num_gpus else "cpu",
+        precision=precision,
         echo=None,
     )
 
@@ -401,6 +413,7 @@ def audit_models(cfg: Config, models: list, shards_uri: str, echo=print) -> dict
                 cpus,
                 min(cfg.train.gpus_per_worker, 1.0),
                 cfg.train.eval_batch_size,
+                cfg.for_backbone(model.backbone).train.audit_precision,
             )
     for model in models:
         if model.label not in refs:

@@ -24,7 +24,7 @@ import sys
 import typing
 from collections.abc import Callable
 
-from logo_train.config import Config, LossName, ServeOptions, load_config
+from logo_train.config import PRECISIONS, Config, LossName, ServeOptions, load_config
 from logo_train.stages import STAGES, TABLE
 
 LOSSES = typing.get_args(LossName)
@@ -171,6 +171,13 @@ def _add_model_commands(sub) -> None:
     )
     audit.add_argument("--batch-size", type=int, default=256)
     audit.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    audit.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="forward passes on a CPU (train.audit_precision): auto = bfloat16 where the CPU "
+        "has it in hardware",
+    )
 
     bench = sub.add_parser(
         "benchmark",
@@ -493,7 +500,12 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     result = audit(
-        args.checkpoint, args.shards, out, batch_size=args.batch_size, device=args.device
+        args.checkpoint,
+        args.shards,
+        out,
+        batch_size=args.batch_size,
+        device=args.device,
+        precision=args.precision,
     )
     print(f"ranked labels: {result.parquet}\ncontact sheet: {result.contact_sheet}")
     return 0

@@ -159,7 +159,8 @@ def build_training(
     if tc.start_from:
         start_from(model, tc.start_from)
     frozen = freeze_leading(model, tc.frozen_stages)
-    if not cuda and frozen_bfloat16(tc.frozen_precision):
+    cpu_autocast = not cuda and cpu_bfloat16(tc.cpu_precision)
+    if not cuda and not cpu_autocast and cpu_bfloat16(tc.frozen_precision):
         frozen_in_bfloat16(model, frozen)
     criterion = _criterion(cfg, train_counts).to(device)
     if criterion.needs_trust:
@@ -173,8 +174,9 @@ def build_training(
     optimizer = _optimizer(cfg, model, device)
     total_steps = tc.epochs * steps_per_epoch
     scheduler = _schedule(cfg, optimizer, total_steps)
-    use_amp = cuda and tc.amp
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = (cuda and tc.amp) or cpu_autocast
+    bf16 = cpu_autocast or (cuda and torch.cuda.is_bf16_supported())
+    amp_dtype = torch.bfloat16 if bf16 else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     return Training(
         model=model,
@@ -192,8 +194,9 @@ def build_training(
     )
 
 
-def frozen_bfloat16(precision: str) -> bool:
-    """``train.frozen_precision`` on a CPU: whether the frozen stages run in bfloat16."""
+def cpu_bfloat16(precision: str) -> bool:
+    """``train.frozen_precision``, ``train.cpu_precision`` or ``train.audit_precision`` on a CPU:
+    whether that work runs in bfloat16 (``auto``: where the CPU computes it in hardware)."""
     return precision == "bfloat16" or (precision == "auto" and cpu_has_bfloat16())
 
 
@@ -232,19 +235,22 @@ def train_step(t: Training, x: torch.Tensor, y: torch.Tensor, trust_active: bool
     the mean trust."""
     if t.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    # the forward pass under autocast (GPU: train.amp; CPU: train.cpu_precision), the loss in
+    # float32: the bounded losses' softmax powers lose digits in bfloat16
     with torch.autocast(device_type=t.device.type, dtype=t.amp_dtype, enabled=t.use_amp):
-        if t.needs_trust:
-            logits, trust = t.model(x, y)
-            parts = t.criterion(logits, y, trust, active=trust_active)
-            loss = parts.loss
-            out = {"trust": parts.mean_trust.detach(), "loss": parts.weighted_ce.detach()}
-        elif getattr(t.criterion, "warms_up", False):
-            parts = t.criterion(t.model(x), y, active=trust_active)
-            loss = parts.loss
-            out = {"loss": parts.weighted_ce}
-        else:
-            loss = t.criterion(t.model(x), y)
-            out = {"loss": loss.detach()}
+        outputs = t.model(x, y) if t.needs_trust else t.model(x)
+    if t.needs_trust:
+        logits, trust = (o.float() for o in outputs)
+        parts = t.criterion(logits, y, trust, active=trust_active)
+        loss = parts.loss
+        out = {"trust": parts.mean_trust.detach(), "loss": parts.weighted_ce.detach()}
+    elif getattr(t.criterion, "warms_up", False):
+        parts = t.criterion(outputs.float(), y, active=trust_active)
+        loss = parts.loss
+        out = {"loss": parts.weighted_ce}
+    else:
+        loss = t.criterion(outputs.float(), y)
+        out = {"loss": loss.detach()}
     t.optimizer.zero_grad(set_to_none=True)
     t.scaler.scale(loss).backward()
     if t.grad_clip > 0:

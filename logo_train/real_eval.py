@@ -11,7 +11,6 @@ through the evaluation path itself (``augment.eval_inputs``): what the benchmark
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from logo_train.calibration import open_set_answer, open_set_summary, risk_cover
 from logo_train.data.augment import TransformSpec, decode_image
 from logo_train.data.ingest import IMAGE_EXTENSIONS, Reject, stored_bytes
 from logo_train.engine import logits_of, scoring_model
-from logo_train.figures import png_bytes, pyplot
+from logo_train.figures import Tile, tile_sheet
 from logo_train.metrics import classification_metrics
 
 FIELD = "data.real_eval"
@@ -242,25 +241,21 @@ def _mistakes(real: RealSet, p: np.ndarray, top: np.ndarray, wrong: np.ndarray) 
 
 def mistakes_sheet(real: RealSet, result: dict, title: str, top: int = 48) -> bytes:
     """A PNG contact sheet of the first ``top`` mistakes: the photo, its class, the top-3."""
-    plt = pyplot()
     shown = result["mistakes"][:top]
-    cols = 8
-    rows = max(1, math.ceil(len(shown) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= len(shown):
-            continue
-        m = shown[i]
-        ax.imshow(decode_image(real.images[m["index"]]))
-        ax.set_title(f"true {m['true']}\n" + "\n".join(m["predicted"]), fontsize=6, color="darkred")
-    fig.suptitle(
+    tiles = [
+        Tile(
+            decode_image(real.images[m["index"]]),
+            [f"true {m['true']}", *m["predicted"]],
+            "darkred",
+        )
+        for m in shown
+    ]
+    return tile_sheet(
+        [tiles[i : i + 8] for i in range(0, max(len(tiles), 1), 8)],
         f"{title}: {len(result['mistakes'])} of {result['images']} real photos wrong at top-1 "
         f"(top-1 {result['top1']:.2f}, top-3 {result['top3']:.2f}); first {len(shown)} shown",
-        fontsize=8,
+        tile=112,
     )
-    fig.tight_layout()
-    return png_bytes(fig, dpi=100)
 
 
 @dataclass

@@ -48,9 +48,11 @@ def noisy_shards(tmp_path, tiny_synth):
     return uri, manifest
 
 
-def _checkpoint(directory, manifest, trust: bool):
+def _checkpoint(directory, manifest, trust: bool, random_head: bool = False):
     torch.manual_seed(0)
     model = build_model("resnet10t", len(manifest.classes), 32)
+    if random_head:  # the registry starts the classifier at zero: every row alike
+        torch.nn.init.normal_(model.get_classifier().weight, std=0.5)
     mean, std = normalisation(model)
     info = ckpt.ModelInfo(
         backbone="resnet10t",
@@ -103,11 +105,35 @@ def test_audit_without_trust_head_ranks_by_loss(tmp_path, noisy_shards):
     assert (np.diff(np.asarray(table["loss"])) <= 1e-6).all(), "rank 1 must have the top loss"
 
 
+def test_a_bfloat16_audit_scores_as_float32_does_within_rounding(tmp_path, noisy_shards):
+    """``train.audit_precision``: bfloat16 forward passes round the scores (they differ from
+    float32's) but rank the rows as float32 does up to that rounding; the summary says which
+    precision scored them."""
+    uri, manifest = noisy_shards
+    checkpoint = _checkpoint(tmp_path / "ckpt", manifest, trust=False, random_head=True)
+    tables = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        audit(checkpoint, uri, str(out), precision=precision, echo=None)
+        summary = json.loads((out / "audit_summary.json").read_text())
+        assert summary["precision"] == precision
+        tables[precision] = pq.read_table(out / "suspected_labels.parquet").sort_by("id")
+    f32, bf16 = (np.asarray(tables[p]["loss"]) for p in ("float32", "bfloat16"))
+    assert not np.array_equal(f32, bf16)  # bfloat16 really ran
+    assert bf16 == pytest.approx(f32, rel=0.05, abs=0.05)
+    ranks = [np.asarray(tables[p]["rank"], float) for p in ("float32", "bfloat16")]
+    assert np.corrcoef(*ranks)[0, 1] > 0.99
+
+
 def test_audit_cli_and_its_errors(tmp_path, noisy_shards, capsys):
     uri, manifest = noisy_shards
     checkpoint = _checkpoint(tmp_path / "run/checkpoint_000001", manifest, trust=True)
-    assert main(["audit", "--checkpoint", checkpoint, "--shards", uri]) == 0
+    args = ["audit", "--checkpoint", checkpoint, "--shards", uri, "--precision", "float32"]
+    assert main(args) == 0
     assert (tmp_path / "run/audit/suspected_labels.parquet").is_file()
+    assert json.loads((tmp_path / "run/audit/audit_summary.json").read_text())["precision"] == (
+        "float32"
+    )
     assert "ranked labels:" in capsys.readouterr().out
     assert main(["audit", "--checkpoint", str(tmp_path / "nope"), "--shards", uri]) == 2
     assert "checkpoint folder not found" in capsys.readouterr().err

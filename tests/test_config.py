@@ -77,6 +77,13 @@ def test_overrides_are_yaml_typed_and_validated():
         ("model.pretrained={swin_nano: hub}", "model.pretrained.swin_nano"),
         ("train.frozen_stages=-1", "train.frozen_stages"),
         ("train.frozen_precision=float16", "train.frozen_precision"),
+        ("train.audit_precision=half", "train.audit_precision"),
+        ("train.cpu_precision=fp16", "train.cpu_precision"),
+        (
+            "train.per_backbone={resnet10t: {cpu_precision: half}}",
+            "train.per_backbone.resnet10t.cpu_precision",
+        ),
+        ("train.per_backbone={resnet10t: {lr: fast}}", "train.per_backbone.resnet10t.lr"),
         ("model.test_views=[1.0, 0.1]", "model.test_views"),
         ("model.test_views=[]", "model.test_views"),
         ("model.test_views=[1.0, 1.0]", "model.test_views"),

@@ -299,3 +299,21 @@ def test_layer_decay_gives_lower_layers_lower_peaks_and_the_head_the_full_rate()
     assert trust["backbone.conv1.0.weight"] == pytest.approx(decayed["conv1.0.weight"])
     with pytest.raises(ValueError, match=r"train\.layer_decay"):
         _training(more=("train.layer_decay=0",))
+
+
+def test_cpu_precision_bfloat16_runs_the_forward_in_bfloat16_and_keeps_float32_weights():
+    """``train.cpu_precision``: bfloat16 puts a CPU step's forward under autocast (its loss
+    then differs from float32's by rounding only); the weights, their gradients and the loss
+    stay float32, and float32 leaves autocast off."""
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        _, t = _training(more=(f"train.cpu_precision={precision}",))
+        assert t.use_amp == (precision == "bfloat16")
+        for batch in _stream(3):  # the classifier starts at zero: the first loss is log(4)
+            out = engine.train_step(t, batch["image"], batch["label"], trust_active=False)
+        assert out["loss"].dtype == torch.float32
+        assert all(p.dtype == torch.float32 for p in t.model.parameters())
+        assert all(p.grad is None or p.grad.dtype == torch.float32 for p in t.model.parameters())
+        losses[precision] = float(out["loss"])
+    assert losses["bfloat16"] != losses["float32"]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)

@@ -28,6 +28,7 @@ from logo_train.config.run import (
 )
 from logo_train.config.serve import ServeOptions
 from logo_train.config.training import (
+    PRECISIONS,
     AugmentConfig,
     CleanConfig,
     LossName,
@@ -44,6 +45,7 @@ __all__ = [
     "IngestConfig",
     "LossName",
     "ModelConfig",
+    "PRECISIONS",
     "SearchParam",
     "ServeOptions",
     "SynthConfig",

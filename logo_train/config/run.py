@@ -4,6 +4,7 @@ checks, a backbone's own recipe, loading a YAML profile with overrides and writi
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,9 +12,17 @@ from typing import Any, Literal
 import yaml
 
 from logo_train.config.data import DataConfig
-from logo_train.config.fields import check, from_dict, parse_override, set_dotted, set_fields
+from logo_train.config.fields import (
+    check,
+    coerce,
+    from_dict,
+    parse_override,
+    set_dotted,
+    set_fields,
+)
 from logo_train.config.training import (
     MODEL_RECIPE_FIELDS,
+    PRECISIONS,
     RECIPE_FIELDS,
     AugmentConfig,
     ModelConfig,
@@ -204,6 +213,17 @@ class TrackingConfig:
     """MLflow experiment; empty = the run's ``name``."""
 
 
+def _check_recipe_value(name: str, key: str, value: Any) -> None:
+    """A ``train.per_backbone`` value of the right type for its field (a precision among
+    ``PRECISIONS``), checked when the config loads, not first when that backbone trains."""
+    hint = typing.get_type_hints(ModelConfig if key in MODEL_RECIPE_FIELDS else TrainConfig)[key]
+    if hint is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # numbers load as floats here; ``for_backbone`` converts them so
+    coerce(value, hint, name)
+    if key.endswith("_precision"):
+        check(value in PRECISIONS, name, value, " | ".join(PRECISIONS))
+
+
 @dataclass(kw_only=True)
 class Config:
     """A whole logo-train run."""
@@ -235,6 +255,7 @@ class Config:
                         overrides[key],
                         f"a field of {list(RECIPE_FIELDS)}",
                     )
+                    _check_recipe_value(f"{name}.{key}", key, overrides[key])
         for backbone in self.train.clean.backbones:
             check(
                 backbone in self.model.backbones,

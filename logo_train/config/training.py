@@ -26,6 +26,7 @@ RECIPE_FIELDS = (
     "label_smoothing",
     "gce_q",
     "frozen_stages",
+    "cpu_precision",
     "layer_decay",
     "min_steps",
     "patience",
@@ -37,8 +38,9 @@ RECIPE_FIELDS = (
 ``image_size`` and ``test_views`` (``model.*``: a backbone's own input size and views)."""
 MODEL_RECIPE_FIELDS = ("image_size", "test_views")
 """The recipe fields that set ``model.*`` instead of ``train.*``."""
-FROZEN_PRECISIONS = ("auto", "float32", "bfloat16")
-"""``train.frozen_precision``'s values."""
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""``train.frozen_precision``'s, ``train.audit_precision``'s and ``train.cpu_precision``'s
+values."""
 
 
 @dataclass(kw_only=True)
@@ -308,6 +310,19 @@ class TrainConfig:
     computes it in hardware (AVX512-BF16 or AMX), else float32. Validation, the audit, the
     benchmark, export and prediction stay float32; on a GPU ``amp`` decides
     (``models.frozen_in_bfloat16``, docs/training.md)."""
+    cpu_precision: str = "float32"
+    """A training step's forward pass on a CPU: ``float32``, ``bfloat16`` (the whole forward
+    under CPU autocast, the weights, gradients and loss in float32), or ``auto``: bfloat16 where
+    the CPU computes it in hardware, else float32. It pays where dense convolutions dominate
+    (resnet10t at 32 px: 1.3x, ``benchmarks/cpu_bf16.py``) and loses where depthwise ones do
+    (MobileNetV2, EfficientNetV2, Lite0: 0.67-0.88x): a per-backbone choice
+    (``train.per_backbone``). On a GPU ``amp`` decides."""
+    audit_precision: str = "auto"
+    """The label audit's forward passes on a CPU (every training row scored, once per model and
+    round): ``bfloat16`` under CPU autocast (Lite0 at 112 px scores 1.7x faster; the probabilities
+    move by up to ~0.2, the quick run's cleaning plan by 8 of 5,555 rows, the flipped labels'
+    AUROC by < 0.001: docs/labels.md), ``float32``, or ``auto``: bfloat16 where the CPU
+    computes it in hardware, else float32. On a GPU the audit runs in float32."""
     layer_decay: float = 1.0
     """Layer-wise learning-rate decay (timm's ``layer_decay``): the classifier trains at the
     full rate, each block below it at this factor times the one above (ImageNet features
@@ -344,7 +359,7 @@ class TrainConfig:
     """Seed of the model's initialisation, the training stream (file and row order,
     augmentation) and the shuffle buffer: on CPU with one worker, the same config gives the same
     per-epoch metrics (docs/training.md, "Reproducibility")."""
-    per_backbone: dict[str, dict[str, float | list[float]]] = field(default_factory=dict)
+    per_backbone: dict[str, dict[str, float | str | list[float]]] = field(default_factory=dict)
     """The recipe per backbone: ``train.*`` fields (``RECIPE_FIELDS``) that differ for one
     backbone, e.g. ``{swin_nano: {lr: 0.0005, epochs: 16}}``; tuned parameters apply on top."""
     clean: CleanConfig = field(default_factory=CleanConfig)
@@ -380,12 +395,9 @@ class TrainConfig:
         check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
         check(0 < self.layer_decay <= 1, p + "layer_decay", self.layer_decay, "in (0, 1]")
-        check(
-            self.frozen_precision in FROZEN_PRECISIONS,
-            p + "frozen_precision",
-            self.frozen_precision,
-            " | ".join(FROZEN_PRECISIONS),
-        )
+        for name in ("frozen_precision", "audit_precision", "cpu_precision"):
+            value = getattr(self, name)
+            check(value in PRECISIONS, p + name, value, " | ".join(PRECISIONS))
         self._check_after_training()
         check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")

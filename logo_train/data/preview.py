@@ -6,7 +6,7 @@ from collections import Counter
 
 from logo_train.data.augment import decode_image
 from logo_train.data.shards import SPLITS, Manifest, iter_batches
-from logo_train.figures import png_bytes, pyplot
+from logo_train.figures import Tile, tile_sheet
 from logo_train.storage import join, write_bytes
 
 CONTACT_SHEET = "contact_sheet.png"
@@ -65,7 +65,6 @@ def summary_table(manifest: Manifest, max_rejected: int = 20) -> str:
 
 def contact_sheet(uri: str, manifest: Manifest, per_class: int = 6, split: str = "train") -> str:
     """A PNG grid, one row per class, the first ``per_class`` images; wrong labels framed red."""
-    plt = pyplot()
     columns = ["image", "label"] + (["clean_label"] if manifest.has_truth else [])
     picked: dict[int, list[tuple[bytes, int | None]]] = {
         i: [] for i in range(len(manifest.classes))
@@ -79,34 +78,18 @@ def contact_sheet(uri: str, manifest: Manifest, per_class: int = 6, split: str =
         if all(len(v) >= per_class for v in picked.values()):
             break
 
-    n_rows = len(manifest.classes)
-    height = 1.1 * n_rows + 0.5
-    fig, axes = plt.subplots(
-        n_rows, per_class, figsize=(1.1 * per_class + 1.6, height), squeeze=False
-    )
-    for row, name in enumerate(manifest.classes):
-        for col in range(per_class):
-            ax = axes[row][col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(False)
-            if col < len(picked[row]):
-                image, clean = picked[row][col]
-                ax.imshow(decode_image(image))
-                if clean is not None and clean != row:
-                    for spine in ax.spines.values():
-                        spine.set_visible(True)
-                        spine.set_color("red")
-                        spine.set_linewidth(2.5)
-                    ax.set_title(f"true: {manifest.classes[clean]}", fontsize=6, color="red")
-            if col == 0:
-                ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    rows = []
+    for label in range(len(manifest.classes)):
+        row = []
+        for image, clean in picked[label]:
+            wrong = clean is not None and clean != label
+            caption = [f"true: {manifest.classes[clean]}"] if wrong else []
+            row.append(Tile(decode_image(image), caption, "red", "red" if wrong else None))
+        rows.append(row)
     title = f"{split} split, first {per_class} images per given label"
     if manifest.has_truth:
         title += " (red frame: wrong label, true class above)"
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
+    sheet = tile_sheet(rows, title, tile=64, row_labels=manifest.classes, caption_lines=1)
     out = join(uri, CONTACT_SHEET)
-    write_bytes(out, png_bytes(fig))
+    write_bytes(out, sheet)
     return out
