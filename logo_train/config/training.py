@@ -307,8 +307,8 @@ class TrainConfig:
     """The frozen stages' forward pass in a training step on a CPU: ``bfloat16`` (no gradients
     flow there, so only their features are rounded: Lite0's frozen stem and three stages at
     112 px run 2.2x faster, the step ~1.2x), ``float32``, or ``auto``: bfloat16 where the CPU
-    computes it in hardware (AVX512-BF16 or AMX), else float32. Validation, the audit, the
-    benchmark, export and prediction stay float32; on a GPU ``amp`` decides
+    computes it in hardware (AVX512-BF16 or AMX), else float32. Validation, the benchmark,
+    export and prediction stay float32 (the audit: ``audit_precision``); on a GPU ``amp`` decides
     (``models.frozen_in_bfloat16``, docs/training.md)."""
     cpu_precision: str = "float32"
     """A training step's forward pass on a CPU: ``float32``, ``bfloat16`` (the whole forward
