@@ -371,20 +371,45 @@ def finished_audit(out_uri: str, checkpoint: str) -> AuditResult | None:
     return AuditResult(**{f.name: summary[f.name] for f in fields(AuditResult)})
 
 
-def audit_model(cfg: Config, model, shards_uri: str, echo=print) -> AuditResult:
+def audit_model(
+    cfg: Config, model, shards_uri: str, acted_on: bool = False, echo=print
+) -> AuditResult:
     """The audit of one trained model (a ``train.BackboneResult``) on the shards it was trained
     on, as a Ray task, into ``cfg.layout.audit(backbone, round)``; one line per finding. An
-    audit of the same checkpoint finished before is kept (a resumed run)."""
-    return audit_models(cfg, [model], shards_uri, echo)[model.label]
+    audit of the same checkpoint finished before is kept (a resumed run). ``acted_on``: a
+    cleaning round acts on this audit (see ``audit_precision``)."""
+    acted = {model.label} if acted_on else set()
+    return audit_models(cfg, [model], shards_uri, acted, echo)[model.label]
+
+
+def backbones_to_clean(cfg: Config, models: list) -> list[str]:
+    """The backbones the cleaning round acts on: ``train.clean.backbones``, else the best on
+    validation; none when ``train.clean.mode`` is none."""
+    if cfg.train.clean.mode == "none" or not models:
+        return []
+    return cfg.train.clean.backbones or [max(models, key=lambda m: m.best_val_macro_f1).backbone]
+
+
+def audit_precision(cfg: Config, backbone: str, acted_on: bool) -> str:
+    """The precision of one audit: the backbone's ``train.audit_precision``, except that
+    ``auto`` scores in float32 the audits a cleaning round acts on: their plan (which rows are
+    dropped or relabelled) is then the float32 plan, and bfloat16 rounding changes no training
+    data, only the ranked lists nobody trains on (docs/labels.md)."""
+    precision = cfg.for_backbone(backbone).train.audit_precision
+    return "float32" if precision == "auto" and acted_on else precision
 
 
 def audit_stage(cfg: Config, shards_uri: str, models: list) -> dict[str, AuditResult]:
     """The ``audit`` stage: every trained model's audit (each a Ray task: on a cluster it runs
     on a worker node), by model label; ``<run>/audit/<backbone>/``."""
-    return audit_models(cfg, models, shards_uri)
+    cleaned = backbones_to_clean(cfg, models) if cfg.train.clean.rounds else []
+    acted = {m.label for m in models if m.backbone in cleaned}
+    return audit_models(cfg, models, shards_uri, acted)
 
 
-def audit_models(cfg: Config, models: list, shards_uri: str, echo=print) -> dict:
+def audit_models(
+    cfg: Config, models: list, shards_uri: str, acted_on: set[str] = frozenset(), echo=print
+) -> dict:
     """``models``' audits as Ray tasks started together, the largest input size first, each
     with ``audit_cpus`` (half a node when there are several, so that two run side by side:
     on 2 cores the quick run's six audits took 60 s instead of 70 one after another); their
@@ -413,7 +438,7 @@ def audit_models(cfg: Config, models: list, shards_uri: str, echo=print) -> dict
                 cpus,
                 min(cfg.train.gpus_per_worker, 1.0),
                 cfg.train.eval_batch_size,
-                cfg.for_backbone(model.backbone).train.audit_precision,
+                audit_precision(cfg, model.backbone, model.label in acted_on),
             )
     for model in models:
         if model.label not in refs:

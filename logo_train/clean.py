@@ -21,7 +21,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from logo_train.audit import SUSPECTED_PARQUET, AuditResult, audit_model, finished_audit
+from logo_train.audit import (
+    SUSPECTED_PARQUET,
+    AuditResult,
+    audit_model,
+    backbones_to_clean,
+    finished_audit,
+)
 from logo_train.config import CleanConfig, Config
 from logo_train.data.shards import (
     MANIFEST,
@@ -385,7 +391,7 @@ def clean_stage(
     if found:
         print(f"[clean] the rounds finished before ({cfg.layout.clean_summary}); kept")
         return found
-    chosen = cfg.train.clean.backbones or [max(models, key=lambda m: m.best_val_macro_f1).backbone]
+    chosen = backbones_to_clean(cfg, models)
     tuned = tuned_configs(cfg, searches) if searches else {}
     results, audits, refused = [], {}, []
     for backbone in chosen:
@@ -455,7 +461,8 @@ def _clean_rounds(
         _print_round(model.backbone, round, plan, summary, cleaned, round_cfg, summary["loss_why"])
         model = _train_round(cfg, round_cfg, model.backbone, round, data_uri, cleaned)
         model.cleaning = summary
-        audits[model.label] = audit_model(cfg, model, data_uri)
+        acted_on = round <= cfg.train.clean.rounds  # the next round cleans by this audit
+        audits[model.label] = audit_model(cfg, model, data_uri, acted_on)
         models.append(model)
         source, loss_before = data_uri, round_cfg.train.loss
     return models, audits, None

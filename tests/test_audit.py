@@ -1,6 +1,7 @@
 """The label audit: ranked table, contact sheet and summary from a checkpoint and shards."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -150,3 +151,32 @@ def test_audit_cli_and_its_errors(tmp_path, noisy_shards, capsys):
     (tmp_path / "run/checkpoint_000001/model.json").write_text(json.dumps(info))
     assert main(["audit", "--checkpoint", checkpoint, "--shards", str(tmp_path / "other")]) == 2
     assert "not the same label set" in capsys.readouterr().err
+
+
+def test_auto_audits_in_float32_only_what_a_cleaning_round_acts_on():
+    """``train.audit_precision: auto``: the audit the cleaning round acts on is scored in
+    float32 (its plan is the float32 plan), every other audit as the CPU allows; an explicit
+    precision holds for every audit. The cleaned backbone: ``train.clean.backbones``, else the
+    best on validation, none with ``train.clean.mode: none``."""
+    from types import SimpleNamespace
+
+    from logo_train.audit import audit_precision, backbones_to_clean
+    from logo_train.config import load_config
+
+    quick = Path(__file__).resolve().parents[1] / "configs/quick.yaml"
+    cfg = load_config(quick, [])
+    models = [
+        SimpleNamespace(backbone="resnet10t", best_val_macro_f1=0.7),
+        SimpleNamespace(backbone="efficientnet_lite0", best_val_macro_f1=0.9),
+    ]
+    assert backbones_to_clean(cfg, models) == ["efficientnet_lite0"]
+    chosen = load_config(
+        quick, ["model.backbones=[resnet10t]", "train.clean.backbones=[resnet10t]"]
+    )
+    assert backbones_to_clean(chosen, models) == ["resnet10t"]
+    assert backbones_to_clean(load_config(quick, ["train.clean.mode=none"]), models) == []
+    assert cfg.train.audit_precision == "auto"
+    assert audit_precision(cfg, "efficientnet_lite0", acted_on=True) == "float32"
+    assert audit_precision(cfg, "efficientnet_lite0", acted_on=False) == "auto"
+    forced = load_config(quick, ["train.audit_precision=bfloat16"])
+    assert audit_precision(forced, "efficientnet_lite0", acted_on=True) == "bfloat16"

@@ -319,10 +319,11 @@ class TrainConfig:
     (``train.per_backbone``). On a GPU ``amp`` decides."""
     audit_precision: str = "auto"
     """The label audit's forward passes on a CPU (every training row scored, once per model and
-    round): ``bfloat16`` under CPU autocast (Lite0 at 112 px scores 1.7x faster; the probabilities
-    move by up to ~0.2, the quick run's cleaning plan by 8 of 5,555 rows, the flipped labels'
-    AUROC by < 0.001: docs/labels.md), ``float32``, or ``auto``: bfloat16 where the CPU
-    computes it in hardware, else float32. On a GPU the audit runs in float32."""
+    round): ``bfloat16`` under CPU autocast (Lite0 at 112 px scores 1.7x faster; the
+    probabilities move by up to ~0.2, the quick run's cleaning plan by 8 of 5,555 rows, the
+    flipped labels' AUROC by < 0.001: docs/labels.md), ``float32``, or ``auto``: bfloat16 where
+    the CPU computes it in hardware, except for the audit a cleaning round acts on, which stays
+    float32 (``audit.audit_precision``). On a GPU the audit runs in float32."""
     layer_decay: float = 1.0
     """Layer-wise learning-rate decay (timm's ``layer_decay``): the classifier trains at the
     full rate, each block below it at this factor times the one above (ImageNet features
