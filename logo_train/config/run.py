@@ -213,6 +213,25 @@ class TrackingConfig:
     """MLflow experiment; empty = the run's ``name``."""
 
 
+def _check_recipes(recipes: dict[str, dict[str, Any]]) -> None:
+    """``train.per_backbone``: registered backbones, recipe fields, values of their types."""
+    if not recipes:
+        return
+    from logo_train.backbones import BACKBONES
+
+    for backbone, overrides in recipes.items():
+        name = f"train.per_backbone.{backbone}"
+        check(backbone in BACKBONES, name, overrides, "a registered backbone's name")
+        for key in overrides:
+            check(
+                key in RECIPE_FIELDS,
+                f"{name}.{key}",
+                overrides[key],
+                f"a field of {list(RECIPE_FIELDS)}",
+            )
+            _check_recipe_value(f"{name}.{key}", key, overrides[key])
+
+
 def _check_recipe_value(name: str, key: str, value: Any) -> None:
     """A ``train.per_backbone`` value of the right type for its field (a precision among
     ``PRECISIONS``), checked when the config loads, not first when that backbone trains."""
@@ -242,20 +261,7 @@ class Config:
 
     def __post_init__(self) -> None:
         check(bool(self.name) and "/" not in self.name, "name", self.name, "a non-empty name")
-        if self.train.per_backbone:
-            from logo_train.backbones import BACKBONES
-
-            for backbone, overrides in self.train.per_backbone.items():
-                name = f"train.per_backbone.{backbone}"
-                check(backbone in BACKBONES, name, overrides, "a registered backbone's name")
-                for key in overrides:
-                    check(
-                        key in RECIPE_FIELDS,
-                        f"{name}.{key}",
-                        overrides[key],
-                        f"a field of {list(RECIPE_FIELDS)}",
-                    )
-                    _check_recipe_value(f"{name}.{key}", key, overrides[key])
+        _check_recipes(self.train.per_backbone)
         for backbone in self.train.clean.backbones:
             check(
                 backbone in self.model.backbones,
