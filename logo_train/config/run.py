@@ -22,7 +22,6 @@ from logo_train.config.fields import (
 )
 from logo_train.config.training import (
     MODEL_RECIPE_FIELDS,
-    PRECISIONS,
     RECIPE_FIELDS,
     AugmentConfig,
     ModelConfig,
@@ -233,14 +232,12 @@ def _check_recipes(recipes: dict[str, dict[str, Any]]) -> None:
 
 
 def _check_recipe_value(name: str, key: str, value: Any) -> None:
-    """A ``train.per_backbone`` value of the right type for its field (a precision among
-    ``PRECISIONS``), checked when the config loads, not first when that backbone trains."""
+    """A ``train.per_backbone`` value of its field's type (a ``Literal`` field: one of its
+    values), checked when the config loads, not first when that backbone trains."""
     hint = typing.get_type_hints(ModelConfig if key in MODEL_RECIPE_FIELDS else TrainConfig)[key]
     if hint is int and isinstance(value, float) and value.is_integer():
         value = int(value)  # numbers load as floats here; ``for_backbone`` converts them so
     coerce(value, hint, name)
-    if key.endswith("_precision"):
-        check(value in PRECISIONS, name, value, " | ".join(PRECISIONS))
 
 
 @dataclass(kw_only=True)

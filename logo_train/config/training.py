@@ -3,6 +3,7 @@ trained, from which weights, with which recipe, and the cleaning round."""
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,9 +39,10 @@ RECIPE_FIELDS = (
 ``image_size`` and ``test_views`` (``model.*``: a backbone's own input size and views)."""
 MODEL_RECIPE_FIELDS = ("image_size", "test_views")
 """The recipe fields that set ``model.*`` instead of ``train.*``."""
-PRECISIONS = ("auto", "float32", "bfloat16")
+Precision = Literal["auto", "float32", "bfloat16"]
 """``train.frozen_precision``'s, ``train.audit_precision``'s and ``train.cpu_precision``'s
 values."""
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 
 
 @dataclass(kw_only=True)
@@ -303,21 +305,21 @@ class TrainConfig:
     """Fine-tuning: the first N parameter groups of the backbone (timm's coarse grouping: the
     stem, then one per stage of blocks) keep their pretrained weights and batch-norm
     statistics; 0 = everything trains (``models.freeze_leading``)."""
-    frozen_precision: str = "auto"
+    frozen_precision: Precision = "auto"
     """The frozen stages' forward pass in a training step on a CPU: ``bfloat16`` (no gradients
     flow there, so only their features are rounded: Lite0's frozen stem and three stages at
     112 px run 2.2x faster, the step ~1.2x), ``float32``, or ``auto``: bfloat16 where the CPU
     computes it in hardware (AVX512-BF16 or AMX), else float32. Validation, the benchmark,
     export and prediction stay float32 (the audit: ``audit_precision``); on a GPU ``amp`` decides
     (``models.frozen_in_bfloat16``, docs/training.md)."""
-    cpu_precision: str = "float32"
+    cpu_precision: Precision = "float32"
     """A training step's forward pass on a CPU: ``float32``, ``bfloat16`` (the whole forward
     under CPU autocast, the weights, gradients and loss in float32), or ``auto``: bfloat16 where
     the CPU computes it in hardware, else float32. It pays where dense convolutions dominate
     (resnet10t at 32 px: 1.3x, ``benchmarks/cpu_bf16.py``) and loses where depthwise ones do
     (MobileNetV2, EfficientNetV2, Lite0: 0.67-0.88x): a per-backbone choice
     (``train.per_backbone``). On a GPU ``amp`` decides."""
-    audit_precision: str = "auto"
+    audit_precision: Precision = "auto"
     """The label audit's forward passes on a CPU (every training row scored, once per model and
     round): ``bfloat16`` under CPU autocast (Lite0 at 112 px scores 1.7x faster; the
     probabilities move by up to ~0.2, the quick run's cleaning plan by 8 of 5,555 rows, the
@@ -396,9 +398,6 @@ class TrainConfig:
         check(self.trust_dim >= 4, p + "trust_dim", self.trust_dim, ">= 4")
         check(self.frozen_stages >= 0, p + "frozen_stages", self.frozen_stages, ">= 0")
         check(0 < self.layer_decay <= 1, p + "layer_decay", self.layer_decay, "in (0, 1]")
-        for name in ("frozen_precision", "audit_precision", "cpu_precision"):
-            value = getattr(self, name)
-            check(value in PRECISIONS, p + name, value, " | ".join(PRECISIONS))
         self._check_after_training()
         check(self.min_steps >= 0, p + "min_steps", self.min_steps, ">= 0")
         check(0 <= self.label_smoothing < 1, p + "label_smoothing", self.label_smoothing, "0..<1")
