@@ -321,7 +321,7 @@ class TrainConfig:
     (``train.per_backbone``). On a GPU ``amp`` decides."""
     audit_precision: Precision = "auto"
     """The label audit's forward passes on a CPU (every training row scored, once per model and
-    round): ``bfloat16`` under CPU autocast (Lite0 at 112 px scores 1.7x faster; the
+    round): ``bfloat16`` under CPU autocast (Lite0 at 112 px scores 1.4-1.8x faster; the
     probabilities move by up to ~0.2, the quick run's cleaning plan by 8 of 5,555 rows, the
     flipped labels' AUROC by < 0.001: docs/labels.md), ``float32``, or ``auto``: bfloat16 where
     the CPU computes it in hardware, except for the audit a cleaning round acts on, which stays
