@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -253,7 +255,11 @@ def log_tracked(cfg: Config, backbone: str, output_uri: str, tags: dict[str, str
     where = tracking.settings(cfg)
     if where:
         model = ckpt.run_label(backbone, int(tags.get("round", "1")))
-        tracking.log_backbone(where, cfg, model, {**tags, "backbone": backbone}, output_uri)
+        with _TRACKING:  # lanes (train.lanes) finish side by side; one SQLite store
+            tracking.log_backbone(where, cfg, model, {**tags, "backbone": backbone}, output_uri)
+
+
+_TRACKING = threading.Lock()
 
 
 RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -404,8 +410,8 @@ def render_ahead(cfg: Config, shards_uri: str, manifest: Manifest, echo=print) -
     2 cores). Nothing is rendered when the search's transforms (``cfg``'s, which its trials
     render with) are not that group's. The train stage drops them when its groups are done
     (``train_stage``)."""
-    for _, group in stage_configs(cfg):
-        configs = {b: with_min_steps(c, b, manifest) for b, c in group.items()}
+    for lanes in stage_groups(cfg):
+        configs = {b: with_min_steps(c, b, manifest) for _, lane in lanes for b, c in lane.items()}
         if _shares_passes(configs):
             first = next(iter(configs.values()))
             key = _rendering(first, shards_uri)
@@ -504,23 +510,50 @@ def run_name(size: int, groups: int) -> str:
     return f"run-{size}px" if groups > 1 else "run"
 
 
-def stage_configs(
-    cfg: Config, per_backbone: dict[str, Config] | None = None
-) -> list[tuple[str, dict[str, Config]]]:
-    """The train stage's size groups, each with its Ray Train run's name: backbone -> config
-    (``per_backbone``'s tuned one, else ``cfg.for_backbone``)."""
+Lane = tuple[str, dict[str, Config]]
+"""One Ray Train run of the train stage: its stable name and its backbones' configs."""
+
+
+def lanes_of(name: str, group: dict[str, Config]) -> list[Lane]:
+    """A size group's Ray Train runs (``train.lanes``): the backbones dealt in turn to ``lanes``
+    runs ``<name>-lane<i>``, trained side by side, each worker with its share of the group's
+    CPUs and torch threads; one run ``name`` with one lane or one backbone. The deal depends on
+    the config alone, so a driver started again finds each backbone in the same run."""
+    tc = next(iter(group.values())).train
+    count = min(tc.lanes, len(group))
+    if count == 1:
+        return [(name, group)]
+    share = {
+        "cpus_per_worker": tc.cpus_per_worker / count,
+        "torch_threads": max(1, tc.torch_threads // count) if tc.torch_threads else 0,
+    }
+    backbones = list(group)
+    return [
+        (f"{name}-lane{i + 1}", {b: group[b].with_train(**share) for b in backbones[i::count]})
+        for i in range(count)
+    ]
+
+
+def stage_groups(cfg: Config, per_backbone: dict[str, Config] | None = None) -> list[list[Lane]]:
+    """The train stage's size groups (``size_groups``), each as its lanes (``lanes_of``):
+    backbone -> config (``per_backbone``'s tuned one, else ``cfg.for_backbone``)."""
     configs = {b: (per_backbone or {}).get(b) or cfg.for_backbone(b) for b in cfg.model.backbones}
     groups = size_groups(configs)
-    return [(run_name(next(iter(g.values())).model.image_size, len(groups)), g) for g in groups]
+    return [
+        lanes_of(run_name(next(iter(g.values())).model.image_size, len(groups)), g) for g in groups
+    ]
 
 
 def stage_progress(cfg: Config) -> list[tuple[Progress, int]]:
     """Every backbone of the train stage: how far it got (from the files of its stable run)
     and its epochs (``train.epochs``)."""
     out = []
-    for name, group in stage_configs(cfg):
-        run_uri = join(cfg.layout.train, name)
-        out += [(backbone_progress(join(run_uri, b), b), c.train.epochs) for b, c in group.items()]
+    for lanes in stage_groups(cfg):
+        for name, group in lanes:
+            run_uri = join(cfg.layout.train, name)
+            out += [
+                (backbone_progress(join(run_uri, b), b), c.train.epochs) for b, c in group.items()
+            ]
     return out
 
 
@@ -533,8 +566,8 @@ def train_stage(
 ) -> list[BackboneResult]:
     """The ``train`` stage: Ray started (or joined); every backbone of ``cfg.model.backbones``
     trained, one worker group per input size (``size_groups``: the backbones of a group share
-    one data pipeline, and Ray's start-up is paid once per group); ``train/summary.json`` (with
-    where each backbone's time went).
+    one data pipeline, and Ray's start-up is paid once per group), or ``train.lanes`` groups
+    side by side (``lanes_of``); ``train/summary.json`` (with where each backbone's time went).
 
     Each group is one Ray Train run with a stable name (``run_name``): run again after a killed
     driver, the backbones that finished are kept as they are and the rest resume from the run's
@@ -542,38 +575,13 @@ def train_stage(
     when the run searched); the others train with ``cfg.for_backbone`` (the profile's recipe
     per backbone)."""
     steps_per_epoch(cfg, manifest)
-    groups = stage_configs(cfg, per_backbone)
+    groups = stage_groups(cfg, per_backbone)
     results, failures = [], {}
-    for number, (name, group) in enumerate(groups, 1):
-        size = next(iter(group.values())).model.image_size
-        run_uri = join(absolute(cfg.layout.train), name)
-        kept = {
-            b: backbone_result(b, join(run_uri, b), size, manifest)
-            for b in group
-            if backbone_progress(join(run_uri, b), b).done
-        }
-        for backbone in kept:
-            echo(f"[train] {backbone}: trained before ({join(run_uri, backbone)}); kept")
-            log_tracked(group[backbone], backbone, join(run_uri, backbone), {"stage": "train"})
-        todo = {b: c for b, c in group.items() if b not in kept}
-        done: list[BackboneResult] = []
-        if todo:
-            init_ray()
-            check_resources(cfg)
-            which = f" {number} of {len(groups)}" if len(groups) > 1 else ""
-            echo(f"[train] worker group{which} ({cfg.train.num_workers} worker(s), {size} px): "
-                 + _plan(todo))  # fmt: skip
-            try:
-                done, failed = train_backbones(
-                    todo, shards_uri, manifest, echo=echo, name=name, track={"stage": "train"}
-                )
-            except Exception as e:  # written to the summary, then raised
-                log.exception("training failed")
-                key = "run" if len(groups) == 1 else f"run ({size} px group)"
-                failed = {key: f"{type(e).__name__}: {e}"}
-            failures.update(failed)
-        by_backbone = {**kept, **{r.backbone: r for r in done}}
-        results += [by_backbone[b] for b in group if b in by_backbone]
+    for number, lanes in enumerate(groups, 1):
+        which = f" {number} of {len(groups)}" if len(groups) > 1 else ""
+        done, failed = _train_group(cfg, lanes, shards_uri, manifest, which, echo)
+        failures.update(failed)
+        results += [done[b] for _, lane in lanes for b in lane if b in done]
     _AHEAD.clear()  # passes rendered ahead are read by now
     for result in results:
         echo("[train] " + result.line())
@@ -590,6 +598,65 @@ def train_stage(
     return results
 
 
+def _train_group(
+    cfg: Config, lanes: list[Lane], shards_uri: str, manifest: Manifest, which: str, echo
+) -> tuple[dict[str, BackboneResult], dict[str, str]]:
+    """One size group of the train stage: the backbones a run before had finished kept, the
+    others trained, each lane in its Ray Train run (side by side with several lanes, reading
+    one rendering of the shared passes). Returns backbone -> result, and the failures."""
+    size = next(iter(lanes[0][1].values())).model.image_size
+    done: dict[str, BackboneResult] = {}
+    todo: list[Lane] = []
+    for name, group in lanes:
+        run_uri = join(absolute(cfg.layout.train), name)
+        for b in group:
+            if backbone_progress(join(run_uri, b), b).done:
+                echo(f"[train] {b}: trained before ({join(run_uri, b)}); kept")
+                done[b] = backbone_result(b, join(run_uri, b), size, manifest)
+                log_tracked(group[b], b, join(run_uri, b), {"stage": "train"})
+        rest = {b: c for b, c in group.items() if b not in done}
+        if rest:
+            todo.append((name, rest))
+    if not todo:
+        return done, {}
+    init_ray()
+    check_resources(cfg)
+    datasets = None
+    if len(todo) > 1:
+        echo = _one_at_a_time(echo)
+        # the lanes read one rendering of the passes when they share them
+        configs = {b: with_min_steps(c, b, manifest) for _, g in todo for b, c in g.items()}
+        if _shares_passes(configs):
+            datasets = _group_datasets(configs, shards_uri, manifest, True, echo)
+
+    def train_lane(number: int, lane: Lane) -> tuple[list[BackboneResult], dict[str, str]]:
+        name, group = lane
+        tc = next(iter(group.values())).train
+        side = f", lane {number} of {len(todo)}" if len(todo) > 1 else ""
+        echo(f"[train] worker group{which}{side} ({tc.num_workers} worker(s) x "
+             f"{tc.cpus_per_worker:g} CPU, {size} px): " + _plan(group))  # fmt: skip
+        try:
+            return train_backbones(
+                group, shards_uri, manifest, echo=echo, name=name, datasets=datasets,
+                track={"stage": "train"},
+            )  # fmt: skip
+        except Exception as e:  # written to the summary, then raised
+            log.exception("training failed")
+            key = name if len(todo) > 1 else "run" + (f" ({size} px group)" if which else "")
+            return [], {key: f"{type(e).__name__}: {e}"}
+
+    if len(todo) == 1:
+        outcomes = [train_lane(1, todo[0])]
+    else:
+        with ThreadPoolExecutor(len(todo), thread_name_prefix="lane") as pool:
+            outcomes = list(pool.map(train_lane, range(1, len(todo) + 1), todo))
+    failures: dict[str, str] = {}
+    for trained_now, failed in outcomes:
+        done.update({r.backbone: r for r in trained_now})
+        failures.update(failed)
+    return done, failures
+
+
 def trained(cfg: Config) -> list[BackboneResult] | None:
     """The train stage's results when it finished before (``train/summary.json`` without a
     failure, every backbone of the config in it, each ``result.json`` still there), else None."""
@@ -603,6 +670,18 @@ def trained(cfg: Config) -> list[BackboneResult] | None:
     if not all(backbone_progress(r["run_path"], b).done for b, r in rows.items()):
         return None
     return [BackboneResult(**rows[b]) for b in cfg.model.backbones]
+
+
+def _one_at_a_time(echo):
+    """``echo`` for lanes: one whole line at a time (``print`` writes a line and its end
+    separately, so two threads' lines would run together)."""
+    lock = threading.Lock()
+
+    def said(line: str) -> None:
+        with lock:
+            echo(line)
+
+    return said
 
 
 def _plan(group: dict[str, Config]) -> str:

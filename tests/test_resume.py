@@ -77,9 +77,9 @@ def test_the_first_line_says_what_is_resumed_and_from_where(tmp_path):
     cfg = _cfg(tmp_path, "model.backbones=[resnet10t,mobilenetv2_050]", "tune.enabled=false")
     stages = ("data", "train", "audit", "clean", "benchmark", "report")
     assert describe(cfg, stages) == f"[run] {cfg.run_dir}: a new run"
-    run = Path(cfg.run_dir) / "train/run"
-    write_json(run / "resnet10t/result.json", {"backbone": "resnet10t", "epochs": 6})
-    write_json(run / "mobilenetv2_050/history.json", [{"epoch": 1}, {"epoch": 2}])
+    train = Path(cfg.run_dir) / "train"  # the profile's lanes: a Ray Train run each
+    write_json(train / "run-lane1/resnet10t/result.json", {"backbone": "resnet10t", "epochs": 6})
+    write_json(train / "run-lane2/mobilenetv2_050/history.json", [{"epoch": 1}, {"epoch": 2}])
     prepare_output(cfg.shards_uri, overwrite=False)  # a data stage that never finished
     epochs = cfg.for_backbone("mobilenetv2_050").train.epochs  # its recipe's
     assert describe(cfg, stages) == (
@@ -140,6 +140,7 @@ RUN_SETS = [
     "data.workers=1",
     "model.image_size=32",
     "model.backbones=[resnet10t,mobilenetv2_050]",
+    "train.lanes=1",  # one after the other: the kill lands in the second's epochs
     "augment.strength=0",
     "train.batch_size=32",
     f"train.epochs={EPOCHS}",

@@ -20,7 +20,7 @@ from logo_train.config import load_config
 from logo_train.data.prepare import prepare_data
 from logo_train.local import fit_local
 from logo_train.pipeline import run
-from logo_train.train import check_resources, train_backbone
+from logo_train.train import check_resources, train_backbone, train_stage
 from tests.raycluster import processes
 
 pytestmark = pytest.mark.integration
@@ -89,6 +89,7 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
         "train.epochs=3",
         "train.loss=trust_penalty",
         "train.trust_warmup_epochs=1",
+        "train.lanes=1",  # one DDP group per input size (lanes: the next test)
         f"model.backbones=[{','.join(SMALL)}]",
         "train.per_backbone={efficientnet_lite0: {image_size: 48, frozen_stages: 4}}",
         "benchmark.latency_runs=3",
@@ -135,9 +136,9 @@ def test_every_family_trains_with_two_workers(local_ray, tiny_data, capsys):
         rf"\[train\] {SMALL[0]} +epoch 1/3 .* ~\d+ s left for it, then 4 more in this group", out
     ), out
     five = ", ".join(f"{b} (3 epochs, lr 0.003)" for b in SMALL if b != "efficientnet_lite0")
-    assert f"[train] worker group 1 of 2 (2 worker(s), 32 px): {five}" in out
+    assert f"[train] worker group 1 of 2 (2 worker(s) x 0.5 CPU, 32 px): {five}" in out
     assert (
-        "[train] worker group 2 of 2 (2 worker(s), 48 px): efficientnet_lite0 (3 epochs, "
+        "[train] worker group 2 of 2 (2 worker(s) x 0.5 CPU, 48 px): efficientnet_lite0 (3 epochs, "
         "lr 0.003, from ImageNet (package))" in out
     )
     runs = sorted(p.name[-4:] for p in (tmp / "families/train").iterdir() if p.is_dir())
@@ -366,27 +367,52 @@ def test_passes_rendered_ahead_are_read_by_the_search_and_the_first_group(local_
     train._AHEAD.clear()  # what train_stage does after its groups
 
 
-def test_same_config_twice_gives_the_same_epochs(local_ray, tiny_data):
-    """One CPU worker, the same config: the same loss and validation metrics in every epoch."""
+def test_same_config_twice_gives_the_same_epochs_also_in_a_lane(local_ray, tiny_data):
+    """One CPU worker, the same config: the same loss and validation metrics in every epoch.
+    The second time resnet10t trains in a lane (``train.lanes``: 2) beside swin_nano, each in
+    its own Ray Train run started together: the lane's worker gets half the CPUs and threads
+    and records what that config records alone. The stage run again keeps both."""
     tmp, uri, manifest = tiny_data
-    histories = []
-    for name in ("same-1", "same-2"):
-        cfg = tiny_config(
-            tmp,
-            f"name={name}",
-            "train.epochs=2",
-            "train.num_workers=1",
-            "train.cpus_per_worker=1",
-            "train.torch_threads=2",
-            "augment.strength=0.5",
-            "model.backbones=[resnet10t]",
-            "train.loss=trust_penalty",  # the trust head's records are compared too
-        )
-        histories.append(_history(train_backbone(cfg, "resnet10t", uri, manifest)))
+    common = ["train.epochs=2", "train.num_workers=1", "augment.strength=0.5"]
+    common.append("train.loss=trust_penalty")  # the trust head's records are compared too
+    cfg = tiny_config(
+        tmp, "name=same-1", *common, "train.cpus_per_worker=0.5", "train.torch_threads=1",
+        "model.backbones=[resnet10t]",
+    )  # fmt: skip
+    histories = [_history(train_backbone(cfg, "resnet10t", uri, manifest))]
+    lanes = tiny_config(
+        tmp, "name=same-2", *common, "train.cpus_per_worker=1", "train.torch_threads=2",
+        "train.lanes=2", "model.backbones=[resnet10t,swin_nano]",
+    )  # fmt: skip
+    lines = []
+    results = train_stage(lanes, uri, manifest, echo=lines.append)
+    assert [r.backbone for r in results] == ["resnet10t", "swin_nano"]
+    runs = Path(lanes.layout.train)
+    assert [r.run_path for r in results] == [
+        str(runs / "run-lane1/resnet10t"),
+        str(runs / "run-lane2/swin_nano"),
+    ]
+    started = [i for i, line in enumerate(lines) if "[train] worker group, lane" in line]
+    assert [lines[i].split(":")[0] for i in started] == [
+        "[train] worker group, lane 1 of 2 (1 worker(s) x 0.5 CPU, 32 px)",
+        "[train] worker group, lane 2 of 2 (1 worker(s) x 0.5 CPU, 32 px)",
+    ]
+    first_epoch = next(i for i, line in enumerate(lines) if "epoch 1/2" in line)
+    assert max(started) < first_epoch, lines  # side by side: both started before any epoch
+    assert "[train] 2 augmented passes of the train split rendered once" in "\n".join(lines)
+    histories.append(_history(results[0]))
     keys = ["train_loss", "val_loss", "val_macro_f1", "train_mean_trust"]
     first, second = ([{k: h[k] for k in keys} for h in hist] for hist in histories)
     assert len(first) == 2
     assert first == second
+    again = []
+    assert [r.run_path for r in train_stage(lanes, uri, manifest, echo=again.append)] == [
+        r.run_path for r in results
+    ]
+    assert again[:2] == [
+        f"[train] resnet10t: trained before ({runs / 'run-lane1/resnet10t'}); kept",
+        f"[train] swin_nano: trained before ({runs / 'run-lane2/swin_nano'}); kept",
+    ]
     # one epoch loop (engine.fit): in process, the same config records the same metrics
     seen = []  # the per-epoch hook sees the training; the model trains on after it
     local = fit_local(

@@ -337,6 +337,13 @@ class TrainConfig:
     torch_threads: int = 0
     """torch intra-op threads per worker; 0 = Ray's default (the worker's CPUs, at least 1).
     A fractional-CPU worker on a small machine may use more threads than it reserves."""
+    lanes: int = 1
+    """Worker groups that train one input size's backbones side by side on CPUs: the backbones
+    are dealt in turn (in ``model.backbones``' order) to this many Ray Train runs, started
+    together, whose workers each get ``cpus_per_worker / lanes`` CPUs and ``torch_threads /
+    lanes`` threads (at least 1). Small models on few cores use two one-thread processes
+    better than one two-thread process (the quick profile's 32 px families: 1.4-1.65x the
+    images per second, docs/training.md). 1 = one run per input size; CPU training only."""
     gpus_per_worker: float = 0.0
     """> 0 trains on GPUs (NCCL, AMP, channels_last)."""
     amp: bool = True
@@ -413,6 +420,13 @@ class TrainConfig:
         check(self.grad_clip >= 0, p + "grad_clip", self.grad_clip, ">= 0 (0 = off)")
         check(self.cpus_per_worker > 0, p + "cpus_per_worker", self.cpus_per_worker, "> 0")
         check(self.gpus_per_worker >= 0, p + "gpus_per_worker", self.gpus_per_worker, ">= 0")
+        check(self.lanes >= 1, p + "lanes", self.lanes, ">= 1")
+        check(
+            self.lanes == 1 or self.gpus_per_worker == 0,
+            p + "lanes",
+            self.lanes,
+            "1 when training on GPUs (train.gpus_per_worker > 0)",
+        )
         check(self.shuffle_buffer >= 0, p + "shuffle_buffer", self.shuffle_buffer, ">= 0")
         check(
             self.checkpoints_to_keep >= 1,
