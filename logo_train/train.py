@@ -581,7 +581,7 @@ def train_stage(
         which = f" {number} of {len(groups)}" if len(groups) > 1 else ""
         done, failed = _train_group(cfg, lanes, shards_uri, manifest, which, echo)
         failures.update(failed)
-        results += [done[b] for _, lane in lanes for b in lane if b in done]
+        results += [done[b] for b in cfg.model.backbones if b in done]  # the table's order
     _AHEAD.clear()  # passes rendered ahead are read by now
     for result in results:
         echo("[train] " + result.line())

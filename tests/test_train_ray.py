@@ -369,9 +369,10 @@ def test_passes_rendered_ahead_are_read_by_the_search_and_the_first_group(local_
 
 def test_same_config_twice_gives_the_same_epochs_also_in_a_lane(local_ray, tiny_data):
     """One CPU worker, the same config: the same loss and validation metrics in every epoch.
-    The second time resnet10t trains in a lane (``train.lanes``: 2) beside swin_nano, each in
-    its own Ray Train run started together: the lane's worker gets half the CPUs and threads
-    and records what that config records alone. The stage run again keeps both."""
+    The second time resnet10t trains in lane 1 of 2 (``train.lanes``) and mobilenetv2_050 after
+    it, beside swin_nano in lane 2, each lane its own Ray Train run, started together: the
+    lane's worker gets half the CPUs and threads and records what that config records alone.
+    The stage run again keeps them all."""
     tmp, uri, manifest = tiny_data
     common = ["train.epochs=2", "train.num_workers=1", "augment.strength=0.5"]
     common.append("train.loss=trust_penalty")  # the trust head's records are compared too
@@ -382,15 +383,16 @@ def test_same_config_twice_gives_the_same_epochs_also_in_a_lane(local_ray, tiny_
     histories = [_history(train_backbone(cfg, "resnet10t", uri, manifest))]
     lanes = tiny_config(
         tmp, "name=same-2", *common, "train.cpus_per_worker=1", "train.torch_threads=2",
-        "train.lanes=2", "model.backbones=[resnet10t,swin_nano]",
+        "train.lanes=2", "model.backbones=[resnet10t,swin_nano,mobilenetv2_050]",
     )  # fmt: skip
     lines = []
     results = train_stage(lanes, uri, manifest, echo=lines.append)
-    assert [r.backbone for r in results] == ["resnet10t", "swin_nano"]
-    runs = Path(lanes.layout.train)
+    assert [r.backbone for r in results] == ["resnet10t", "swin_nano", "mobilenetv2_050"]
+    runs = Path(lanes.layout.train)  # dealt in turn; the results in model.backbones' order
     assert [r.run_path for r in results] == [
         str(runs / "run-lane1/resnet10t"),
         str(runs / "run-lane2/swin_nano"),
+        str(runs / "run-lane1/mobilenetv2_050"),
     ]
     started = [i for i, line in enumerate(lines) if "[train] worker group, lane" in line]
     assert [lines[i].split(":")[0] for i in started] == [
@@ -409,8 +411,9 @@ def test_same_config_twice_gives_the_same_epochs_also_in_a_lane(local_ray, tiny_
     assert [r.run_path for r in train_stage(lanes, uri, manifest, echo=again.append)] == [
         r.run_path for r in results
     ]
-    assert again[:2] == [
+    assert again[:3] == [
         f"[train] resnet10t: trained before ({runs / 'run-lane1/resnet10t'}); kept",
+        f"[train] mobilenetv2_050: trained before ({runs / 'run-lane1/mobilenetv2_050'}); kept",
         f"[train] swin_nano: trained before ({runs / 'run-lane2/swin_nano'}); kept",
     ]
     # one epoch loop (engine.fit): in process, the same config records the same metrics
