@@ -518,9 +518,10 @@ def lanes_of(name: str, group: dict[str, Config]) -> list[Lane]:
     """A size group's Ray Train runs (``train.lanes``): the backbones dealt in turn to ``lanes``
     runs ``<name>-lane<i>``, trained side by side, each worker with its share of the group's
     CPUs and torch threads; one run ``name`` with one lane or one backbone. The deal depends on
-    the config alone, so a driver started again finds each backbone in the same run."""
+    the config alone, so a driver started again finds each backbone in the same run. On GPUs
+    (``train.gpus_per_worker`` > 0) a group is one run: each worker has its device."""
     tc = next(iter(group.values())).train
-    count = min(tc.lanes, len(group))
+    count = 1 if tc.use_gpu else min(tc.lanes, len(group))
     if count == 1:
         return [(name, group)]
     share = {

@@ -343,7 +343,8 @@ class TrainConfig:
     together, whose workers each get ``cpus_per_worker / lanes`` CPUs and ``torch_threads /
     lanes`` threads (at least 1). Small models on few cores use two one-thread processes
     better than one two-thread process (the quick profile's 32 px families: 1.4-1.65x the
-    images per second, docs/training.md). 1 = one run per input size; CPU training only."""
+    images per second, docs/training.md). 1 = one run per input size, as on GPUs, where each
+    worker has its device and this field is not used (``train.lanes_of``)."""
     gpus_per_worker: float = 0.0
     """> 0 trains on GPUs (NCCL, AMP, channels_last)."""
     amp: bool = True
@@ -421,12 +422,6 @@ class TrainConfig:
         check(self.cpus_per_worker > 0, p + "cpus_per_worker", self.cpus_per_worker, "> 0")
         check(self.gpus_per_worker >= 0, p + "gpus_per_worker", self.gpus_per_worker, ">= 0")
         check(self.lanes >= 1, p + "lanes", self.lanes, ">= 1")
-        check(
-            self.lanes == 1 or self.gpus_per_worker == 0,
-            p + "lanes",
-            self.lanes,
-            "1 when training on GPUs (train.gpus_per_worker > 0)",
-        )
         check(self.shuffle_buffer >= 0, p + "shuffle_buffer", self.shuffle_buffer, ">= 0")
         check(
             self.checkpoints_to_keep >= 1,
