@@ -650,7 +650,14 @@ def _train_group(
         outcomes = [train_lane(1, todo[0])]
     else:
         with ThreadPoolExecutor(len(todo), thread_name_prefix="lane") as pool:
-            outcomes = list(pool.map(train_lane, range(1, len(todo) + 1), todo))
+            runs = [pool.submit(train_lane, i, lane) for i, lane in enumerate(todo, 1)]
+            try:
+                outcomes = [run.result() for run in runs]
+            except KeyboardInterrupt:
+                # Ray Train's Ctrl-C handler is the main thread's alone: the lanes end as
+                # after a killed driver (the same command resumes them), not after training
+                ray.shutdown()
+                raise
     failures: dict[str, str] = {}
     for trained_now, failed in outcomes:
         done.update({r.backbone: r for r in trained_now})

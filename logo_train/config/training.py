@@ -331,7 +331,8 @@ class TrainConfig:
     full rate, each block below it at this factor times the one above (ImageNet features
     further from the head change less); 1 = one rate for every layer."""
     num_workers: int = 2
-    """DDP workers of the run's worker group (one group trains every backbone in turn)."""
+    """DDP workers of a worker group (a group trains its backbones in turn: one per input
+    size, or ``lanes`` of them side by side)."""
     cpus_per_worker: float = 0.5
     """Fractional on small machines: Ray Data needs the CPUs the workers leave free."""
     torch_threads: int = 0
