@@ -343,9 +343,10 @@ class TrainConfig:
     are dealt in turn (in ``model.backbones``' order) to this many Ray Train runs, started
     together, whose workers each get ``cpus_per_worker / lanes`` CPUs and ``torch_threads /
     lanes`` threads (at least 1). Small models on few cores use two one-thread processes
-    better than one two-thread process (the quick profile's 32 px families: 1.4-1.65x the
-    images per second, docs/training.md). 1 = one run per input size, as on GPUs, where each
-    worker has its device and this field is not used (``train.lanes_of``)."""
+    better than one two-thread process (the quick profile's 32 px families: 1.0-1.65x the
+    images per second, their train stage 327 -> 282 s: docs/training.md). 1 = one run per
+    input size, as on GPUs, where each worker has its device and this field is not used
+    (``train.lanes_of``)."""
     gpus_per_worker: float = 0.0
     """> 0 trains on GPUs (NCCL, AMP, channels_last)."""
     amp: bool = True
