@@ -13,7 +13,6 @@ is what two lanes train. Written: ``lanes_threads.json`` and a line per family.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from logo_train.backbones import BACKBONES, REFERENCE_FAMILIES
+from logo_train.storage import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_bf16 import images_per_s  # noqa: E402
@@ -70,12 +70,8 @@ def main() -> None:
         print(f"{backbone}: 1 process x 2 threads {two_threads:.0f} images/s; 2 processes x 1 "
               f"thread {lanes[0]:.0f} + {lanes[1]:.0f} = {sum(lanes):.0f} "
               f"({sum(lanes) / two_threads:.2f}x)", flush=True)  # fmt: skip
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "lanes_threads.json").write_text(
-        json.dumps({"steps": args.steps, "batch": args.batch, "rows": rows}, indent=2)
-    )
-    print(f"written: {out / 'lanes_threads.json'}")
+    data = {"steps": args.steps, "batch": args.batch, "rows": rows}
+    print(f"written: {write_json(Path(args.out) / 'lanes_threads.json', data)}")
 
 
 if __name__ == "__main__":
